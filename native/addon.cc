@@ -1,0 +1,45 @@
+// Registers the addon's classes and functions for each Node environment.
+#include <napi.h>
+
+#include "instance_data.h"
+#include "nn_modules.h"
+#include "ops.h"
+#include "runtime.h"
+#include "script_module.h"
+#include "tensor.h"
+
+namespace tee {
+namespace {
+
+// Functions called from JS directly, outside any ObjectWrap, get the same guard.
+template <Napi::Value (*Function)(const Napi::CallbackInfo&)>
+Napi::Value Guarded(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), nullptr, [&] { return Function(info); });
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* data = new InstanceData();
+  env.SetInstanceData(data);
+  Napi::Function tensor = Tensor::Define(env);
+  Napi::Function scriptModule = ScriptModule::Define(env);
+  Napi::Function nnModule = NnModule::Define(env);
+  data->tensorConstructor = Napi::Persistent(tensor);
+  data->scriptModuleConstructor = Napi::Persistent(scriptModule);
+  data->nnModuleConstructor = Napi::Persistent(nnModule);
+  exports.Set("NativeTensor", tensor);
+  exports.Set("NativeScriptModule", scriptModule);
+  exports.Set("NativeNnModule", nnModule);
+  exports.Set("fromTypedArray", Napi::Function::New(env, Guarded<TensorFromTypedArray>));
+  exports.Set("callOp", Napi::Function::New(env, CallOp));
+  exports.Set("loadScriptModule", Napi::Function::New(env, LoadScriptModule));
+  exports.Set("createNnModule", Napi::Function::New(env, CreateNnModule));
+  ExportRuntime(env, exports);
+  return exports;
+}
+
+}  // namespace
+}  // namespace tee
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return tee::Init(env, exports); }
+
+NODE_API_MODULE(torch_early_exit, InitAddon)

@@ -1,0 +1,78 @@
+#include "forward_hooks.h"
+
+#include <torch/csrc/jit/runtime/custom_operator.h>
+
+#include <stdexcept>
+
+namespace tee {
+
+const char* const kTapOperator = "earlyexit::tap";
+
+namespace {
+
+thread_local ForwardContext* currentContext = nullptr;
+
+void Tap(torch::jit::Stack& stack) {
+  c10::IValue output = torch::jit::pop(stack);
+  c10::IValue inputs = torch::jit::pop(stack);
+  c10::IValue module = torch::jit::pop(stack);
+  RunHooks(module, inputs, output);
+}
+
+// CONSERVATIVE alias analysis makes the node a side effect, so no pass removes it.
+torch::jit::RegisterOperators registerTap({torch::jit::Operator(
+    "earlyexit::tap(Any module, Any inputs, Any output) -> ()", Tap, c10::AliasAnalysisKind::CONSERVATIVE)});
+
+}  // namespace
+
+int64_t HookRegistry::Add(Hook hook) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  hook.id = nextId_++;
+  auto next = std::make_shared<HookMap>(*hooks_);
+  (*next)[hook.target.get()].push_back(std::make_shared<const Hook>(std::move(hook)));
+  int64_t id = nextId_ - 1;
+  hooks_ = std::move(next);
+  return id;
+}
+
+bool HookRegistry::Remove(int64_t id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto next = std::make_shared<HookMap>(*hooks_);
+  for (auto entry = next->begin(); entry != next->end(); ++entry) {
+    auto& hooks = entry->second;
+    for (auto hook = hooks.begin(); hook != hooks.end(); ++hook) {
+      if ((*hook)->id != id) continue;
+      hooks.erase(hook);
+      if (hooks.empty()) next->erase(entry);
+      hooks_ = std::move(next);
+      return true;
+    }
+  }
+  return false;
+}
+
+std::shared_ptr<const HookMap> HookRegistry::Snapshot() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return hooks_;
+}
+
+ForwardScope::ForwardScope(ForwardContext* context) : previous_(currentContext) { currentContext = context; }
+
+ForwardScope::~ForwardScope() { currentContext = previous_; }
+
+void RunHooks(const c10::IValue& module, const c10::IValue& inputs, const c10::IValue& output) {
+  ForwardContext* context = currentContext;
+  if (context == nullptr || context->hooks->empty() || !module.isObject()) return;
+  auto found = context->hooks->find(&module.toObjectRef());
+  if (found == context->hooks->end()) return;
+  for (const auto& hook : found->second) {
+    if (hook->branch) {
+      context->outputs.push_back({hook->id, hook->branch(output)});
+    } else if (hook->js) {
+      if (context->js == nullptr) throw std::logic_error("a JS forward hook ran with no way to call JS");
+      context->js->Call(*hook, inputs, output);
+    }
+  }
+}
+
+}  // namespace tee

@@ -1,0 +1,83 @@
+// Forward hooks on loaded TorchScript modules. TorchScript has no runtime hooks, so
+// graph_instrumentation inserts a call of the `earlyexit::tap` operator after every
+// submodule forward; the operator runs the hooks of the module object it is given,
+// looked up in the context of the forward call running on this thread.
+#pragma once
+
+#include <ATen/core/ivalue.h>
+#include <napi.h>
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace tee {
+
+struct Hook {
+  int64_t id = 0;
+  // Held so that the object whose address keys the hook cannot be freed and reused.
+  c10::intrusive_ptr<c10::ivalue::Object> target;
+  // A native branch: runs where the forward runs and its result is collected.
+  std::function<c10::IValue(const c10::IValue& output)> branch;
+  std::shared_ptr<void> branchOwner;
+  // A JS function (inputs, output) => void, only ever touched on the main thread.
+  std::shared_ptr<Napi::FunctionReference> js;
+};
+
+using HookMap = std::unordered_map<const c10::ivalue::Object*, std::vector<std::shared_ptr<const Hook>>>;
+
+// The hooks of one model. Copy-on-write: a forward takes a snapshot when it starts, so
+// adding or removing hooks never races a forward in flight on a worker thread.
+class HookRegistry {
+ public:
+  int64_t Add(Hook hook);
+  bool Remove(int64_t id);
+  std::shared_ptr<const HookMap> Snapshot() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::shared_ptr<const HookMap> hooks_ = std::make_shared<HookMap>();
+  int64_t nextId_ = 1;
+};
+
+// Calls JS hooks for a forward: directly on the main thread, or from a worker thread
+// through a thread-safe function.
+class JsHookCaller {
+ public:
+  virtual ~JsHookCaller() = default;
+  virtual void Call(const Hook& hook, const c10::IValue& inputs, const c10::IValue& output) = 0;
+};
+
+struct HookOutput {
+  int64_t hookId;
+  c10::IValue value;
+};
+
+// The state of one forward call, seen by the tap operator on the thread that runs it.
+struct ForwardContext {
+  std::shared_ptr<const HookMap> hooks;
+  JsHookCaller* js = nullptr;
+  std::vector<HookOutput> outputs;
+};
+
+// Makes `context` the current one on this thread for its lifetime (nesting restores).
+class ForwardScope {
+ public:
+  explicit ForwardScope(ForwardContext* context);
+  ~ForwardScope();
+  ForwardScope(const ForwardScope&) = delete;
+  ForwardScope& operator=(const ForwardScope&) = delete;
+
+ private:
+  ForwardContext* previous_;
+};
+
+// Runs the hooks registered for `module` in the current context, as the tap does.
+void RunHooks(const c10::IValue& module, const c10::IValue& inputs, const c10::IValue& output);
+
+// The qualified name of the tap operator.
+extern const char* const kTapOperator;
+
+}  // namespace tee

@@ -1,0 +1,43 @@
+// One call of a TorchScript method with its hooks, shared by the sync and async paths.
+#pragma once
+
+#include <napi.h>
+#include <torch/script.h>
+
+#include <memory>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "forward_hooks.h"
+
+namespace tee {
+
+// A loaded model: the root module, its hooks and what instrumentation found.
+struct ModelState {
+  torch::jit::Module root;
+  HookRegistry hooks;
+  std::unordered_set<const c10::ClassType*> calledTypes;
+  // Async calls queued and not yet settled. Only the main thread reads or writes it.
+  int inFlight = 0;
+};
+
+struct MethodCall {
+  std::shared_ptr<ModelState> state;
+  torch::jit::Module module;
+  std::string method;
+  std::vector<c10::IValue> inputs;
+  bool gradEnabled = true;
+  ForwardContext context;
+  c10::IValue result;
+
+  // Converts JS arguments by the method's schema (on the main thread).
+  MethodCall(Napi::Env env, std::shared_ptr<ModelState> state, torch::jit::Module module, std::string method,
+             const Napi::Array& args);
+  // Runs the method on the calling thread; JS hooks go through `js`.
+  void Run(JsHookCaller* js);
+  // [result, [[hookId, hookOutput], ...]]
+  Napi::Value ToJs(Napi::Env env) const;
+};
+
+}  // namespace tee

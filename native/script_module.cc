@@ -1,0 +1,273 @@
+#include "script_module.h"
+
+#include <utility>
+
+#include "async_work.h"
+#include "dtypes.h"
+#include "graph_instrumentation.h"
+#include "instance_data.h"
+#include "js_hooks.h"
+#include "nn_modules.h"
+#include "tensor.h"
+#include "values.h"
+
+namespace tee {
+namespace {
+
+struct WrapArguments {
+  std::shared_ptr<ModelState> state;
+  torch::jit::Module module;
+  std::string name;
+};
+
+std::string Qualify(const std::string& prefix, const std::string& name) {
+  if (prefix.empty()) return name;
+  return name.empty() ? prefix : prefix + "." + name;
+}
+
+template <typename List>
+Napi::Array NamedTensors(Napi::Env env, const List& list) {
+  Napi::Array array = Napi::Array::New(env);
+  uint32_t i = 0;
+  for (const auto& item : list) {
+    Napi::Array pair = Napi::Array::New(env, 2);
+    pair.Set(0u, Napi::String::New(env, item.name));
+    pair.Set(1u, Tensor::Wrap(env, item.value));
+    array.Set(i++, pair);
+  }
+  return array;
+}
+
+Hook MakeHook(Napi::Env env, const Napi::Value& hook) {
+  Hook made;
+  if (hook.IsFunction()) {
+    made.js = std::make_shared<Napi::FunctionReference>(Napi::Persistent(hook.As<Napi::Function>()));
+  } else if (NnModule::IsNnModule(env, hook)) {
+    torch::nn::AnyModule branch = NnModule::UnwrapModule(hook)->Get(env);
+    made.branch = [branch](const c10::IValue& output) mutable -> c10::IValue {
+      if (!output.isTensor()) {
+        throw std::runtime_error("an nn branch needs a Tensor output from the module it is attached to, got " +
+                                 output.tagKind());
+      }
+      return branch.forward<at::Tensor>(output.toTensor());
+    };
+  } else if (ScriptModule::IsScriptModule(env, hook)) {
+    torch::jit::Module branch = ScriptModule::Unwrap(hook.As<Napi::Object>())->Get(env);
+    made.branch = [branch](const c10::IValue& output) mutable { return branch.forward({output}); };
+  } else {
+    ThrowTypeError(env, "a forward hook must be a function, an nn module or a ScriptModule");
+  }
+  return made;
+}
+
+}  // namespace
+
+Napi::Function ScriptModule::Define(Napi::Env env) {
+  return DefineClass(env, "NativeScriptModule",
+                     {
+                         TEE_METHOD(ScriptModule, "runMethod", RunMethod),
+                         TEE_METHOD(ScriptModule, "runMethodAsync", RunMethodAsync),
+                         TEE_METHOD(ScriptModule, "namedModules", NamedModules),
+                         TEE_METHOD(ScriptModule, "namedChildren", NamedChildren),
+                         TEE_METHOD(ScriptModule, "namedParameters", NamedParameters),
+                         TEE_METHOD(ScriptModule, "namedBuffers", NamedBuffers),
+                         TEE_METHOD(ScriptModule, "train", Train),
+                         TEE_METHOD(ScriptModule, "isTraining", IsTraining),
+                         TEE_METHOD(ScriptModule, "to", To),
+                         TEE_METHOD(ScriptModule, "save", Save),
+                         TEE_METHOD(ScriptModule, "methodNames", MethodNames),
+                         TEE_METHOD(ScriptModule, "methodSchema", MethodSchema),
+                         TEE_METHOD(ScriptModule, "typeName", TypeName),
+                         TEE_METHOD(ScriptModule, "registerHook", RegisterHook),
+                         TEE_METHOD(ScriptModule, "removeHook", RemoveHook),
+                         TEE_METHOD(ScriptModule, "dispose", Dispose),
+                         TEE_METHOD(ScriptModule, "isDisposed", IsDisposed),
+                     });
+}
+
+Napi::Value ScriptModule::Wrap(Napi::Env env, std::shared_ptr<ModelState> state, const torch::jit::Module& module,
+                               const std::string& qualifiedName) {
+  WrapArguments arguments{std::move(state), module, qualifiedName};
+  return GetInstanceData(env).scriptModuleConstructor.New({Napi::External<WrapArguments>::New(env, &arguments)});
+}
+
+bool ScriptModule::IsScriptModule(Napi::Env env, const Napi::Value& value) {
+  return value.IsObject() &&
+         value.As<Napi::Object>().InstanceOf(GetInstanceData(env).scriptModuleConstructor.Value());
+}
+
+ScriptModule::ScriptModule(const Napi::CallbackInfo& info) : GuardedWrap<ScriptModule>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal()) {
+    ThrowTypeError(info.Env(), "NativeScriptModule cannot be constructed directly; use jit.load");
+  }
+  auto* arguments = info[0].As<Napi::External<WrapArguments>>().Data();
+  state_ = arguments->state;
+  module_ = arguments->module;
+  name_ = arguments->name;
+}
+
+const torch::jit::Module& ScriptModule::Get(Napi::Env env) const {
+  if (disposed_) ThrowError(env, "ScriptModule was disposed: it cannot be used after dispose()");
+  return module_;
+}
+
+void ScriptModule::RequireIdle(Napi::Env env, const char* action) const {
+  Get(env);
+  if (state_->inFlight > 0) {
+    ThrowError(env, std::string("cannot ") + action + " while " + std::to_string(state_->inFlight) +
+                        " forwardAsync call(s) of this model are running; await them first");
+  }
+}
+
+std::unique_ptr<MethodCall> ScriptModule::PrepareCall(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[1].IsArray()) ThrowTypeError(env, "inputs must be an array");
+  return std::make_unique<MethodCall>(env, state_, Get(env), info[0].ToString(), info[1].As<Napi::Array>());
+}
+
+Napi::Value ScriptModule::RunMethod(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::unique_ptr<MethodCall> call = PrepareCall(info);
+  DirectJsCaller js(env);
+  try {
+    call->Run(&js);
+  } catch (...) {
+    js.error().ThrowIfSet(env);
+    ThrowError(env, call->method + ": " + DescribeCurrentException());
+  }
+  return call->ToJs(env);
+}
+
+Napi::Value ScriptModule::RunMethodAsync(const Napi::CallbackInfo& info) {
+  return QueueMethodCall(info.Env(), PrepareCall(info));
+}
+
+Napi::Value ScriptModule::NamedModules(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Array array = Napi::Array::New(env);
+  uint32_t i = 0;
+  for (const auto& item : Get(env).named_modules()) {
+    Napi::Array pair = Napi::Array::New(env, 2);
+    pair.Set(0u, Napi::String::New(env, item.name));
+    pair.Set(1u, Wrap(env, state_, item.value, Qualify(name_, item.name)));
+    array.Set(i++, pair);
+  }
+  return array;
+}
+
+Napi::Value ScriptModule::NamedChildren(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Array array = Napi::Array::New(env);
+  uint32_t i = 0;
+  for (const auto& item : Get(env).named_children()) {
+    Napi::Array pair = Napi::Array::New(env, 2);
+    pair.Set(0u, Napi::String::New(env, item.name));
+    pair.Set(1u, Wrap(env, state_, item.value, Qualify(name_, item.name)));
+    array.Set(i++, pair);
+  }
+  return array;
+}
+
+Napi::Value ScriptModule::NamedParameters(const Napi::CallbackInfo& info) {
+  return NamedTensors(info.Env(), Get(info.Env()).named_parameters(info[0].ToBoolean()));
+}
+
+Napi::Value ScriptModule::NamedBuffers(const Napi::CallbackInfo& info) {
+  return NamedTensors(info.Env(), Get(info.Env()).named_buffers(info[0].ToBoolean()));
+}
+
+Napi::Value ScriptModule::Train(const Napi::CallbackInfo& info) {
+  RequireIdle(info.Env(), "change train/eval mode");
+  const_cast<torch::jit::Module&>(Get(info.Env())).train(info[0].ToBoolean());
+  return info.Env().Undefined();
+}
+
+Napi::Value ScriptModule::IsTraining(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), Get(info.Env()).is_training());
+}
+
+Napi::Value ScriptModule::To(const Napi::CallbackInfo& info) {
+  RequireIdle(info.Env(), "move the model");
+  const_cast<torch::jit::Module&>(Get(info.Env())).to(ParseDevice(info[0].ToString()));
+  return info.Env().Undefined();
+}
+
+Napi::Value ScriptModule::Save(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  RequireIdle(env, "save the model");
+  std::string path = info[0].ToString();
+  // The file gets the code as loaded: Python knows nothing of the tap operator.
+  StripInstrumentation(state_->root);
+  try {
+    Get(env).save(path);
+  } catch (...) {
+    InstrumentModule(state_->root);
+    throw;
+  }
+  InstrumentModule(state_->root);
+  return env.Undefined();
+}
+
+Napi::Value ScriptModule::MethodNames(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Array names = Napi::Array::New(env);
+  uint32_t i = 0;
+  for (const auto& method : Get(env).get_methods()) names.Set(i++, Napi::String::New(env, method.name()));
+  return names;
+}
+
+Napi::Value ScriptModule::MethodSchema(const Napi::CallbackInfo& info) {
+  auto method = Get(info.Env()).get_method(info[0].ToString());
+  return Napi::String::New(info.Env(), c10::toString(method.function().getSchema()));
+}
+
+Napi::Value ScriptModule::TypeName(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), Get(info.Env()).type()->name()->qualifiedName());
+}
+
+Napi::Value ScriptModule::RegisterHook(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const torch::jit::Module& module = Get(env);
+  bool isRoot = module._ivalue().get() == state_->root._ivalue().get();
+  if (!isRoot && state_->calledTypes.count(module.type().get()) == 0) {
+    ThrowError(env, "module '" + name_ + "' is never called through forward in the TorchScript code of this model " +
+                        "(was it frozen, inlined or optimized for inference?), so a hook on it would never run");
+  }
+  Hook hook = MakeHook(env, info[0]);
+  hook.target = module._ivalue();
+  return Napi::Number::New(env, static_cast<double>(state_->hooks.Add(std::move(hook))));
+}
+
+Napi::Value ScriptModule::RemoveHook(const Napi::CallbackInfo& info) {
+  Get(info.Env());
+  int64_t id = info[0].As<Napi::Number>().Int64Value();
+  return Napi::Boolean::New(info.Env(), state_->hooks.Remove(id));
+}
+
+Napi::Value ScriptModule::Dispose(const Napi::CallbackInfo& info) {
+  module_ = torch::jit::Module();
+  state_.reset();
+  disposed_ = true;
+  return info.Env().Undefined();
+}
+
+Napi::Value ScriptModule::IsDisposed(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), disposed_);
+}
+
+Napi::Value LoadScriptModule(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].ToString();
+  std::string context = "cannot load TorchScript model '" + path + "'";
+  return Guard(env, context.c_str(), [&]() -> Napi::Value {
+    c10::optional<c10::Device> device;
+    if (info[1].IsString()) device = ParseDevice(info[1].As<Napi::String>());
+    auto state = std::make_shared<ModelState>();
+    state->root = torch::jit::load(path, device);
+    state->calledTypes = InstrumentModule(state->root);
+    torch::jit::Module root = state->root;
+    return ScriptModule::Wrap(env, std::move(state), root, "");
+  });
+}
+
+}  // namespace tee

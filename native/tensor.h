@@ -1,0 +1,50 @@
+// The JS Tensor object: owns one at::Tensor until disposed.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <napi.h>
+
+#include "errors.h"
+
+namespace tee {
+
+class Tensor : public GuardedWrap<Tensor> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  // A new JS Tensor owning `tensor`; an undefined at::Tensor becomes null.
+  static Napi::Value Wrap(Napi::Env env, at::Tensor tensor);
+  static bool IsTensor(Napi::Env env, const Napi::Value& value);
+  // The tensor behind a JS Tensor; a TypeError for anything else or a disposed tensor.
+  static const at::Tensor& FromJs(const Napi::Value& value, const char* what = "argument");
+
+  explicit Tensor(const Napi::CallbackInfo& info);
+  ~Tensor() override;
+
+ private:
+  const at::Tensor& Get(Napi::Env env) const;
+  void Reset(Napi::Env env);
+
+  Napi::Value Shape(const Napi::CallbackInfo& info);
+  Napi::Value Dtype(const Napi::CallbackInfo& info);
+  Napi::Value Device(const Napi::CallbackInfo& info);
+  Napi::Value RequiresGrad(const Napi::CallbackInfo& info);
+  Napi::Value SetRequiresGrad(const Napi::CallbackInfo& info);
+  Napi::Value Grad(const Napi::CallbackInfo& info);
+  Napi::Value SetGrad(const Napi::CallbackInfo& info);
+  Napi::Value IsLeaf(const Napi::CallbackInfo& info);
+  Napi::Value Data(const Napi::CallbackInfo& info);
+  Napi::Value Item(const Napi::CallbackInfo& info);
+  Napi::Value Backward(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value IsDisposed(const Napi::CallbackInfo& info);
+  Napi::Value SameAs(const Napi::CallbackInfo& info);
+
+  at::Tensor tensor_;
+  bool disposed_ = false;
+  int64_t reportedBytes_ = 0;
+};
+
+// Creates a tensor from a TypedArray copy: fromTypedArray(array, shape, dtype).
+Napi::Value TensorFromTypedArray(const Napi::CallbackInfo& info);
+
+}  // namespace tee

@@ -1,0 +1,346 @@
+#!/usr/bin/python3
+"""Generate TorchScript models and JSON reference data for the JS tests.
+
+Usage: /usr/bin/python3 scripts/make_fixtures.py OUTDIR
+
+Tensors in JSON are {"shape": [...], "dtype": "float32"|"int64", "data": [...]}
+with data flattened in row-major order.
+"""
+import hashlib
+import json
+import os
+import sys
+
+EXPECTED_FILES = [
+    "resnet20_scripted.pt",
+    "resnet20_traced.pt",
+    "resnet20_frozen.pt",
+    "corrupt.pt",
+    "containers_scripted.pt",
+    "resnet20_reference.json",
+    "containers_reference.json",
+]
+
+
+def script_digest():
+    with open(os.path.abspath(__file__), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def up_to_date(outdir, digest):
+    stamp = os.path.join(outdir, "STAMP")
+    if not os.path.isfile(stamp):
+        return False
+    with open(stamp) as f:
+        if f.read().strip() != digest:
+            return False
+    return all(os.path.isfile(os.path.join(outdir, n)) for n in EXPECTED_FILES)
+
+
+# The stamp check runs before importing torch, the slow part of start-up.
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: make_fixtures.py OUTDIR")
+    if up_to_date(sys.argv[1], script_digest()):
+        print("fixtures up to date")
+        sys.exit(0)
+    # TorchScript serializes __constants__ (a Python set) in hash order, so the
+    # .pt files are only byte-stable with a fixed string hash seed.
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        os.execve(sys.executable,
+                  [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], env)
+
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+from typing import Dict, List, Optional, Tuple  # noqa: E402
+
+DTYPES = {torch.float32: "float32", torch.int64: "int64"}
+
+
+def tensor_json(t):
+    t = t.detach().contiguous()
+    return {
+        "shape": list(t.shape),
+        "dtype": DTYPES[t.dtype],
+        # float32 -> Python float is exact, so the JSON holds the exact values.
+        "data": t.reshape(-1).tolist(),
+    }
+
+
+# ---------------------------------------------------------------------------
+# CIFAR ResNet-20 with Distiller's module names (block_gates dropped).
+# ---------------------------------------------------------------------------
+
+def conv3x3(in_planes, out_planes, stride=1):
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride,
+                     padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU(inplace=False)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU(inplace=False)
+        self.downsample = downsample
+
+    def forward(self, x):
+        residual = x
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            residual = self.downsample(x)
+        out = out + residual
+        out = self.relu2(out)
+        return out
+
+
+class ResNetCifar(nn.Module):
+    def __init__(self, layers=(3, 3, 3), num_classes=10):
+        super().__init__()
+        self.inplanes = 16
+        self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=3, stride=1,
+                               padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(16, layers[0])
+        self.layer2 = self._make_layer(32, layers[1], stride=2)
+        self.layer3 = self._make_layer(64, layers[2], stride=2)
+        self.avgpool = nn.AvgPool2d(8, stride=1)
+        self.fc = nn.Linear(64, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out",
+                                        nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                # Non-trivial statistics so BN is not an identity at eval time.
+                with torch.no_grad():
+                    n = m.num_features
+                    m.running_mean.copy_(torch.randn(n) * 0.1)
+                    m.running_var.copy_(torch.rand(n) + 0.5)
+                    m.weight.copy_(1 + torch.randn(n) * 0.1)
+                    m.bias.copy_(torch.randn(n) * 0.1)
+
+    def _make_layer(self, planes, blocks, stride=1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes, kernel_size=1, stride=stride,
+                          bias=False),
+                nn.BatchNorm2d(planes),
+            )
+        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes
+        for _ in range(1, blocks):
+            layers.append(BasicBlock(self.inplanes, planes))
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.relu(x)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.avgpool(x)
+        x = x.view(x.size(0), -1)
+        x = self.fc(x)
+        return x
+
+
+# ---------------------------------------------------------------------------
+# Container / signature coverage model.
+# ---------------------------------------------------------------------------
+
+class Scale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.lin(x) * 0.5
+
+
+class Containers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)])
+        self.heads = nn.ModuleDict({"a": nn.Linear(8, 4), "b": nn.Linear(8, 2)})
+        self.act = nn.ReLU()
+        self.left = Scale()
+        self.right = Scale()
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        for block in self.blocks:
+            x = block(x)
+        x = self.act(self.left(x))
+        x = self.act(self.right(x))
+        return self.heads["a"](x), self.heads["b"](x)
+
+    @torch.jit.export
+    def describe(self, x: Tensor, scale: float, n: int, flag: bool, name: str,
+                 xs: List[Tensor], d: Dict[str, Tensor]
+                 ) -> Tuple[Tensor, float, int, bool, str, List[Tensor],
+                            Dict[str, Tensor]]:
+        return (x * scale, scale * 2.0, n + 1, not flag, name + "!",
+                [t * 2 for t in xs], {k: v + 1 for k, v in d.items()})
+
+    @torch.jit.export
+    def with_optional(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        if y is None:
+            return x
+        return x + y
+
+
+# ---------------------------------------------------------------------------
+
+def max_diff(a, b):
+    return (a - b).abs().max().item()
+
+
+class Writer:
+    def __init__(self, outdir):
+        self.outdir = outdir
+
+    def path(self, name):
+        return os.path.join(self.outdir, name)
+
+    def done(self, name):
+        print("wrote %s (%d bytes)" % (self.path(name),
+                                       os.path.getsize(self.path(name))))
+
+    def json(self, name, obj):
+        with open(self.path(name), "w") as f:
+            json.dump(obj, f, allow_nan=False)
+        self.done(name)
+
+    def jit(self, name, module):
+        torch.jit.save(module, self.path(name))
+        self.done(name)
+
+    def bytes(self, name, data):
+        with open(self.path(name), "wb") as f:
+            f.write(data)
+        self.done(name)
+
+
+def make_resnet(w):
+    torch.manual_seed(0)
+    model = ResNetCifar().eval()
+    x = torch.randn(2, 3, 32, 32)
+
+    scripted = torch.jit.script(model)
+    traced = torch.jit.trace(model, x)
+    frozen = torch.jit.freeze(torch.jit.script(model))
+
+    with torch.no_grad():
+        out = model(x)
+        layer1_out = model.layer1(model.relu(model.bn1(model.conv1(x))))
+        for label, m in (("scripted", scripted), ("traced", traced),
+                         ("frozen", frozen)):
+            d = max_diff(m(x), out)
+            assert d < 1e-5, "%s differs from eager by %g" % (label, d)
+
+    torch.manual_seed(1)
+    branch = nn.Sequential(nn.AvgPool2d(3), nn.Flatten(), nn.Linear(1600, 10)).eval()
+    with torch.no_grad():
+        exit_out = branch(layer1_out)
+
+    w.jit("resnet20_scripted.pt", scripted)
+    w.jit("resnet20_traced.pt", traced)
+    w.jit("resnet20_frozen.pt", frozen)
+    with open(w.path("resnet20_scripted.pt"), "rb") as f:
+        w.bytes("corrupt.pt", f.read(3000))
+
+    # What the JS side sees is the reloaded archive; check it round-trips.
+    with torch.no_grad():
+        for name in ("resnet20_scripted.pt", "resnet20_traced.pt",
+                     "resnet20_frozen.pt"):
+            d = max_diff(torch.jit.load(w.path(name))(x), out)
+            assert d < 1e-5, "reloaded %s differs by %g" % (name, d)
+
+    w.json("resnet20_reference.json", {
+        "input": tensor_json(x),
+        "output": tensor_json(out),
+        "named_modules": [n for n, _ in model.named_modules()],
+        "named_children": [n for n, _ in model.named_children()],
+        "named_parameters": {n: tensor_json(p) for n, p in model.named_parameters()},
+        "named_buffers": {n: {"shape": list(b.shape)} for n, b in model.named_buffers()},
+        "layer1_output": tensor_json(layer1_out),
+        "exit": {
+            "branch_state_dict": {k: tensor_json(v) for k, v in branch.state_dict().items()},
+            "exit_output": tensor_json(exit_out),
+            "final_output": tensor_json(out),
+        },
+    })
+
+
+def make_containers(w):
+    torch.manual_seed(2)
+    model = Containers().eval()
+    x = torch.randn(3, 8)
+    scripted = torch.jit.script(model)
+
+    args = {
+        "x": torch.randn(2, 2),
+        "scale": 1.5,
+        "n": 3,
+        "flag": True,
+        "name": "abc",
+        "xs": [torch.randn(2), torch.randn(3)],
+        "d": {"k": torch.randn(2)},
+    }
+    with torch.no_grad():
+        a, b = model(x)
+        sa, sb = scripted(x)
+        assert max_diff(a, sa) < 1e-6 and max_diff(b, sb) < 1e-6
+        result = scripted.describe(*args.values())
+        assert torch.equal(scripted.with_optional(x), x)
+        assert torch.equal(scripted.with_optional(x, x), x + x)
+
+    w.jit("containers_scripted.pt", scripted)
+
+    def encode(v):
+        if isinstance(v, Tensor):
+            return tensor_json(v)
+        if isinstance(v, (list, tuple)):
+            return [encode(e) for e in v]
+        if isinstance(v, dict):
+            return {k: encode(e) for k, e in v.items()}
+        return v
+
+    w.json("containers_reference.json", {
+        "input": tensor_json(x),
+        "outputs": [tensor_json(a), tensor_json(b)],
+        "named_modules": [n for n, _ in model.named_modules()],
+        "named_parameters": {n: tensor_json(p) for n, p in model.named_parameters()},
+        "describe": {"args": encode(args), "result": encode(result)},
+    })
+
+
+def main(outdir):
+    digest = script_digest()
+    os.makedirs(outdir, exist_ok=True)
+    stamp = os.path.join(outdir, "STAMP")
+    if os.path.exists(stamp):
+        os.remove(stamp)
+
+    torch.set_num_threads(1)
+    w = Writer(outdir)
+    make_resnet(w)
+    make_containers(w)
+
+    with open(stamp, "w") as f:
+        f.write(digest + "\n")
+    print("wrote %s" % stamp)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
