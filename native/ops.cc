@@ -33,6 +33,20 @@ Napi::Value ExpandIntList(Napi::Env env, const c10::Argument& argument, const Na
   return array;
 }
 
+bool MentionsSymInt(const c10::TypePtr& type) {
+  if (type->kind() == c10::TypeKind::SymIntType) return true;
+  for (const c10::TypePtr& contained : type->containedTypes()) {
+    if (MentionsSymInt(contained)) return true;
+  }
+  return false;
+}
+
+// The declared type names dtypes (ScalarType) that JS passes as strings, but kernels take
+// SymInt arguments as plain ints: convert by the declared type except for SymInt.
+const c10::TypePtr& ConversionType(const c10::Argument& argument) {
+  return MentionsSymInt(argument.real_type()) ? argument.type() : argument.real_type();
+}
+
 }  // namespace
 
 Napi::Value CallOp(const Napi::CallbackInfo& info) {
@@ -59,7 +73,7 @@ Napi::Value CallOp(const Napi::CallbackInfo& info) {
         stack.push_back(*argument.default_value());
         continue;
       }
-      stack.push_back(ToIValue(ExpandIntList(env, argument, value), argument.real_type(), "argument '" + argument.name() + "'"));
+      stack.push_back(ToIValue(ExpandIntList(env, argument, value), ConversionType(argument), "argument '" + argument.name() + "'"));
     }
     op.callBoxed(&stack);
     if (stack.size() == 1) return FromIValue(env, stack[0]);

@@ -1,0 +1,245 @@
+/**
+ * TorchScript models loaded from files exported by Python (`torch.jit.script` or
+ * `torch.jit.trace`): forward, submodules by name, parameters, forward hooks.
+ */
+import * as fs from 'fs';
+import { binding, NativeCallResult, NativeScriptModule } from './binding';
+import { Device } from './dtype';
+import { closestNames } from './names';
+import { Tensor, fromNative, toNative } from './tensor';
+
+/** What `registerForwardHook` accepts: a JS function, or a module run natively. */
+export type ForwardHook = ((module: ScriptModule, inputs: unknown[], output: unknown) => void) | HookModule;
+
+/** A module that can run as a native hook: an nn branch or a loaded TorchScript module. */
+export interface HookModule {
+  /** @internal */
+  readonly nativeHook: unknown;
+}
+
+/** Returned by `registerForwardHook`: `remove()` unregisters the hook. */
+export interface RemovableHandle {
+  readonly id: number;
+  remove(): void;
+}
+
+/** The outputs of a call together with those of the native hooks it ran. */
+export interface CallWithHooks {
+  output: unknown;
+  /** Hook id -> what the native hook returned during this call. */
+  hookOutputs: Map<number, unknown>;
+}
+
+/** State shared by a loaded model and every submodule object taken from it. */
+class LoadedModel {
+  /** The latest output of each native hook, kept until deleted (as Distiller's BranchPoint.output). */
+  readonly hookOutputs = new Map<number, unknown>();
+  constructor(readonly path: string) {}
+}
+
+/** Puts the line that says what went wrong first, before TorchScript's tracebacks. */
+function clarify(error: unknown, method: string): Error {
+  if (!(error instanceof Error) || !error.message.includes('Traceback of TorchScript')) return error as Error;
+  const causes = [...error.message.matchAll(/^(\w*(?:Error|Exception)): (.*)$/gm)];
+  if (causes.length === 0) return error;
+  const cause = causes[causes.length - 1];
+  const clarified = new Error(`${method}: ${cause[2]}\n\n${error.message}`);
+  clarified.name = cause[1] === 'RuntimeError' ? 'Error' : cause[1];
+  return clarified;
+}
+
+export class ScriptModule implements HookModule {
+  /** @internal */
+  readonly native: NativeScriptModule;
+  /** @internal */
+  readonly model: LoadedModel;
+  /** The fully qualified name of this module in the loaded model ('' for the root). */
+  readonly qualifiedName: string;
+
+  /** @internal Modules come from `jit.load` and from `getModule`/`namedModules`. */
+  constructor(native: NativeScriptModule, model: LoadedModel, qualifiedName: string) {
+    this.native = native;
+    this.model = model;
+    this.qualifiedName = qualifiedName;
+  }
+
+  /** @internal */
+  get nativeHook(): unknown { return this.native; }
+
+  /** The TorchScript class name of this module (e.g. `__torch__.BasicBlock`). */
+  get typeName(): string { return this.native.typeName(); }
+
+  /** Runs `forward` on the calling thread. */
+  forward(...inputs: unknown[]): any {
+    return this.callMethod('forward', ...inputs);
+  }
+
+  /** Runs `forward` on a worker thread; the event loop keeps running meanwhile. */
+  forwardAsync(...inputs: unknown[]): Promise<any> {
+    return this.callMethodAsync('forward', ...inputs);
+  }
+
+  /** Runs another method of the module (one exported with `@torch.jit.export`). */
+  callMethod(method: string, ...inputs: unknown[]): any {
+    return this.callWithHooks(method, inputs).output;
+  }
+
+  /** Runs another method of the module on a worker thread. */
+  async callMethodAsync(method: string, ...inputs: unknown[]): Promise<any> {
+    return (await this.callWithHooksAsync(method, inputs)).output;
+  }
+
+  /** @internal Runs a method and returns what its native hooks produced too. */
+  callWithHooks(method: string, inputs: unknown[]): CallWithHooks {
+    let result: NativeCallResult;
+    try {
+      result = this.native.runMethod(method, inputs.map(toNative));
+    } catch (error) {
+      throw clarify(error, method);
+    }
+    return this.received(result);
+  }
+
+  /** @internal */
+  async callWithHooksAsync(method: string, inputs: unknown[]): Promise<CallWithHooks> {
+    let result: NativeCallResult;
+    try {
+      result = await this.native.runMethodAsync(method, inputs.map(toNative));
+    } catch (error) {
+      throw clarify(error, method);
+    }
+    return this.received(result);
+  }
+
+  private received([output, hooks]: NativeCallResult): CallWithHooks {
+    const hookOutputs = new Map<number, unknown>();
+    for (const [id, value] of hooks) {
+      const wrapped = fromNative(value);
+      hookOutputs.set(id, wrapped);
+      this.model.hookOutputs.set(id, wrapped);
+    }
+    return { output: fromNative(output), hookOutputs };
+  }
+
+  /** Every module below this one, itself first as '', in the order of PyTorch's `named_modules()`. */
+  namedModules(): Array<[string, ScriptModule]> {
+    return this.native.namedModules().map(([name, native]) => [name, this.sub(native, name)]);
+  }
+
+  /** The direct children, as PyTorch's `named_children()`. */
+  namedChildren(): Array<[string, ScriptModule]> {
+    return this.native.namedChildren().map(([name, native]) => [name, this.sub(native, name)]);
+  }
+
+  /** The module with the fully qualified name `name` below this one ('' is this module). */
+  getModule(name: string): ScriptModule {
+    const modules = this.namedModules();
+    const found = modules.find(([candidate]) => candidate === name);
+    if (found) return found[1];
+    const names = modules.map(([candidate]) => candidate);
+    const hint = names.length <= 1
+      ? 'it has no submodules (a frozen or inlined model loses them; export it without torch.jit.freeze)'
+      : `closest names: ${closestNames(name, names).join(', ')}`;
+    throw new Error(`no module named '${name}' in this model; ${hint}`);
+  }
+
+  /** Parameters by qualified name (PyTorch's `named_parameters()`); they alias the model's. */
+  namedParameters(recurse = true): Array<[string, Tensor]> {
+    return this.native.namedParameters(recurse).map(([name, native]) => [name, new Tensor(native)]);
+  }
+
+  parameters(recurse = true): Tensor[] {
+    return this.namedParameters(recurse).map(([, tensor]) => tensor);
+  }
+
+  namedBuffers(recurse = true): Array<[string, Tensor]> {
+    return this.native.namedBuffers(recurse).map(([name, native]) => [name, new Tensor(native)]);
+  }
+
+  buffers(recurse = true): Tensor[] {
+    return this.namedBuffers(recurse).map(([, tensor]) => tensor);
+  }
+
+  /** Parameters and buffers by name (PyTorch's `state_dict()`), aliasing the model's. */
+  stateDict(): Record<string, Tensor> {
+    return Object.fromEntries([...this.namedParameters(), ...this.namedBuffers()]);
+  }
+
+  /** Sets training mode on this module and every module below it. */
+  train(mode = true): this {
+    this.native.train(mode);
+    return this;
+  }
+
+  eval(): this { return this.train(false); }
+
+  /** Whether this module is in training mode. */
+  get training(): boolean { return this.native.isTraining(); }
+
+  /** Moves parameters and buffers to `device` (tensors taken from the model before stay where they were). */
+  to(device: Device | string): this {
+    this.native.to(device);
+    return this;
+  }
+
+  /** Saves the module as TorchScript that Python's `torch.jit.load` reads (hooks are not saved). */
+  save(path: string): void { this.native.save(path); }
+
+  /** The names of the methods that can be called. */
+  methodNames(): string[] { return this.native.methodNames(); }
+
+  /** A method's TorchScript schema, e.g. `forward(__torch__.Net self, Tensor x) -> Tensor`. */
+  methodSchema(method = 'forward'): string { return this.native.methodSchema(method); }
+
+  /**
+   * Registers a hook that runs after every call of this module's forward, as PyTorch's
+   * `register_forward_hook`: a JS function `(module, inputs, output) => void` (its return
+   * value cannot replace the output), or a module (an nn branch, a ScriptModule) that
+   * runs natively on the output, whose result is kept as the hook's output.
+   */
+  registerForwardHook(hook: ForwardHook): RemovableHandle {
+    const nativeHook = typeof hook === 'function'
+      ? (inputs: unknown[], output: unknown) => hook(this, fromNative(inputs) as unknown[], fromNative(output))
+      : hook.nativeHook;
+    const id = this.native.registerHook(nativeHook as never);
+    const native = this.native;
+    const model = this.model;
+    return {
+      id,
+      remove(): void {
+        native.removeHook(id);
+        model.hookOutputs.delete(id);
+      },
+    };
+  }
+
+  /** @internal The latest output of a native hook, if it has one. */
+  hookOutput(id: number): unknown { return this.model.hookOutputs.get(id); }
+
+  /** @internal Forgets the latest output of a native hook. */
+  deleteHookOutput(id: number): void { this.model.hookOutputs.delete(id); }
+
+  /** Releases this module object (the model lives on while other objects of it do). */
+  dispose(): void { this.native.dispose(); }
+
+  get isDisposed(): boolean { return this.native.isDisposed(); }
+
+  private sub(native: NativeScriptModule, name: string): ScriptModule {
+    const qualified = this.qualifiedName === '' ? name : name === '' ? this.qualifiedName : `${this.qualifiedName}.${name}`;
+    return new ScriptModule(native, this.model, qualified);
+  }
+}
+
+/** Options of `jit.load`. */
+export interface LoadOptions {
+  /** Where to put parameters and buffers: 'cpu' (default), 'cuda', 'cuda:N'. */
+  device?: Device | string;
+}
+
+/** Loads a TorchScript model saved by Python's `torch.jit.save` (scripted or traced). */
+export function load(path: string, options: LoadOptions = {}): ScriptModule {
+  if (!fs.existsSync(path)) throw new Error(`cannot load TorchScript model '${path}': no such file`);
+  if (fs.statSync(path).isDirectory()) throw new Error(`cannot load TorchScript model '${path}': it is a directory`);
+  const native = binding.loadScriptModule(path, options.device);
+  return new ScriptModule(native, new LoadedModel(path), '');
+}

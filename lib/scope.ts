@@ -1,0 +1,59 @@
+/**
+ * Deterministic release of native memory: a scope disposes every tensor created inside
+ * it except those it returns, like TensorFlow.js's `tidy`.
+ */
+
+/** Anything that holds native memory and can give it back. */
+export interface Disposable {
+  dispose(): void;
+}
+
+const scopes: Disposable[][] = [];
+
+/** Records `value` in the innermost open scope, if any. */
+export function track<T extends Disposable>(value: T): T {
+  if (scopes.length > 0) scopes[scopes.length - 1].push(value);
+  return value;
+}
+
+function collect(value: unknown, into: Set<unknown>, seen: Set<unknown>): void {
+  if (value === null || typeof value !== 'object' || seen.has(value)) return;
+  seen.add(value);
+  into.add(value);
+  if (Array.isArray(value)) {
+    for (const item of value) collect(item, into, seen);
+  } else if (value instanceof Map) {
+    for (const item of value.values()) collect(item, into, seen);
+  } else if (Object.getPrototypeOf(value) === Object.prototype) {
+    for (const item of Object.values(value)) collect(item, into, seen);
+  }
+}
+
+/**
+ * Runs `fn` and disposes every tensor created while it ran, except those reachable from
+ * its result (in arrays, plain objects and Maps), which move to the enclosing scope.
+ */
+export function tidy<T>(fn: () => T): T {
+  scopes.push([]);
+  let result: T;
+  let created: Disposable[];
+  try {
+    result = fn();
+  } catch (error) {
+    created = scopes.pop()!;
+    for (const value of created) value.dispose();
+    throw error;
+  }
+  created = scopes.pop()!;
+  if (result instanceof Promise) {
+    for (const value of created) value.dispose();
+    throw new Error('tidy() cannot keep tensors across an await: call dispose() on them instead');
+  }
+  const kept = new Set<unknown>();
+  collect(result, kept, new Set());
+  for (const value of created) {
+    if (kept.has(value)) track(value);
+    else value.dispose();
+  }
+  return result;
+}

@@ -1,0 +1,148 @@
+/**
+ * The `torch` namespace: tensor creation, the functions PyTorch keeps at top level,
+ * threads, seeds, grad mode, devices and versions.
+ */
+import { binding } from './binding';
+import { DType, Device, TYPED_ARRAY_DTYPE } from './dtype';
+import { tidy } from './scope';
+import { NestedArray, Tensor, TensorOptions, callOp } from './tensor';
+
+function nativeOptions(options: TensorOptions, fallback: DType = 'float32'): Record<string, unknown> {
+  return { dtype: options.dtype ?? fallback, device: options.device ?? null };
+}
+
+function finish(tensor: Tensor, options: TensorOptions): Tensor {
+  if (options.requiresGrad) tensor.requiresGrad = true;
+  return tensor;
+}
+
+function inferShape(data: NestedArray): number[] {
+  const shape: number[] = [];
+  let level: NestedArray = data;
+  while (Array.isArray(level)) {
+    shape.push(level.length);
+    if (level.length === 0) break;
+    level = level[0];
+  }
+  return shape;
+}
+
+function flatten(data: NestedArray, shape: number[], dim: number, out: Array<number | boolean>, path: string): void {
+  if (dim === shape.length) {
+    if (Array.isArray(data)) throw new TypeError(`tensor(): ragged nested array at ${path}: expected a number`);
+    if (typeof data !== 'number' && typeof data !== 'boolean') {
+      throw new TypeError(`tensor(): element at ${path} is ${typeof data}, expected a number or boolean`);
+    }
+    out.push(data);
+    return;
+  }
+  if (!Array.isArray(data) || data.length !== shape[dim]) {
+    throw new TypeError(`tensor(): ragged nested array at ${path}: expected ${shape[dim]} elements like the first row`);
+  }
+  data.forEach((item, i) => flatten(item, shape, dim + 1, out, `${path}[${i}]`));
+}
+
+/**
+ * A tensor from a TypedArray, nested arrays or a scalar. Like `torch.tensor`, nested
+ * integers make int64, other numbers float32 and booleans bool unless `dtype` says
+ * otherwise; a TypedArray keeps its own type. Give `shape` for a flat TypedArray.
+ */
+export function tensor(data: NestedArray | ArrayBufferView, options: TensorOptions & { shape?: number[] } = {}): Tensor {
+  let result: Tensor;
+  if (ArrayBuffer.isView(data)) {
+    const length = (data as unknown as { length: number }).length;
+    result = new Tensor(binding.fromTypedArray(data, options.shape ?? [length], options.dtype));
+  } else {
+    const shape = inferShape(data);
+    const values: Array<number | boolean> = [];
+    flatten(data, shape, 0, values, 'data');
+    const allBool = values.length > 0 && values.every((v) => typeof v === 'boolean');
+    const allInt = values.length > 0 && values.every((v) => typeof v === 'number' && Number.isInteger(v));
+    const dtype: DType = options.dtype ?? (allBool ? 'bool' : allInt ? 'int64' : 'float32');
+    // Doubles hold every float32 and every int up to 2^53 exactly; the addon converts.
+    result = new Tensor(binding.fromTypedArray(new Float64Array(values.map(Number)), options.shape ?? shape, dtype));
+  }
+  if (options.device && options.device !== 'cpu') result = result.to(options.device);
+  return finish(result, options);
+}
+
+/** The dtype a TypedArray becomes. */
+export function dtypeOf(array: ArrayBufferView): DType {
+  for (const [type, dtype] of TYPED_ARRAY_DTYPE) if (array instanceof type) return dtype;
+  throw new TypeError('unsupported TypedArray type');
+}
+
+export function zeros(shape: number[], options: TensorOptions = {}): Tensor {
+  return finish(callOp('zeros', '', [shape], nativeOptions(options)) as Tensor, options);
+}
+export function ones(shape: number[], options: TensorOptions = {}): Tensor {
+  return finish(callOp('ones', '', [shape], nativeOptions(options)) as Tensor, options);
+}
+export function full(shape: number[], value: number | boolean, options: TensorOptions = {}): Tensor {
+  const fallback: DType = typeof value === 'boolean' ? 'bool' : 'float32';
+  return finish(callOp('full', '', [shape, value], nativeOptions(options, fallback)) as Tensor, options);
+}
+/** Uniform samples in [0, 1). */
+export function rand(shape: number[], options: TensorOptions = {}): Tensor {
+  return finish(callOp('rand', '', [shape], nativeOptions(options)) as Tensor, options);
+}
+/** Standard normal samples. */
+export function randn(shape: number[], options: TensorOptions = {}): Tensor {
+  return finish(callOp('randn', '', [shape], nativeOptions(options)) as Tensor, options);
+}
+/** Integers uniform in [low, high), int64 unless `dtype` says otherwise. */
+export function randint(low: number, high: number, shape: number[], options: TensorOptions = {}): Tensor {
+  return finish(callOp('randint', 'low', [low, high, shape], nativeOptions(options, 'int64')) as Tensor, options);
+}
+/** `arange(end)` or `arange(start, end, step)`: int64 for integer arguments, else float32. */
+export function arange(start: number, end?: number, step = 1, options: TensorOptions = {}): Tensor {
+  if (end === undefined) [start, end] = [0, start];
+  const integral = [start, end, step].every(Number.isInteger);
+  return finish(callOp('arange', 'start_step', [start, end, step], nativeOptions(options, integral ? 'int64' : 'float32')) as Tensor, options);
+}
+/** Concatenates along an existing dimension. */
+export function cat(tensors: Tensor[], dim = 0): Tensor { return callOp('cat', '', [tensors, dim]) as Tensor; }
+/** Stacks along a new dimension. */
+export function stack(tensors: Tensor[], dim = 0): Tensor { return callOp('stack', '', [tensors, dim]) as Tensor; }
+/** Elementwise choice: `x` where `condition`, else `y`. */
+export function where(condition: Tensor, x: Tensor, y: Tensor): Tensor { return callOp('where', 'self', [condition, x, y]) as Tensor; }
+/** Whether all elements are close (`|a - b| <= atol + rtol * |b|`). */
+export function allclose(a: Tensor, b: Tensor, rtol = 1e-5, atol = 1e-8): boolean {
+  return callOp('allclose', '', [a, b, rtol, atol]) as boolean;
+}
+
+/** Seeds LibTorch's random generators (CPU and CUDA). */
+export function manualSeed(seed: number): void { binding.manualSeed(seed); }
+/** Sets the number of threads for intra-op parallelism. */
+export function setNumThreads(threads: number): void { binding.setNumThreads(threads); }
+export function getNumThreads(): number { return binding.getNumThreads(); }
+export function isGradEnabled(): boolean { return binding.isGradEnabled(); }
+export function setGradEnabled(enabled: boolean): void { binding.setGradEnabled(enabled); }
+
+/** Runs `fn` with gradient recording off (PyTorch's `torch.no_grad()`), restoring it after. */
+export function noGrad<T>(fn: () => T): T {
+  const previous = binding.isGradEnabled();
+  binding.setGradEnabled(false);
+  try {
+    const result = fn();
+    if (result instanceof Promise) {
+      throw new Error('noGrad() cannot span an await: grad mode is per thread; wrap the synchronous part instead');
+    }
+    return result;
+  } finally {
+    binding.setGradEnabled(previous);
+  }
+}
+
+export { tidy };
+
+/** CUDA devices: chosen at run time, so the same program runs with and without a GPU. */
+export const cuda = {
+  isAvailable: (): boolean => binding.cudaIsAvailable(),
+  deviceCount: (): number => binding.cudaDeviceCount(),
+};
+
+/** The LibTorch version the addon was built against, and whether that build has CUDA. */
+export const version = { libtorch: binding.libtorchVersion, cuda: binding.builtWithCuda };
+
+export type { DType, Device };

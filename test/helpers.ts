@@ -1,0 +1,49 @@
+/** Shared by the suites: fixture paths and reference data written by scripts/make_fixtures.py. */
+import * as fs from 'fs';
+import * as path from 'path';
+import { Tensor, torch } from '../lib';
+
+export const FIXTURES = path.join(__dirname, 'fixtures');
+
+export function fixture(name: string): string {
+  return path.join(FIXTURES, name);
+}
+
+export interface RefTensor {
+  shape: number[];
+  dtype: 'float32' | 'int64';
+  data: number[];
+}
+
+const cache = new Map<string, unknown>();
+
+/** A reference JSON file, parsed once per suite. */
+export function reference<T = any>(name: string): T {
+  if (!cache.has(name)) cache.set(name, JSON.parse(fs.readFileSync(fixture(name), 'utf8')));
+  return cache.get(name) as T;
+}
+
+export function fromRef(ref: RefTensor): Tensor {
+  const data = ref.dtype === 'int64' ? new BigInt64Array(ref.data.map(BigInt)) : new Float32Array(ref.data);
+  return torch.tensor(data, { shape: ref.shape });
+}
+
+/** The largest absolute difference between a tensor and reference values. */
+export function maxAbsDiff(actual: Tensor, expected: RefTensor | Tensor | ArrayLike<number>): number {
+  const a = Array.from(actual.data() as ArrayLike<number>, Number);
+  const e = expected instanceof Tensor
+    ? Array.from(expected.data() as ArrayLike<number>, Number)
+    : 'data' in (expected as RefTensor) ? (expected as RefTensor).data : Array.from(expected as ArrayLike<number>);
+  if (expected instanceof Tensor) expect(actual.shape).toEqual(expected.shape);
+  else if ('shape' in (expected as RefTensor)) expect(actual.shape).toEqual((expected as RefTensor).shape);
+  expect(a.length).toBe(e.length);
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - e[i]));
+  return worst;
+}
+
+/** Runs Debian's python3 with torch on a script; returns stdout. */
+export function python(code: string): string {
+  const { execFileSync } = require('child_process') as typeof import('child_process');
+  return execFileSync('/usr/bin/python3', ['-c', code], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
