@@ -39,11 +39,13 @@ class LoadedModel {
 
 /** Puts the line that says what went wrong first, before TorchScript's tracebacks. */
 function clarify(error: unknown, method: string): Error {
-  if (!(error instanceof Error) || !error.message.includes('Traceback of TorchScript')) return error as Error;
-  const causes = [...error.message.matchAll(/^(\w*(?:Error|Exception)): (.*)$/gm)];
-  if (causes.length === 0) return error;
+  // Not `instanceof Error`: errors made by the addon may come from another realm (jest, vm).
+  const message = (error as Error | undefined)?.message;
+  if (typeof message !== 'string' || !message.includes('Traceback of TorchScript')) return error as Error;
+  const causes = [...message.matchAll(/^(\w*(?:Error|Exception)): (.*)$/gm)];
+  if (causes.length === 0) return error as Error;
   const cause = causes[causes.length - 1];
-  const clarified = new Error(`${method}: ${cause[2]}\n\n${error.message}`);
+  const clarified = new Error(`${method}: ${cause[2]}\n\n${message}`);
   clarified.name = cause[1] === 'RuntimeError' ? 'Error' : cause[1];
   return clarified;
 }
