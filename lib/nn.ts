@@ -9,6 +9,10 @@ import { Device } from './dtype';
 import { HookModule } from './jit';
 import { Tensor } from './tensor';
 import { noGrad } from './torch';
+import * as functional from './functional';
+
+/** Losses and accuracy helpers, as PyTorch's `torch.nn.functional`. */
+export { functional };
 
 /** A module's architecture: enough to build it again (checkpoints store it as JSON). */
 export interface ModuleSpec {
@@ -83,9 +87,17 @@ export class Module implements HookModule {
     return this;
   }
 
-  /** Parameters and buffers by name, aliasing the module's tensors. */
+  /**
+   * Parameters and buffers by name, aliasing the module's tensors, in PyTorch's
+   * `state_dict()` order: module by module, each one's parameters then its buffers.
+   */
   stateDict(): Record<string, Tensor> {
-    return Object.fromEntries([...this.namedParameters(), ...this.namedBuffers()]);
+    const entries: Array<[string, Tensor]> = [];
+    for (const [prefix, module] of this.namedModules()) {
+      const own = [...module.namedParameters(false), ...module.namedBuffers(false)];
+      for (const [name, tensor] of own) entries.push([prefix === '' ? name : `${prefix}.${name}`, tensor]);
+    }
+    return Object.fromEntries(entries);
   }
 
   /**
@@ -182,10 +194,18 @@ interface Conv2dOptions {
   paddingMode?: 'zeros' | 'reflect' | 'replicate' | 'circular';
 }
 
+/*
+ * Each constructor takes its keyword form or its positional form as one union of argument
+ * tuples, not as overloads: `constructible` infers the arguments from the constructor
+ * type, and inference from overloads keeps only the last one.
+ */
+type Conv2dArgs =
+  | [inChannels: number, outChannels: number, kernelSize: Pair, options?: Conv2dOptions]
+  | [inChannels: number, outChannels: number, kernelSize: Pair, stride?: Pair, padding?: Pair, dilation?: Pair,
+    groups?: number, bias?: boolean, paddingMode?: Conv2dOptions['paddingMode']];
+
 class Conv2dModule extends Module {
-  constructor(inChannels: number, outChannels: number, kernelSize: Pair, options?: Conv2dOptions);
-  constructor(inChannels: number, outChannels: number, kernelSize: Pair, stride?: Pair, padding?: Pair, dilation?: Pair,
-    groups?: number, bias?: boolean, paddingMode?: string);
+  constructor(...args: Conv2dArgs);
   constructor(...args: unknown[]) {
     const o = readArgs('Conv2d', ['inChannels', 'outChannels', 'kernelSize', 'stride', 'padding', 'dilation', 'groups', 'bias', 'paddingMode'],
       { stride: 1, padding: 0, dilation: 1, groups: 1, bias: true, paddingMode: 'zeros' }, args);
@@ -199,6 +219,9 @@ class Conv2dModule extends Module {
 }
 
 interface BatchNormOptions { eps?: number; momentum?: number | null; affine?: boolean; trackRunningStats?: boolean }
+type BatchNormArgs =
+  | [numFeatures: number, options?: BatchNormOptions]
+  | [numFeatures: number, eps?: number, momentum?: number | null, affine?: boolean, trackRunningStats?: boolean];
 
 function batchNormOptions(kind: string, args: unknown[]): Record<string, unknown> {
   const o = readArgs(kind, ['numFeatures', 'eps', 'momentum', 'affine', 'trackRunningStats'],
@@ -207,14 +230,12 @@ function batchNormOptions(kind: string, args: unknown[]): Record<string, unknown
 }
 
 class BatchNorm1dModule extends Module {
-  constructor(numFeatures: number, options?: BatchNormOptions);
-  constructor(numFeatures: number, eps?: number, momentum?: number | null, affine?: boolean, trackRunningStats?: boolean);
+  constructor(...args: BatchNormArgs);
   constructor(...args: unknown[]) { super('BatchNorm1d', batchNormOptions('BatchNorm1d', args)); }
 }
 
 class BatchNorm2dModule extends Module {
-  constructor(numFeatures: number, options?: BatchNormOptions);
-  constructor(numFeatures: number, eps?: number, momentum?: number | null, affine?: boolean, trackRunningStats?: boolean);
+  constructor(...args: BatchNormArgs);
   constructor(...args: unknown[]) { super('BatchNorm2d', batchNormOptions('BatchNorm2d', args)); }
 }
 
@@ -228,9 +249,12 @@ class ReLUModule extends Module {
 
 interface AvgPool2dOptions { stride?: Pair | null; padding?: Pair; ceilMode?: boolean; countIncludePad?: boolean; divisorOverride?: number | null }
 
+type AvgPool2dArgs =
+  | [kernelSize: Pair, options?: AvgPool2dOptions]
+  | [kernelSize: Pair, stride?: Pair | null, padding?: Pair, ceilMode?: boolean, countIncludePad?: boolean, divisorOverride?: number | null];
+
 class AvgPool2dModule extends Module {
-  constructor(kernelSize: Pair, options?: AvgPool2dOptions);
-  constructor(kernelSize: Pair, stride?: Pair | null, padding?: Pair, ceilMode?: boolean, countIncludePad?: boolean, divisorOverride?: number | null);
+  constructor(...args: AvgPool2dArgs);
   constructor(...args: unknown[]) {
     const o = readArgs('AvgPool2d', ['kernelSize', 'stride', 'padding', 'ceilMode', 'countIncludePad', 'divisorOverride'],
       { stride: null, padding: 0, ceilMode: false, countIncludePad: true, divisorOverride: null }, args);
@@ -244,9 +268,12 @@ class AvgPool2dModule extends Module {
 
 interface MaxPool2dOptions { stride?: Pair | null; padding?: Pair; dilation?: Pair; ceilMode?: boolean }
 
+type MaxPool2dArgs =
+  | [kernelSize: Pair, options?: MaxPool2dOptions]
+  | [kernelSize: Pair, stride?: Pair | null, padding?: Pair, dilation?: Pair, ceilMode?: boolean];
+
 class MaxPool2dModule extends Module {
-  constructor(kernelSize: Pair, options?: MaxPool2dOptions);
-  constructor(kernelSize: Pair, stride?: Pair | null, padding?: Pair, dilation?: Pair, ceilMode?: boolean);
+  constructor(...args: MaxPool2dArgs);
   constructor(...args: unknown[]) {
     const o = readArgs('MaxPool2d', ['kernelSize', 'stride', 'padding', 'dilation', 'ceilMode'],
       { stride: null, padding: 0, dilation: 1, ceilMode: false }, args);
