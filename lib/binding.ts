@@ -72,6 +72,9 @@ export interface Binding {
   callOp(name: string, overload: string, args: NativeValue[], kwargs?: Record<string, NativeValue>): NativeValue;
   loadScriptModule(path: string, device?: string): NativeScriptModule;
   createNnModule(kind: string, options: Record<string, unknown>, children?: NativeNnModule[]): NativeNnModule;
+  /** Bytes in torch.save's format (Python's torch.load reads them). */
+  pickleSave(value: NativeValue): Buffer;
+  pickleLoad(bytes: Buffer): NativeValue;
   setNumThreads(threads: number): void;
   getNumThreads(): number;
   manualSeed(seed: number): void;

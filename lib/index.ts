@@ -12,8 +12,9 @@
 import * as torch from './torch';
 import * as nn from './nn';
 import * as jit from './jit';
+import * as optim from './optim';
 
-export { torch, nn, jit };
+export { torch, nn, jit, optim };
 export { Tensor } from './tensor';
 export type { NestedArray, TensorOptions, TypedArray } from './tensor';
 export type { DType, Device } from './dtype';
@@ -22,3 +23,9 @@ export type { ForwardHook, RemovableHandle, LoadOptions } from './jit';
 export { EarlyExitMgr } from './early-exit/exit-mgr';
 export type { ExitBranch, ExitsDef } from './early-exit/exit-mgr';
 export { EarlyExitModel } from './early-exit/model';
+export { earlyExitLoss, lossWeightSchedule } from './early-exit/loss';
+export type { EarlyExitLossOptions } from './early-exit/loss';
+export { loadMnist } from './data/mnist';
+export type { DigitSet, MnistSplit } from './data/mnist';
+export { saveCheckpoint, loadCheckpoint } from './early-exit/checkpoint';
+export type { SaveCheckpointOptions, LoadedCheckpoint } from './early-exit/checkpoint';

@@ -16,6 +16,18 @@ export function track<T extends Disposable>(value: T): T {
   return value;
 }
 
+/**
+ * Takes `value` out of every open scope: it lives until disposed explicitly (for state
+ * that outlives a step, such as optimizer buffers). Returns it.
+ */
+export function keep<T extends Disposable>(value: T): T {
+  for (const scope of scopes) {
+    const index = scope.indexOf(value);
+    if (index >= 0) scope.splice(index, 1);
+  }
+  return value;
+}
+
 function collect(value: unknown, into: Set<unknown>, seen: Set<unknown>): void {
   if (value === null || typeof value !== 'object' || seen.has(value)) return;
   seen.add(value);

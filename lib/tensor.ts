@@ -252,6 +252,18 @@ export class Tensor {
   clone(): Tensor { return tensorOp('clone', '', [this]); }
   /** Copies `source` into this tensor in place (broadcasting). */
   copy_(source: Tensor): Tensor { tensorOp('copy_', '', [this, source]); return this; }
+  /** In place: `this += alpha * other`. */
+  add_(other: TensorOrScalar, alpha = 1): Tensor { binary('add_', this, other, [alpha]); return this; }
+  /** In place: `this -= alpha * other`. */
+  sub_(other: TensorOrScalar, alpha = 1): Tensor { binary('sub_', this, other, [alpha]); return this; }
+  /** In place: `this *= other`. */
+  mul_(other: TensorOrScalar): Tensor { binary('mul_', this, other); return this; }
+  /** In place: `this /= other`. */
+  div_(other: TensorOrScalar): Tensor { binary('div_', this, other); return this; }
+  /** In place: `this += value * t1 * t2`. */
+  addcmul_(t1: Tensor, t2: Tensor, value = 1): Tensor { tensorOp('addcmul_', '', [this, t1, t2, value]); return this; }
+  /** In place: `this += value * t1 / t2`. */
+  addcdiv_(t1: Tensor, t2: Tensor, value = 1): Tensor { tensorOp('addcdiv_', '', [this, t1, t2, value]); return this; }
   /** Sets every element to zero in place. */
   zero_(): Tensor { tensorOp('zero_', '', [this]); return this; }
   /** Marks this tensor to require gradients; returns this. */

@@ -4,7 +4,7 @@
  */
 import { binding } from './binding';
 import { DType, Device, TYPED_ARRAY_DTYPE } from './dtype';
-import { tidy } from './scope';
+import { keep, tidy } from './scope';
 import { NestedArray, Tensor, TensorOptions, callOp } from './tensor';
 
 function nativeOptions(options: TensorOptions, fallback: DType = 'float32'): Record<string, unknown> {
@@ -100,6 +100,10 @@ export function arange(start: number, end?: number, step = 1, options: TensorOpt
   const integral = [start, end, step].every(Number.isInteger);
   return finish(callOp('arange', 'start_step', [start, end, step], nativeOptions(options, integral ? 'int64' : 'float32')) as Tensor, options);
 }
+/** A random permutation of 0..n-1 (int64). */
+export function randperm(n: number, options: TensorOptions = {}): Tensor {
+  return finish(callOp('randperm', '', [n], nativeOptions(options, 'int64')) as Tensor, options);
+}
 /** Concatenates along an existing dimension. */
 export function cat(tensors: Tensor[], dim = 0): Tensor { return callOp('cat', '', [tensors, dim]) as Tensor; }
 /** Stacks along a new dimension. */
@@ -134,7 +138,8 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
-export { tidy };
+export { keep, tidy };
+export { save, load } from './serialization';
 
 /** CUDA devices: chosen at run time, so the same program runs with and without a GPU. */
 export const cuda = {

@@ -6,6 +6,7 @@
 #include "ops.h"
 #include "runtime.h"
 #include "script_module.h"
+#include "serialization.h"
 #include "tensor.h"
 
 namespace tee {
@@ -33,6 +34,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("callOp", Napi::Function::New(env, CallOp));
   exports.Set("loadScriptModule", Napi::Function::New(env, LoadScriptModule));
   exports.Set("createNnModule", Napi::Function::New(env, CreateNnModule));
+  exports.Set("pickleSave", Napi::Function::New(env, Guarded<PickleSave>));
+  exports.Set("pickleLoad", Napi::Function::New(env, Guarded<PickleLoad>));
   ExportRuntime(env, exports);
   return exports;
 }

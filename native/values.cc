@@ -52,6 +52,9 @@ c10::TypePtr InferType(const Napi::Value& value) {
     Napi::Object object = value.As<Napi::Object>();
     Napi::Array keys = object.GetPropertyNames();
     c10::TypePtr valueType = keys.Length() > 0 ? InferType(object.Get(keys.Get(0u))) : c10::TensorType::get();
+    for (uint32_t i = 1; i < keys.Length(); ++i) {
+      if (!(*InferType(object.Get(keys.Get(i))) == *valueType)) valueType = c10::AnyType::get();
+    }
     return c10::DictType::create(c10::StringType::get(), valueType);
   }
   ThrowTypeError(env, "cannot pass " + value.ToString().Utf8Value() + " to TorchScript");

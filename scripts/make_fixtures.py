@@ -6,6 +6,7 @@ Usage: /usr/bin/python3 scripts/make_fixtures.py OUTDIR
 Tensors in JSON are {"shape": [...], "dtype": "float32"|"int64", "data": [...]}
 with data flattened in row-major order.
 """
+import copy
 import hashlib
 import json
 import os
@@ -53,6 +54,7 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from typing import Dict, List, Optional, Tuple  # noqa: E402
 
 DTYPES = {torch.float32: "float32", torch.int64: "int64"}
@@ -325,6 +327,107 @@ def make_containers(w):
     })
 
 
+def make_training(w):
+    """Two SGD steps of Distiller-style joint and exits-only training, in eager PyTorch."""
+    torch.manual_seed(0)
+    model = ResNetCifar()
+    model.load_state_dict(torch.jit.load(w.path("resnet20_scripted.pt")).state_dict())
+    torch.manual_seed(1)
+    branch = nn.Sequential(nn.AvgPool2d(3), nn.Flatten(), nn.Linear(1600, 10))
+    model_state = copy.deepcopy(model.state_dict())
+    branch_state = copy.deepcopy(branch.state_dict())
+    torch.manual_seed(3)
+    x = torch.randn(8, 3, 32, 32)
+    y = torch.randint(0, 10, (8,))
+    settings = {"lossWeights": [0.3], "lr": 0.05, "momentum": 0.9, "weightDecay": 5e-4, "steps": 2}
+
+    scenarios = {}
+    for name, frozen in (("joint", False), ("exits_only", True)):
+        model.load_state_dict(model_state)
+        branch.load_state_dict(branch_state)
+        cache = {}
+        hook = model.layer1[2].relu2.register_forward_hook(
+            lambda module, inputs, output: cache.__setitem__("exit", branch(output)))
+        for p in model.parameters():
+            p.requires_grad_(not frozen)
+        params = ([] if frozen else list(model.parameters())) + list(branch.parameters())
+        optimizer = torch.optim.SGD(params, lr=settings["lr"], momentum=settings["momentum"],
+                                    weight_decay=settings["weightDecay"])
+        model.train()
+        branch.train()
+        losses = []
+        for _ in range(settings["steps"]):
+            final = model(x)
+            weight = settings["lossWeights"][0]
+            loss = weight * F.cross_entropy(cache["exit"], y) + (1 - weight) * F.cross_entropy(final, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        hook.remove()
+        named = dict(model.named_parameters())
+        named.update({"exits.0." + n: p for n, p in branch.named_parameters()})
+        scenarios[name] = {
+            "losses": losses,
+            "parameters": {n: tensor_json(p) for n, p in named.items()},
+            "running_mean": tensor_json(model.layer3[2].bn2.running_mean),
+        }
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    w.json("training_reference.json", {"input": tensor_json(x), "target": tensor_json(y),
+                                       "settings": settings, "scenarios": scenarios})
+
+
+class MnistCnn(nn.Module):
+    """The demo's backbone: cheap first block, expensive second, so an exit after the
+    first saves most of the compute."""
+
+    def __init__(self):
+        super().__init__()
+        self.features1 = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2))
+        self.features2 = nn.Sequential(
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features2(self.features1(x)))
+
+
+def make_mnist_cnn(w):
+    torch.manual_seed(5)
+    model = MnistCnn().train()
+    w.jit("mnist_cnn.pt", torch.jit.script(model))
+
+
+def make_optimizers(w):
+    """Parameters after three steps of each optimizer on fixed gradients."""
+    torch.manual_seed(4)
+    start = torch.randn(6)
+    grads = [torch.randn(6) for _ in range(3)]
+    cases = {
+        "sgd": (torch.optim.SGD, {"lr": 0.1}),
+        "sgd_momentum_dampening": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.8, "dampening": 0.3, "weight_decay": 0.01}),
+        "sgd_nesterov": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+        "adam": (torch.optim.Adam, {"lr": 0.01}),
+        "adam_weight_decay": (torch.optim.Adam, {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.1}),
+        "adamw": (torch.optim.AdamW, {"lr": 0.01}),
+    }
+    results = {}
+    for name, (cls, options) in cases.items():
+        param = start.clone().requires_grad_(True)
+        optimizer = cls([param], **options)
+        for grad in grads:
+            param.grad = grad.clone()
+            optimizer.step()
+        results[name] = tensor_json(param)
+    w.json("optimizer_reference.json", {"start": tensor_json(start), "grads": [tensor_json(g) for g in grads],
+                                        "results": results})
+
+
 def main(outdir):
     digest = script_digest()
     os.makedirs(outdir, exist_ok=True)
@@ -336,6 +439,9 @@ def main(outdir):
     w = Writer(outdir)
     make_resnet(w)
     make_containers(w)
+    make_training(w)
+    make_optimizers(w)
+    make_mnist_cnn(w)
 
     with open(stamp, "w") as f:
         f.write(digest + "\n")

@@ -64,6 +64,16 @@ export class EarlyExitModel {
     return this.namedParameters().map(([, tensor]) => tensor);
   }
 
+  /**
+   * Stops (or restarts) gradients to the backbone's parameters, to train the exits alone
+   * on a frozen backbone. The backbone's batch-norm statistics still move in train mode:
+   * call `backbone.eval()` after `train()` to keep them too.
+   */
+  freezeBackbone(freeze = true): this {
+    for (const param of this.backbone.parameters()) param.requiresGrad = !freeze;
+    return this;
+  }
+
   train(mode = true): this {
     this.backbone.train(mode);
     for (const branch of this.branches) (branch as Module | ScriptModule).train(mode);
