@@ -25,6 +25,8 @@ export type { ExitBranch, ExitsDef } from './early-exit/exit-mgr';
 export { EarlyExitModel } from './early-exit/model';
 export { earlyExitLoss, lossWeightSchedule } from './early-exit/loss';
 export type { EarlyExitLossOptions } from './early-exit/loss';
+export { trainEarlyExit, evaluateAccuracy } from './early-exit/trainer';
+export type { TrainOptions, BatchProgress, LabelledData } from './early-exit/trainer';
 export { loadMnist } from './data/mnist';
 export type { DigitSet, MnistSplit } from './data/mnist';
 export { saveCheckpoint, loadCheckpoint } from './early-exit/checkpoint';
