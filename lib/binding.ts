@@ -25,12 +25,15 @@ export interface NativeTensor {
   sameAs(other: NativeTensor): boolean;
 }
 
-/** [output, [[hookId, hookOutput], ...]] */
-export type NativeCallResult = [NativeValue, Array<[number, NativeValue]>];
+/** [output, [[hookId, hookOutput], ...], the hook that stopped the call or null] */
+export type NativeCallResult = [NativeValue, Array<[number, NativeValue]>, number | null];
+
+/** [hookId, rule, threshold]: the hook's output ends the call when every sample meets the rule. */
+export type NativeStopRule = [number, 'entropy' | 'maxProbability' | 'margin' | 'patience', number];
 
 export interface NativeScriptModule {
-  runMethod(method: string, inputs: NativeValue[]): NativeCallResult;
-  runMethodAsync(method: string, inputs: NativeValue[]): Promise<NativeCallResult>;
+  runMethod(method: string, inputs: NativeValue[], stopRules?: NativeStopRule[]): NativeCallResult;
+  runMethodAsync(method: string, inputs: NativeValue[], stopRules?: NativeStopRule[]): Promise<NativeCallResult>;
   namedModules(): Array<[string, NativeScriptModule]>;
   namedChildren(): Array<[string, NativeScriptModule]>;
   namedParameters(recurse: boolean): Array<[string, NativeTensor]>;

@@ -3,7 +3,7 @@
  * `torch.jit.trace`): forward, submodules by name, parameters, forward hooks.
  */
 import * as fs from 'fs';
-import { binding, NativeCallResult, NativeScriptModule } from './binding';
+import { binding, NativeCallResult, NativeScriptModule, NativeStopRule } from './binding';
 import { Device } from './dtype';
 import { closestNames } from './names';
 import { Tensor, fromNative, toNative } from './tensor';
@@ -28,6 +28,8 @@ export interface CallWithHooks {
   output: unknown;
   /** Hook id -> what the native hook returned during this call. */
   hookOutputs: Map<number, unknown>;
+  /** The hook whose stop rule ended the call (its output is `output`), if one did. */
+  stoppedBy?: number;
 }
 
 /** State shared by a loaded model and every submodule object taken from it. */
@@ -91,11 +93,14 @@ export class ScriptModule implements HookModule {
     return (await this.callWithHooksAsync(method, inputs)).output;
   }
 
-  /** @internal Runs a method and returns what its native hooks produced too. */
-  callWithHooks(method: string, inputs: unknown[]): CallWithHooks {
+  /**
+   * @internal Runs a method and returns what its native hooks produced too. A stop rule
+   * ends the call at its hook when every sample meets it.
+   */
+  callWithHooks(method: string, inputs: unknown[], stopRules?: NativeStopRule[]): CallWithHooks {
     let result: NativeCallResult;
     try {
-      result = this.native.runMethod(method, inputs.map(toNative));
+      result = this.native.runMethod(method, inputs.map(toNative), stopRules);
     } catch (error) {
       throw clarify(error, method);
     }
@@ -103,23 +108,24 @@ export class ScriptModule implements HookModule {
   }
 
   /** @internal */
-  async callWithHooksAsync(method: string, inputs: unknown[]): Promise<CallWithHooks> {
+  async callWithHooksAsync(method: string, inputs: unknown[], stopRules?: NativeStopRule[]): Promise<CallWithHooks> {
     let result: NativeCallResult;
     try {
-      result = await this.native.runMethodAsync(method, inputs.map(toNative));
+      result = await this.native.runMethodAsync(method, inputs.map(toNative), stopRules);
     } catch (error) {
       throw clarify(error, method);
     }
     return this.received(result);
   }
 
-  private received([output, hooks]: NativeCallResult): CallWithHooks {
+  private received([output, hooks, stoppedBy]: NativeCallResult): CallWithHooks {
     const hookOutputs = new Map<number, unknown>();
     for (const [id, value] of hooks) {
       const wrapped = fromNative(value);
       hookOutputs.set(id, wrapped);
       this.model.hookOutputs.set(id, wrapped);
     }
+    if (stoppedBy !== null) return { output: hookOutputs.get(stoppedBy), hookOutputs, stoppedBy };
     return { output: fromNative(output), hookOutputs };
   }
 

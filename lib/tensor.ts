@@ -242,6 +242,8 @@ export class Tensor {
   narrow(dim: number, start: number, length: number): Tensor { return tensorOp('narrow', '', [this, dim, start, length]); }
   /** Elements `start` to `end` (exclusive) of `dim`, every `step`-th (a view). */
   slice(dim = 0, start?: number, end?: number, step = 1): Tensor { return tensorOp('slice', 'Tensor', [this, dim, start ?? null, end ?? null, step]); }
+  /** The slice at `index` of dimension `dim`, without that dimension (a view). */
+  select(dim: number, index: number): Tensor { return tensorOp('select', 'int', [this, dim, index]); }
   indexSelect(dim: number, index: Tensor): Tensor { return tensorOp('index_select', '', [this, dim, index]); }
   /** Elements where `mask` is true, flattened. */
   maskedSelect(mask: Tensor): Tensor { return tensorOp('masked_select', '', [this, mask]); }

@@ -67,7 +67,15 @@ void RunHooks(const c10::IValue& module, const c10::IValue& inputs, const c10::I
   if (found == context->hooks->end()) return;
   for (const auto& hook : found->second) {
     if (hook->branch) {
-      context->outputs.push_back({hook->id, hook->branch(output)});
+      c10::IValue result = hook->branch(output);
+      context->outputs.push_back({hook->id, result});
+      for (const StopRule& rule : context->stopRules) {
+        if (rule.hookId != hook->id || !result.isTensor()) continue;
+        if (EverySampleMeets(rule, result.toTensor(), context->patience)) {
+          context->stoppedBy = HookOutput{hook->id, result};
+          throw std::runtime_error("forward stopped at an early exit");
+        }
+      }
     } else if (hook->js) {
       if (context->js == nullptr) throw std::logic_error("a JS forward hook ran with no way to call JS");
       context->js->Call(*hook, inputs, output);

@@ -11,7 +11,10 @@
 #include <memory>
 #include <mutex>
 #include <unordered_map>
+#include <optional>
 #include <vector>
+
+#include "stop_rules.h"
 
 namespace tee {
 
@@ -60,6 +63,12 @@ struct ForwardContext {
   std::shared_ptr<const HookMap> hooks;
   JsHookCaller* js = nullptr;
   std::vector<HookOutput> outputs;
+  // Hooks whose output may end the call, and what ended it. The interpreter turns any
+  // exception into a runtime_error with a traceback, so the decision is recorded here
+  // before throwing and recognised where the method was called.
+  std::vector<StopRule> stopRules;
+  PatienceState patience;
+  std::optional<HookOutput> stoppedBy;
 };
 
 // Makes `context` the current one on this thread for its lifetime (nesting restores).

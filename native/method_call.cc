@@ -48,11 +48,32 @@ MethodCall::MethodCall(Napi::Env env, std::shared_ptr<ModelState> state_, torch:
   context.hooks = state->hooks.Snapshot();
 }
 
+void MethodCall::SetStopRules(const Napi::Value& rules) {
+  if (rules.IsUndefined() || rules.IsNull()) return;
+  Napi::Env env = rules.Env();
+  if (!rules.IsArray()) ThrowTypeError(env, "stop rules must be an array of [hookId, kind, threshold]");
+  Napi::Array array = rules.As<Napi::Array>();
+  for (uint32_t i = 0; i < array.Length(); ++i) {
+    Napi::Array rule = array.Get(i).As<Napi::Array>();
+    StopRule parsed;
+    parsed.hookId = rule.Get(0u).As<Napi::Number>().Int64Value();
+    parsed.kind = ParseStopRuleKind(rule.Get(1u).ToString());
+    parsed.threshold = rule.Get(2u).As<Napi::Number>().DoubleValue();
+    context.stopRules.push_back(parsed);
+  }
+}
+
 void MethodCall::Run(JsHookCaller* js) {
   c10::AutoGradMode grad(gradEnabled);
   context.js = js;
   ForwardScope scope(&context);
-  result = module.get_method(method)(inputs);
+  try {
+    result = module.get_method(method)(inputs);
+  } catch (...) {
+    if (!context.stoppedBy) throw;
+    result = context.stoppedBy->value;
+    return;
+  }
   // The module a forward was called on has no tap in any graph: fire its own hooks here.
   if (method == "forward") RunHooks(module._ivalue(), c10::ivalue::Tuple::create(inputs), result);
 }
@@ -65,10 +86,12 @@ Napi::Value MethodCall::ToJs(Napi::Env env) const {
     pair.Set(1u, FromIValue(env, context.outputs[i].value));
     outputs.Set(i, pair);
   }
-  Napi::Array both = Napi::Array::New(env, 2);
-  both.Set(0u, FromIValue(env, result));
-  both.Set(1u, outputs);
-  return both;
+  Napi::Array all = Napi::Array::New(env, 3);
+  all.Set(0u, FromIValue(env, result));
+  all.Set(1u, outputs);
+  all.Set(2u, context.stoppedBy ? Napi::Value(Napi::Number::New(env, static_cast<double>(context.stoppedBy->hookId)))
+                                : env.Null());
+  return all;
 }
 
 }  // namespace tee

@@ -34,9 +34,11 @@ struct MethodCall {
   // Converts JS arguments by the method's schema (on the main thread).
   MethodCall(Napi::Env env, std::shared_ptr<ModelState> state, torch::jit::Module module, std::string method,
              const Napi::Array& args);
+  // Reads [[hookId, kind, threshold], ...]: hooks whose output may end the call.
+  void SetStopRules(const Napi::Value& rules);
   // Runs the method on the calling thread; JS hooks go through `js`.
   void Run(JsHookCaller* js);
-  // [result, [[hookId, hookOutput], ...]]
+  // [result, [[hookId, hookOutput], ...], stoppedByHookId | null]
   Napi::Value ToJs(Napi::Env env) const;
 };
 

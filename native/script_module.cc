@@ -122,7 +122,9 @@ void ScriptModule::RequireIdle(Napi::Env env, const char* action) const {
 std::unique_ptr<MethodCall> ScriptModule::PrepareCall(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[1].IsArray()) ThrowTypeError(env, "inputs must be an array");
-  return std::make_unique<MethodCall>(env, state_, Get(env), info[0].ToString(), info[1].As<Napi::Array>());
+  auto call = std::make_unique<MethodCall>(env, state_, Get(env), info[0].ToString(), info[1].As<Napi::Array>());
+  call->SetStopRules(info[2]);
+  return call;
 }
 
 Napi::Value ScriptModule::RunMethod(const Napi::CallbackInfo& info) {

@@ -428,6 +428,100 @@ def make_optimizers(w):
                                         "results": results})
 
 
+class ClassErrorMeter:
+    """torchnet's ClassErrorMeter(accuracy=True, topk=...), as Distiller uses it."""
+
+    def __init__(self, topk):
+        self.topk = sorted(topk)
+        self.sum = {k: 0 for k in self.topk}
+        self.n = 0
+
+    def add(self, output, target):
+        output = output.numpy()
+        target = target.numpy()
+        pred = torch.from_numpy(output).topk(int(self.topk[-1]), 1, True, True)[1].numpy()
+        correct = pred == target[:, None].repeat(pred.shape[1], 1)
+        for k in self.topk:
+            self.sum[k] += int(correct[:, 0:k].sum())
+        self.n += output.shape[0]
+
+    def value(self, k):
+        return float(self.sum[k]) / self.n * 100.0
+
+
+class AverageValueMeter:
+    """torchnet's AverageValueMeter: the mean of the values added."""
+
+    def __init__(self):
+        self.values = []
+
+    def add(self, value):
+        self.values.append(float(value))
+
+    @property
+    def mean(self):
+        return sum(self.values) / len(self.values)
+
+
+def distiller_validate(batches, thresholds, num_classes):
+    """Distiller's earlyexit_validate_loss over batches, then earlyexit_validate_stats."""
+    num_exits = len(batches[0][0])
+    topk = (1, min(5, num_classes))
+    exiterrors = [ClassErrorMeter(topk) for _ in range(num_exits)]
+    losses_exits = [AverageValueMeter() for _ in range(num_exits)]
+    exit_taken = [0] * num_exits
+    decisions = []
+    criterion = nn.CrossEntropyLoss(reduction="none")
+    for output, target in batches:
+        loss_exits = [criterion(output[e], target) for e in range(num_exits)]
+        for e in range(num_exits):
+            losses_exits[e].add(torch.mean(loss_exits[e]))
+        for i in range(target.size(0)):
+            taken = num_exits - 1
+            for e in range(num_exits - 1):
+                if loss_exits[e][i] < thresholds[e]:
+                    taken = e
+                    break
+            exiterrors[taken].add(output[taken].data[i].reshape(1, -1), torch.full([1], target[i].item(), dtype=torch.long))
+            exit_taken[taken] += 1
+            decisions.append(taken)
+    top1 = [0.0] * num_exits
+    top5 = [0.0] * num_exits
+    losses = [0.0] * num_exits
+    total = sum(exit_taken)
+    for e in range(num_exits):
+        if exit_taken[e]:
+            top1[e] += exiterrors[e].value(1)
+            top5[e] += exiterrors[e].value(topk[1])
+            losses[e] += losses_exits[e].mean
+    percent = [exit_taken[e] * 100.0 / total for e in range(num_exits)]
+    total_top1 = sum(top1[e] * (exit_taken[e] / total) for e in range(num_exits))
+    total_top5 = sum(top5[e] * (exit_taken[e] / total) for e in range(num_exits))
+    return {"exitTaken": exit_taken, "percentTaken": percent, "top1": top1, "top5": top5,
+            "lossMeans": losses, "totalTop1": total_top1, "totalTop5": total_top5, "decisions": decisions}
+
+
+def make_distiller_stats(w):
+    """Distiller's validation statistics on fixed outputs of two exits and a final one."""
+    torch.manual_seed(6)
+    cases = []
+    for num_classes, thresholds in ((10, [0.6, 1.2]), (10, [0.0, 0.0]), (3, [2.0, 0.8])):
+        batches = []
+        for size in (16, 16, 7):
+            target = torch.randint(0, num_classes, (size,))
+            # Outputs leaning toward the target by varying amounts, so exits differ.
+            output = [torch.randn(size, num_classes) * 1.5 + 2.5 * torch.nn.functional.one_hot(target, num_classes) * torch.rand(size, 1)
+                      for _ in range(3)]
+            batches.append((output, target))
+        cases.append({
+            "thresholds": thresholds,
+            "batches": [{"outputs": [tensor_json(o) for o in output], "target": tensor_json(target)}
+                        for output, target in batches],
+            "expected": distiller_validate(batches, thresholds, num_classes),
+        })
+    w.json("distiller_stats_reference.json", {"cases": cases})
+
+
 def main(outdir):
     digest = script_digest()
     os.makedirs(outdir, exist_ok=True)
@@ -442,6 +536,7 @@ def main(outdir):
     make_training(w)
     make_optimizers(w)
     make_mnist_cnn(w)
+    make_distiller_stats(w)
 
     with open(stamp, "w") as f:
         f.write(digest + "\n")

@@ -3,10 +3,28 @@
  * with exit branches, whose forward returns `[...exitOutputs, finalOutput]`.
  */
 import { Device } from '../dtype';
+import { NativeStopRule } from '../binding';
 import { ScriptModule, CallWithHooks } from '../jit';
 import { Module } from '../nn';
 import { Tensor } from '../tensor';
+import { isGradEnabled, noGrad, setGradEnabled } from '../torch';
+import { LabelFreeCriterion } from './criteria';
 import { EarlyExitMgr, ExitBranch, ExitsDef } from './exit-mgr';
+
+/** How `forwardEarlyExit` decides: a label-free criterion and one threshold per exit. */
+export interface EarlyExitPolicy {
+  criterion: LabelFreeCriterion;
+  /** One per exit; `null` (or a threshold no sample can meet) never exits there. */
+  thresholds: ReadonlyArray<number | null>;
+}
+
+/** What `forwardEarlyExit` returns. */
+export interface EarlyExitResult {
+  /** The output of the exit taken, or the final output. */
+  output: Tensor;
+  /** The index of the exit taken; the number of exits for the final output. */
+  exit: number;
+}
 
 export class EarlyExitModel {
   readonly backbone: ScriptModule;
@@ -38,6 +56,54 @@ export class EarlyExitModel {
    */
   async forwardAsync(input: Tensor): Promise<Tensor[]> {
     return this.collect(await this.backbone.callWithHooksAsync('forward', [input]));
+  }
+
+  /**
+   * Inference that really exits: when every sample of the batch meets the criterion at an
+   * exit, the forward stops there (nothing after the exit point runs) and that exit's
+   * output is returned; otherwise it goes on to the next exit and the final output.
+   * Runs without gradients.
+   */
+  forwardEarlyExit(input: Tensor, policy: EarlyExitPolicy): EarlyExitResult {
+    const rules = this.stopRules(policy);
+    return this.exitResult(noGrad(() => this.backbone.callWithHooks('forward', [input], rules)));
+  }
+
+  /** `forwardEarlyExit` on a worker thread. */
+  async forwardEarlyExitAsync(input: Tensor, policy: EarlyExitPolicy): Promise<EarlyExitResult> {
+    const rules = this.stopRules(policy);
+    // The addon takes the grad mode when the call is queued, which happens synchronously here.
+    const previous = isGradEnabled();
+    setGradEnabled(false);
+    let call: Promise<CallWithHooks>;
+    try {
+      call = this.backbone.callWithHooksAsync('forward', [input], rules);
+    } finally {
+      setGradEnabled(previous);
+    }
+    return this.exitResult(await call);
+  }
+
+  private stopRules(policy: EarlyExitPolicy): NativeStopRule[] {
+    const exits = this.eeMgr.exitsOf(this.backbone);
+    if (policy.thresholds.length !== exits.length) {
+      throw new Error(`one threshold per exit: ${exits.length} exit(s), ${policy.thresholds.length} threshold(s)`);
+    }
+    const rules: NativeStopRule[] = [];
+    exits.forEach((exit, i) => {
+      const threshold = policy.thresholds[i];
+      if (threshold !== null && threshold !== undefined) rules.push([exit.handle.id, policy.criterion, threshold]);
+    });
+    if (policy.criterion === 'patience' && rules.length !== exits.length) {
+      throw new Error('patience counts agreeing exits in a row: give every exit a threshold');
+    }
+    return rules;
+  }
+
+  private exitResult(call: CallWithHooks): EarlyExitResult {
+    const exits = this.eeMgr.exitsOf(this.backbone);
+    const index = call.stoppedBy === undefined ? exits.length : exits.findIndex((exit) => exit.handle.id === call.stoppedBy);
+    return { output: call.output as Tensor, exit: index };
   }
 
   private collect(call: CallWithHooks): Tensor[] {

@@ -1,0 +1,32 @@
+// Stop rules: a hook's output may end the forward call when every sample in the batch is
+// confident enough, so that nothing after the hooked module runs.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace tee {
+
+struct StopRule {
+  enum class Kind { kEntropy, kMaxProbability, kMargin, kPatience };
+  int64_t hookId = 0;
+  Kind kind = Kind::kEntropy;
+  double threshold = 0;
+};
+
+// Parses 'entropy', 'maxProbability', 'margin', 'patience'; throws std::invalid_argument.
+StopRule::Kind ParseStopRuleKind(const std::string& name);
+
+// What patience needs to remember between the hooks of one forward call.
+struct PatienceState {
+  at::Tensor previousPrediction;
+  at::Tensor streak;
+};
+
+// Whether every sample of `logits` [N, C] meets the rule: softmax entropy at most the
+// threshold, top probability at least it, top-two margin at least it, or the same
+// prediction for at least `threshold` consecutive hooks (patience).
+bool EverySampleMeets(const StopRule& rule, const at::Tensor& logits, PatienceState& patience);
+
+}  // namespace tee

@@ -1,0 +1,179 @@
+import { EarlyExitModel, EarlyExitStats, Tensor, calibrateThresholds, exitDecisions, exitScores, jit, nn, torch } from '../lib';
+import { fixture, fromRef, maxAbsDiff, reference } from './helpers';
+
+const resnet = () => reference('resnet20_reference.json');
+
+function seedModel(): EarlyExitModel {
+  const branch = nn.Sequential(nn.AvgPool2d(3), nn.Flatten(), nn.Linear(1600, 10));
+  const state = resnet().exit.branch_state_dict;
+  branch.loadStateDict({ '2.weight': fromRef(state['2.weight']), '2.bias': fromRef(state['2.bias']) });
+  return new EarlyExitModel(jit.load(fixture('resnet20_scripted.pt')), [['layer1.2.relu2', branch]]).eval();
+}
+
+describe("Distiller's validation statistics", () => {
+  const cases = () => reference('distiller_stats_reference.json').cases as any[];
+
+  it.each([0, 1, 2])('equal earlyexit_validate_loss + earlyexit_validate_stats on the same outputs (case %i)', (index) => {
+    const { thresholds, batches, expected } = cases()[index];
+    const stats = new EarlyExitStats(thresholds);
+    for (const batch of batches) stats.add(batch.outputs.map(fromRef), fromRef(batch.target));
+    const report = stats.report();
+    expect(report.exitTaken).toEqual(expected.exitTaken);
+    expect(stats.decisions).toEqual(expected.decisions);
+    for (const key of ['percentTaken', 'top1', 'top5', 'lossMeans'] as const) {
+      report[key].forEach((value, i) => expect(value).toBeCloseTo(expected[key][i], 4));
+    }
+    expect(report.totalTop1).toBeCloseTo(expected.totalTop1, 4);
+    expect(report.totalTop5).toBeCloseTo(expected.totalTop5, 4);
+    expect(report.samples).toBe(39);
+  });
+
+  it('refuses to report before any sample', () => {
+    expect(() => new EarlyExitStats([0.5]).report()).toThrow(/no samples were added/);
+  });
+});
+
+describe('exit criteria', () => {
+  const logits = torch.tensor([[2, 0, 0], [1, 1, 1], [0, 3, 2.5]], { dtype: 'float32' });
+  const probs = (logits.softmax(1).toArray() as number[][]);
+
+  it('entropy, max probability and margin per sample, as their formulas', () => {
+    const [entropy] = exitScores([logits], 'entropy');
+    const [maxP] = exitScores([logits], 'maxProbability');
+    const [margin] = exitScores([logits], 'margin');
+    probs.forEach((row, j) => {
+      expect(entropy[j]).toBeCloseTo(-row.reduce((s, p) => s + p * Math.log(p), 0), 5);
+      const sorted = [...row].sort((a, b) => b - a);
+      expect(maxP[j]).toBeCloseTo(sorted[0], 6);
+      expect(margin[j]).toBeCloseTo(sorted[0] - sorted[1], 6);
+    });
+    expect(entropy[1]).toBeCloseTo(Math.log(3), 5);
+  });
+
+  it('patience counts consecutive agreeing predictions (PABEE)', () => {
+    const a = torch.tensor([[1, 0], [0, 1], [1, 0]], { dtype: 'float32' });
+    const b = torch.tensor([[1, 0], [1, 0], [1, 0]], { dtype: 'float32' });
+    const c = torch.tensor([[1, 0], [1, 0], [0, 1]], { dtype: 'float32' });
+    expect(exitScores([a, b, c], 'patience')).toEqual([[1, 1, 1], [2, 1, 2], [3, 2, 1]]);
+  });
+
+  it('decisions take the first exit that meets its threshold, else the final', () => {
+    const scores = [[0.1, 0.9, 0.5], [0.2, 0.3, 0.9], [0, 0, 0]];
+    expect(exitDecisions(scores, 'entropy', [0.4, 0.4])).toEqual([0, 1, 2]);
+    expect(exitDecisions(scores, 'maxProbability', [0.8, 0.85])).toEqual([2, 0, 1]);
+    expect(() => exitDecisions(scores, 'entropy', [0.4])).toThrow(/one threshold per exit: 2 exit\(s\), 1 threshold\(s\)/);
+    expect(() => exitScores([logits], 'nope' as never)).toThrow(/unknown exit criterion 'nope'/);
+  });
+});
+
+describe('forwardEarlyExit: exits that really stop', () => {
+  it('stops at the exit: nothing after it runs, and the output is the exit output exactly', () => {
+    const model = seedModel();
+    const x = fromRef(resnet().input);
+    const [exitOutput] = torch.noGrad(() => model.forward(x));
+    const fired: string[] = [];
+    // layer1.2 itself never returns: the forward stops inside it, at its relu2.
+    for (const name of ['layer1.1', 'layer1.2.bn2', 'layer1.2', 'layer2', 'layer3.2.relu2', 'fc']) {
+      model.backbone.getModule(name).registerForwardHook(() => { fired.push(name); });
+    }
+    const result = model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [0] });
+    expect(result.exit).toBe(0);
+    expect(fired).toEqual(['layer1.1', 'layer1.2.bn2']);
+    expect(maxAbsDiff(result.output, exitOutput)).toBe(0);
+    expect(maxAbsDiff(result.output, resnet().exit.exit_output)).toBeLessThanOrEqual(1e-5);
+    expect(result.output.requiresGrad).toBe(false);
+  });
+
+  it('continues to the final output when any sample of the batch is not confident', () => {
+    const model = seedModel();
+    const x = fromRef(resnet().input);
+    const [entropy] = exitScores(torch.noGrad(() => model.forward(x)), 'entropy');
+    const between = (Math.min(...entropy) + Math.max(...entropy)) / 2;
+    const result = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [between] });
+    expect(result.exit).toBe(1);
+    expect(maxAbsDiff(result.output, resnet().output)).toBeLessThanOrEqual(1e-5);
+    const stopped = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [Math.max(...entropy) + 1e-3] });
+    expect(stopped.exit).toBe(0);
+    expect(model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [null] }).exit).toBe(1);
+  });
+
+  it('leaves the model clean after a stop: forward, exits outputs and hooks behave', () => {
+    const model = seedModel();
+    const x = fromRef(resnet().input);
+    model.forwardEarlyExit(x, { criterion: 'margin', thresholds: [0] });
+    let fcCalls = 0;
+    const handle = model.backbone.getModule('fc').registerForwardHook(() => { fcCalls++; });
+    const [exit0, final] = model.forward(x);
+    handle.remove();
+    expect(fcCalls).toBe(1);
+    expect(maxAbsDiff(final, resnet().output)).toBeLessThanOrEqual(1e-5);
+    expect(maxAbsDiff(exit0, resnet().exit.exit_output)).toBeLessThanOrEqual(1e-5);
+    for (let i = 0; i < 3; i++) expect(model.forwardEarlyExit(x, { criterion: 'margin', thresholds: [0] }).exit).toBe(0);
+  });
+
+  it('works on a worker thread, and keeps every exit output of the call', async () => {
+    const model = seedModel();
+    const x = fromRef(resnet().input);
+    const [stopped, full] = await Promise.all([
+      model.forwardEarlyExitAsync(x, { criterion: 'maxProbability', thresholds: [0] }),
+      model.forwardEarlyExitAsync(x, { criterion: 'maxProbability', thresholds: [1.5] }),
+    ]);
+    expect(stopped.exit).toBe(0);
+    expect(maxAbsDiff(stopped.output, resnet().exit.exit_output)).toBeLessThanOrEqual(1e-5);
+    expect(full.exit).toBe(1);
+    expect(maxAbsDiff(full.output, resnet().output)).toBeLessThanOrEqual(1e-5);
+  });
+
+  it('stops at the right one of several exits, with patience too', () => {
+    const model = new EarlyExitModel(jit.load(fixture('resnet20_scripted.pt')), [
+      ['layer1', nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))],
+      ['layer2', nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))],
+    ]).eval();
+    const x = fromRef(resnet().input);
+    expect(model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [null, 0] }).exit).toBe(1);
+    expect(model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [1.5, 1.5] }).exit).toBe(2);
+    const outputs = torch.noGrad(() => model.forward(x));
+    const patience = exitScores(outputs, 'patience');
+    const expectedExit = exitDecisions(patience, 'patience', [2, 2]).reduce((a, b) => Math.max(a, b), 0);
+    expect(model.forwardEarlyExit(x, { criterion: 'patience', thresholds: [2, 2] }).exit).toBe(expectedExit);
+    expect(model.forwardEarlyExit(x, { criterion: 'patience', thresholds: [1, 1] }).exit).toBe(0);
+    expect(() => model.forwardEarlyExit(x, { criterion: 'patience', thresholds: [null, 2] })).toThrow(/give every exit a threshold/);
+    expect(() => model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [1] })).toThrow(/one threshold per exit: 2 exit\(s\), 1 threshold\(s\)/);
+    expect(() => model.forwardEarlyExit(x, { criterion: 'loss' as never, thresholds: [1, 1] })).toThrow(/unknown stop rule 'loss'/);
+  });
+});
+
+describe('calibration', () => {
+  // Exit 0 is right on confident samples only; the final output is always right.
+  function heldOut(): { outputs: Tensor[]; labels: Tensor } {
+    const labels = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 0, 1]);
+    const exit = torch.tensor([
+      [5, 0], [0, 5], [4, 0], [0, 4], [3, 0], [0.2, 0], [0, 0.1], [0.1, 0], [0, 0.3], [0.3, 0],
+    ], { dtype: 'float32' });
+    const final = torch.tensor(Array.from({ length: 10 }, (_, i) => (i % 2 === 0 ? [3, 0] : [0, 3])), { dtype: 'float32' });
+    return { outputs: [exit, final], labels };
+  }
+
+  it('picks the cheapest thresholds within the accuracy drop, and returns the trade-off curve', () => {
+    const strict = calibrateThresholds(heldOut(), { criterion: 'maxProbability', exitCosts: [1, 4], maxAccuracyDrop: 0 });
+    expect(strict.finalAccuracy).toBe(100);
+    expect(strict.chosen.accuracy).toBe(100);
+    // The five confident samples (and the one right by luck at 0.55) can leave early.
+    expect(strict.chosen.exitFractions[0]).toBeGreaterThanOrEqual(0.5);
+    expect(strict.chosen.expectedCost).toBeCloseTo(strict.chosen.exitFractions[0] * 1 + strict.chosen.exitFractions[1] * 4, 10);
+    expect(strict.chosen.speedup).toBeCloseTo(4 / strict.chosen.expectedCost, 10);
+    const loose = calibrateThresholds(heldOut(), { criterion: 'maxProbability', exitCosts: [1, 4], maxAccuracyDrop: 30 });
+    expect(loose.chosen.accuracy).toBeGreaterThanOrEqual(70);
+    expect(loose.chosen.expectedCost).toBeLessThan(strict.chosen.expectedCost);
+    const curve = loose.curve;
+    for (let i = 1; i < curve.length; i++) {
+      expect(curve[i].expectedCost).toBeGreaterThanOrEqual(curve[i - 1].expectedCost);
+      expect(curve[i].accuracy).toBeGreaterThan(curve[i - 1].accuracy);
+    }
+    expect(curve[curve.length - 1].accuracy).toBe(100);
+  });
+
+  it('refuses costs that do not match the outputs', () => {
+    expect(() => calibrateThresholds(heldOut(), { criterion: 'entropy', exitCosts: [1] })).toThrow(/a cost per exit and one for the full forward/);
+  });
+});
