@@ -73,7 +73,7 @@ void RunHooks(const c10::IValue& module, const c10::IValue& inputs, const c10::I
         if (rule.hookId != hook->id || !result.isTensor()) continue;
         if (EverySampleMeets(rule, result.toTensor(), context->patience)) {
           context->stoppedBy = HookOutput{hook->id, result};
-          throw std::runtime_error("forward stopped at an early exit");
+          throw ForwardStopped{};
         }
       }
     } else if (hook->js) {

@@ -69,8 +69,7 @@ void MethodCall::Run(JsHookCaller* js) {
   ForwardScope scope(&context);
   try {
     result = module.get_method(method)(inputs);
-  } catch (...) {
-    if (!context.stoppedBy) throw;
+  } catch (const ForwardStopped&) {
     result = context.stoppedBy->value;
     return;
   }
