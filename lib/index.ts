@@ -25,7 +25,7 @@ export type { ExitBranch, ExitsDef } from './early-exit/exit-mgr';
 export { EarlyExitModel } from './early-exit/model';
 export { earlyExitLoss, lossWeightSchedule } from './early-exit/loss';
 export type { EarlyExitLossOptions } from './early-exit/loss';
-export { trainEarlyExit, evaluateAccuracy } from './early-exit/trainer';
+export { trainEarlyExit, trainEarlyExitAsync, evaluateAccuracy } from './early-exit/trainer';
 export type { TrainOptions, BatchProgress, LabelledData } from './early-exit/trainer';
 export { EarlyExitStats } from './early-exit/stats';
 export type { EarlyExitReport } from './early-exit/stats';

@@ -45,6 +45,24 @@ export interface TrainOptions {
 
 /** Trains every exit and the final output; returns the last epoch's held-out accuracy, if any. */
 export function trainEarlyExit(model: EarlyExitModel, data: LabelledData, options: TrainOptions): number[] | undefined {
+  const steps = trainingSteps(model, data, options);
+  for (let next = steps.next(); ; next = steps.next()) if (next.done) return next.value;
+}
+
+/**
+ * `trainEarlyExit` that gives the event loop a turn after every batch, so timers, I/O
+ * and signal handlers (Ctrl-C through `shouldStop`) run while it trains.
+ */
+export async function trainEarlyExitAsync(model: EarlyExitModel, data: LabelledData, options: TrainOptions): Promise<number[] | undefined> {
+  const steps = trainingSteps(model, data, options);
+  for (let next = steps.next(); ; next = steps.next()) {
+    if (next.done) return next.value;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+/** The training loop, pausing after each batch. */
+function* trainingSteps(model: EarlyExitModel, data: LabelledData, options: TrainOptions): Generator<void, number[] | undefined> {
   const batchSize = options.batchSize ?? 64;
   const count = data.images.shape[0];
   const batches = Math.floor(count / batchSize);
@@ -60,7 +78,10 @@ export function trainEarlyExit(model: EarlyExitModel, data: LabelledData, option
     model.train();
     const order = randperm(count);
     for (let batch = 0; batch < batches; batch++) {
-      if (options.shouldStop?.()) return validation;
+      if (options.shouldStop?.()) {
+        order.dispose();
+        return validation;
+      }
       tidy(() => {
         const index = order.narrow(0, batch * batchSize, batchSize);
         const x = data.images.indexSelect(0, index);
@@ -76,6 +97,7 @@ export function trainEarlyExit(model: EarlyExitModel, data: LabelledData, option
         });
       });
       step++;
+      yield;
     }
     order.dispose();
     scheduler?.step();

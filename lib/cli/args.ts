@@ -1,0 +1,108 @@
+/** The demo's command line. */
+
+export interface DemoOptions {
+  /** A TorchScript model taking [N, 1, 28, 28] digits; the package's small CNN by default. */
+  model?: string;
+  /** [exit point, branch spec] pairs. */
+  exits: Array<[string, string]>;
+  epochs: number;
+  batchSize: number;
+  threads: number;
+  device: string;
+  out: string;
+  seed: number;
+  train: number;
+  test: number;
+  lossWeights?: number[];
+  maxAccuracyDrop: number;
+}
+
+/** A wrong command line: the CLI prints the message and the usage, and exits with 2. */
+export class UsageError extends Error {}
+
+export const USAGE = `Usage: torch-early-exit demo [options]
+
+Trains early exits on the 10,000 MNIST digits of the mnist package, prints Distiller's
+statistics, calibrates thresholds and serves the held-out digits with real early exits.
+
+Options:
+  --model FILE           TorchScript model taking [N, 1, 28, 28] images (default: the bundled CNN)
+  --exit NAME=SPEC       an exit after module NAME, e.g. features1=MaxPool2d(2),Flatten(),Linear(784,10)
+                         (repeat for several; default: the bundled CNN's exit)
+  --epochs N             training epochs (default 4)
+  --batch-size N         training batch size (default 64)
+  --loss-weights W,...   one loss weight per exit, summing below 1 (default 0.3 split over the exits)
+  --max-drop P           accuracy points one may lose to early exits (default 0.5)
+  --train N --test N     digits for training and for held-out evaluation (default 8000 and 2000)
+  --threads N            intra-op threads (default 1, the fastest at batch 1 here)
+  --device cpu|cuda      where to run (default cpu)
+  --out DIR              where to write results.json and tradeoff.svg (default out/demo)
+  --seed N               data split, initialisation and shuffling (default 0)
+  -h, --help             this text`;
+
+function integer(name: string, value: string | undefined, min: number): number {
+  const number = Number(value);
+  if (value === undefined || !Number.isInteger(number) || number < min) {
+    throw new UsageError(`${name} needs an integer >= ${min}, got ${value === undefined ? 'nothing' : `'${value}'`}`);
+  }
+  return number;
+}
+
+/** Reads `argv` (after the command name); throws UsageError, or returns null for --help. */
+export function parseDemoArgs(argv: readonly string[]): DemoOptions | null {
+  const options: DemoOptions = {
+    exits: [], epochs: 4, batchSize: 64, threads: 1, device: 'cpu', out: 'out/demo', seed: 0, train: 8000, test: 2000,
+    maxAccuracyDrop: 0.5,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    const next = () => {
+      const value = argv[++i];
+      if (value === undefined || value.startsWith('--')) throw new UsageError(`${flag} needs a value`);
+      return value;
+    };
+    switch (flag) {
+      case '-h': case '--help': return null;
+      case '--model': options.model = next(); break;
+      case '--exit': {
+        const value = next();
+        const equals = value.indexOf('=');
+        if (equals <= 0 || equals === value.length - 1) throw new UsageError(`--exit needs NAME=SPEC, got '${value}'`);
+        options.exits.push([value.slice(0, equals), value.slice(equals + 1)]);
+        break;
+      }
+      case '--epochs': options.epochs = integer(flag, next(), 0); break;
+      case '--batch-size': options.batchSize = integer(flag, next(), 1); break;
+      case '--threads': options.threads = integer(flag, next(), 1); break;
+      case '--train': options.train = integer(flag, next(), 1); break;
+      case '--test': options.test = integer(flag, next(), 1); break;
+      case '--seed': options.seed = integer(flag, next(), 0); break;
+      case '--out': options.out = next(); break;
+      case '--max-drop': {
+        const value = Number(next());
+        if (!(value >= 0 && value <= 100)) throw new UsageError('--max-drop needs a number of points between 0 and 100');
+        options.maxAccuracyDrop = value;
+        break;
+      }
+      case '--loss-weights': {
+        const weights = next().split(',').map(Number);
+        if (weights.some((w) => !(w >= 0))) throw new UsageError('--loss-weights needs non-negative numbers separated by commas');
+        options.lossWeights = weights;
+        break;
+      }
+      case '--device': {
+        const device = next();
+        if (!/^(cpu|cuda(:\d+)?)$/.test(device)) throw new UsageError(`--device must be cpu, cuda or cuda:N, got '${device}'`);
+        options.device = device;
+        break;
+      }
+      default: throw new UsageError(`unknown option '${flag}'`);
+    }
+  }
+  if (options.model && options.exits.length === 0) throw new UsageError('--model needs at least one --exit NAME=SPEC');
+  if (options.train + options.test > 10000) throw new UsageError('--train plus --test cannot exceed the 10000 digits of the mnist package');
+  if (options.lossWeights && options.exits.length > 0 && options.lossWeights.length !== options.exits.length) {
+    throw new UsageError(`--loss-weights needs one weight per exit (${options.exits.length})`);
+  }
+  return options;
+}

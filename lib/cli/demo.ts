@@ -1,0 +1,240 @@
+/**
+ * The main job: early exits end to end on real digits. Trains the exits jointly with the
+ * backbone, prints Distiller's statistics, calibrates thresholds, serves the held-out
+ * digits one at a time with exits that really stop, and writes the numbers and the
+ * trade-off curve.
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { SingleBar, Presets } from 'cli-progress';
+import { loadMnist } from '../data/mnist';
+import { Calibration, calibrateThresholds, collectOutputs, measureExitLatencies, policyOf } from '../early-exit/calibrate';
+import { LabelFreeCriterion } from '../early-exit/criteria';
+import { EarlyExitModel, EarlyExitPolicy } from '../early-exit/model';
+import { EarlyExitStats } from '../early-exit/stats';
+import { trainEarlyExitAsync } from '../early-exit/trainer';
+import { load } from '../jit';
+import { Tensor } from '../tensor';
+import * as torch from '../torch';
+import { DemoOptions } from './args';
+import { parseBranchSpec } from './branch-spec';
+import { tradeOffSvg } from './plot';
+
+/** The bundled CNN and its exit. */
+export const DEFAULT_MODEL = path.join(__dirname, '..', '..', '..', 'models', 'mnist_cnn.pt');
+export const DEFAULT_EXITS: Array<[string, string]> = [['features1', 'MaxPool2d(2),Flatten(),Linear(784,10)']];
+
+/** Distiller's example threshold on each exit's cross-entropy. */
+const DISTILLER_THRESHOLD = 0.9;
+
+export interface ServedExit {
+  exit: string;
+  samples: number;
+  share: number;
+  accuracy: number;
+  meanLatencyMs: number;
+}
+
+export interface DemoResults {
+  seed: number;
+  libtorch: string;
+  threads: number;
+  device: string;
+  model: string;
+  exitPoints: string[];
+  lossWeights: number[];
+  trainingSeconds: number;
+  heldOutAccuracy: number[];
+  distiller: { thresholds: number[]; report: ReturnType<EarlyExitStats['report']> };
+  exitLatenciesMs: number[];
+  calibration: Calibration;
+  serving: {
+    exits: ServedExit[];
+    accuracy: number;
+    fullAccuracy: number;
+    meanLatencyMs: number;
+    fullMeanLatencyMs: number;
+    speedup: number;
+  };
+}
+
+/** Lets Ctrl-C stop the demo between steps. */
+export interface StopSignal { stopped: boolean }
+
+export class DemoInterrupted extends Error {}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
+  return rows.map((row) => row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ')).join('\n');
+}
+
+function pct(value: number): string { return `${value.toFixed(2)}%`; }
+
+async function serve(model: EarlyExitModel, full: ReturnType<typeof load>, images: Tensor, labels: number[], policy: EarlyExitPolicy,
+  signal: StopSignal) {
+  const taken: number[] = [];
+  const correct: boolean[] = [];
+  const latency: number[] = [];
+  const fullLatency: number[] = [];
+  let fullCorrect = 0;
+  for (let i = 0; i < labels.length; i++) {
+    if (i % 200 === 0) await new Promise((resolve) => setImmediate(resolve));
+    if (signal.stopped) throw new DemoInterrupted('interrupted while serving');
+    torch.noGrad(() => torch.tidy(() => {
+      const x = images.narrow(0, i, 1);
+      // Early exit and full network alternate, so both see the same machine state.
+      let started = process.hrtime.bigint();
+      const result = model.forwardEarlyExit(x, policy);
+      const prediction = result.output.argmax(1).item();
+      latency.push(Number(process.hrtime.bigint() - started) / 1e6);
+      started = process.hrtime.bigint();
+      const output = full.forward(x) as Tensor;
+      const fullPrediction = output.argmax(1).item();
+      fullLatency.push(Number(process.hrtime.bigint() - started) / 1e6);
+      taken.push(result.exit);
+      correct.push(prediction === labels[i]);
+      if (fullPrediction === labels[i]) fullCorrect++;
+    }));
+  }
+  const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / Math.max(1, values.length);
+  const names = [...model.exitPoints.map((p, i) => `exit ${i} (${p})`), 'final'];
+  const perExit: ServedExit[] = names.map((name, e) => {
+    const indices = taken.map((t, j) => (t === e ? j : -1)).filter((j) => j >= 0);
+    return {
+      exit: name, samples: indices.length, share: (100 * indices.length) / labels.length,
+      accuracy: indices.length ? (100 * indices.filter((j) => correct[j]).length) / indices.length : 0,
+      meanLatencyMs: mean(indices.map((j) => latency[j])),
+    };
+  });
+  return {
+    exits: perExit,
+    accuracy: (100 * correct.filter(Boolean).length) / labels.length,
+    fullAccuracy: (100 * fullCorrect) / labels.length,
+    meanLatencyMs: mean(latency),
+    fullMeanLatencyMs: mean(fullLatency),
+    speedup: mean(fullLatency) / mean(latency),
+  };
+}
+
+/** Runs the demo, printing as it goes; writes `results.json` and `tradeoff.svg` into `options.out` at the end. */
+export async function runDemo(options: DemoOptions, signal: StopSignal = { stopped: false }, log: (line: string) => void = console.log): Promise<DemoResults> {
+  torch.setNumThreads(options.threads);
+  torch.manualSeed(options.seed);
+  if (options.device !== 'cpu' && !torch.cuda.isAvailable()) {
+    throw new Error(`--device ${options.device}: no CUDA device is available (torch.cuda.isAvailable() is false)`);
+  }
+  const modelFile = options.model ?? DEFAULT_MODEL;
+  const exitSpecs = options.exits.length > 0 ? options.exits : DEFAULT_EXITS;
+  const lossWeights = options.lossWeights ?? exitSpecs.map(() => 0.3 / exitSpecs.length);
+  log(`torch-early-exit demo: LibTorch ${torch.version.libtorch}, ${options.threads} thread(s), ${options.device}, seed ${options.seed}`);
+
+  const { train, test } = loadMnist({ train: options.train, test: options.test, seed: options.seed });
+  log(`data: ${options.train} training and ${options.test} held-out digits of the mnist package`);
+  const model = new EarlyExitModel(load(modelFile, { device: options.device }),
+    exitSpecs.map(([point, spec]) => [point, parseBranchSpec(spec)] as const));
+  model.to(options.device);
+  const onDevice = (t: Tensor) => (options.device === 'cpu' ? t : t.to(options.device));
+  const trainSet = { images: onDevice(train.images), labels: onDevice(train.labels) };
+  const testSet = { images: onDevice(test.images), labels: onDevice(test.labels) };
+  log(`model: ${modelFile}\nexits: ${exitSpecs.map(([p, s]) => `${p} -> ${s}`).join('; ')}; loss weights [${lossWeights}]`);
+
+  const trainingStarted = Date.now();
+  const names = [...model.exitPoints.map((_, i) => `exit${i}`), 'final'];
+  let bar: SingleBar | undefined;
+  let heldOut = await trainEarlyExitAsync(model, trainSet, {
+    epochs: options.epochs, batchSize: options.batchSize, lossWeights, seed: options.seed, validation: testSet,
+    shouldStop: () => signal.stopped,
+    onBatch: (p) => {
+      if (p.batch === 0) {
+        bar = new SingleBar({
+          format: `epoch ${p.epoch + 1}/${options.epochs} |{bar}| {value}/{total} loss {loss} acc {accuracy}`,
+          hideCursor: true, clearOnComplete: false, noTTYOutput: true, notTTYSchedule: 5000, stream: process.stdout,
+        }, Presets.shades_classic);
+        bar.start(p.batches, 0, { loss: '-', accuracy: '-' });
+      }
+      bar!.update(p.batch + 1, {
+        loss: p.loss.toFixed(3), accuracy: p.accuracy.map((a, i) => `${names[i]} ${a.toFixed(0)}%`).join(' '),
+      });
+    },
+    onEpoch: (epoch, accuracy) => {
+      bar?.stop();
+      if (accuracy) log(`  held-out after epoch ${epoch + 1}: ${accuracy.map((a, i) => `${names[i]} ${pct(a)}`).join(', ')}`);
+    },
+  });
+  if (signal.stopped) throw new DemoInterrupted('interrupted while training');
+  const trainingSeconds = (Date.now() - trainingStarted) / 1000;
+  model.eval();
+  if (!heldOut) heldOut = collectOutputs(model, testSet).outputs.map(() => NaN);
+
+  // Distiller's statistics: every exit computed, the first under its loss threshold taken.
+  const outputs = collectOutputs(model, testSet);
+  const distillerThresholds = model.exitPoints.map(() => DISTILLER_THRESHOLD);
+  const stats = new EarlyExitStats(distillerThresholds);
+  stats.add(outputs.outputs, outputs.labels);
+  const report = stats.report();
+  log(`\nDistiller's statistics (cross-entropy thresholds [${distillerThresholds}]: what would have happened):`);
+  log(table([['output', 'taken', 'percent', 'top-1', 'top-5', 'mean loss'],
+    ...names.map((name, i) => [name, String(report.exitTaken[i]), pct(report.percentTaken[i]), pct(report.top1[i]),
+      pct(report.top5[i]), report.lossMeans[i].toFixed(4)])]));
+  log(`totals with early exits: top-1 ${pct(report.totalTop1)}, top-5 ${pct(report.totalTop5)}`);
+
+  if (signal.stopped) throw new DemoInterrupted('interrupted');
+  const sample = testSet.images.narrow(0, 0, 1);
+  const exitLatenciesMs = measureExitLatencies(model, sample, 50, 20);
+  const criteria: LabelFreeCriterion[] = ['entropy', 'maxProbability', 'margin'];
+  if (model.exitPoints.length > 1) criteria.push('patience');
+  const calibrations = criteria.map((criterion) => calibrateThresholds(outputs, {
+    criterion, exitCosts: exitLatenciesMs, maxAccuracyDrop: options.maxAccuracyDrop,
+  }));
+  const floor = calibrations[0].finalAccuracy - options.maxAccuracyDrop;
+  const calibration = calibrations.filter((c) => c.chosen.accuracy >= floor)
+    .sort((a, b) => b.chosen.speedup - a.chosen.speedup)[0] ?? calibrations[0];
+  const policy = policyOf(calibration);
+  log(`\ncalibration: stopping at ${names.map((n, i) => `${n} ${exitLatenciesMs[i].toFixed(3)} ms`).join(', ')} (batch 1, median)`);
+  for (const c of calibrations) {
+    log(`  ${c.criterion.padEnd(15)} thresholds [${c.chosen.thresholds.map((t) => (t === null ? 'never' : t.toFixed(4)))}] ` +
+      `accuracy ${pct(c.chosen.accuracy)} expected speedup ${c.chosen.speedup.toFixed(2)}x`);
+  }
+  log(`  chosen: ${calibration.criterion} (final exit alone: ${pct(calibration.finalAccuracy)}, allowed drop ${options.maxAccuracyDrop} points)`);
+
+  if (signal.stopped) throw new DemoInterrupted('interrupted');
+  // The full network to beat: the trained backbone alone, reloaded without exits or hooks.
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-demo-'));
+  model.backbone.save(path.join(scratch, 'backbone.pt'));
+  const full = load(path.join(scratch, 'backbone.pt'), { device: options.device }).eval();
+  fs.rmSync(scratch, { recursive: true, force: true });
+  const labels = Array.from(testSet.labels.cpu().data() as BigInt64Array, Number);
+  for (let i = 0; i < 50; i++) torch.tidy(() => { model.forwardEarlyExit(sample, policy); torch.noGrad(() => full.forward(sample)); });
+  const serving = await serve(model, full, testSet.images, labels, policy, signal);
+  log(`\nserving ${labels.length} held-out digits one at a time with real early exits (${calibration.criterion}):`);
+  log(table([['exit', 'samples', 'share', 'accuracy', 'mean latency'],
+    ...serving.exits.map((e) => [e.exit, String(e.samples), pct(e.share), pct(e.accuracy), `${e.meanLatencyMs.toFixed(3)} ms`]),
+    ['all, early exits', String(labels.length), '100.00%', pct(serving.accuracy), `${serving.meanLatencyMs.toFixed(3)} ms`],
+    ['full network', String(labels.length), '', pct(serving.fullAccuracy), `${serving.fullMeanLatencyMs.toFixed(3)} ms`]]));
+  log(`speedup against the full network: ${serving.speedup.toFixed(2)}x at ${(serving.fullAccuracy - serving.accuracy).toFixed(2)} points of accuracy`);
+
+  const results: DemoResults = {
+    seed: options.seed, libtorch: torch.version.libtorch, threads: options.threads, device: options.device,
+    model: modelFile, exitPoints: model.exitPoints, lossWeights, trainingSeconds, heldOutAccuracy: heldOut,
+    distiller: { thresholds: distillerThresholds, report }, exitLatenciesMs, calibration, serving,
+  };
+  writeResults(options.out, results, tradeOffSvg(calibration, `Early exits on MNIST: accuracy against speedup (${calibration.criterion})`));
+  log(`\nwrote ${path.join(options.out, 'results.json')} and ${path.join(options.out, 'tradeoff.svg')}`);
+  return results;
+}
+
+/** Writes into a temporary folder beside `out` and renames it: never a half-written result. */
+function writeResults(out: string, results: DemoResults, svg: string): void {
+  const parent = path.dirname(path.resolve(out));
+  fs.mkdirSync(parent, { recursive: true });
+  const staging = fs.mkdtempSync(path.join(parent, '.demo-'));
+  try {
+    fs.writeFileSync(path.join(staging, 'results.json'), JSON.stringify(results, null, 2) + '\n');
+    fs.writeFileSync(path.join(staging, 'tradeoff.svg'), svg);
+    fs.rmSync(out, { recursive: true, force: true });
+    fs.renameSync(staging, out);
+  } finally {
+    fs.rmSync(staging, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,50 @@
+/** `torch-early-exit <command>`: the package's command line. */
+import { DemoInterrupted, runDemo } from './demo';
+import { USAGE, UsageError, parseDemoArgs } from './args';
+
+/** Runs the command line; resolves to the process exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === '-h' || command === '--help') {
+    console.log(USAGE);
+    return command === undefined ? 2 : 0;
+  }
+  if (command !== 'demo') {
+    console.error(`torch-early-exit: unknown command '${command}'\n\n${USAGE}`);
+    return 2;
+  }
+  let options;
+  try {
+    options = parseDemoArgs(rest);
+  } catch (error) {
+    if (error instanceof UsageError) {
+      console.error(`torch-early-exit demo: ${error.message}\n\n${USAGE}`);
+      return 2;
+    }
+    throw error;
+  }
+  if (options === null) {
+    console.log(USAGE);
+    return 0;
+  }
+  const signal = { stopped: false };
+  const onInterrupt = () => {
+    if (signal.stopped) process.exit(130);
+    signal.stopped = true;
+    console.error('\ninterrupted: stopping (nothing is written); Ctrl-C again to quit at once');
+  };
+  process.on('SIGINT', onInterrupt);
+  try {
+    await runDemo(options, signal);
+    return 0;
+  } catch (error) {
+    if (error instanceof DemoInterrupted) {
+      console.error(`torch-early-exit demo: ${error.message}; no output written`);
+      return 130;
+    }
+    console.error(`torch-early-exit demo: ${(error as Error).message}`);
+    return 1;
+  } finally {
+    process.off('SIGINT', onInterrupt);
+  }
+}

@@ -1,0 +1,53 @@
+/** The trade-off curve as an SVG picture: accuracy against speedup, the chosen point marked. */
+import { Calibration } from '../early-exit/calibrate';
+
+const WIDTH = 640;
+const HEIGHT = 420;
+const MARGIN = { left: 64, right: 24, top: 40, bottom: 56 };
+
+function escape(text: string): string {
+  return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+function ticks(min: number, max: number, count: number): number[] {
+  const step = (max - min) / count;
+  return Array.from({ length: count + 1 }, (_, i) => min + i * step);
+}
+
+/** An SVG of `calibration.curve` (expected speedup from measured exit latencies). */
+export function tradeOffSvg(calibration: Calibration, title: string): string {
+  const points = calibration.curve.map((p) => ({ x: p.speedup, y: p.accuracy }));
+  const chosen = { x: calibration.chosen.speedup, y: calibration.chosen.accuracy };
+  const xs = [1, ...points.map((p) => p.x), chosen.x];
+  const ys = [calibration.finalAccuracy, ...points.map((p) => p.y), chosen.y];
+  const xMin = Math.min(...xs) * 0.95;
+  const xMax = Math.max(...xs) * 1.05;
+  const yMin = Math.max(0, Math.min(...ys) - 1);
+  const yMax = Math.min(100, Math.max(...ys) + 0.5);
+  const sx = (x: number) => MARGIN.left + ((x - xMin) / (xMax - xMin || 1)) * (WIDTH - MARGIN.left - MARGIN.right);
+  const sy = (y: number) => HEIGHT - MARGIN.bottom - ((y - yMin) / (yMax - yMin || 1)) * (HEIGHT - MARGIN.top - MARGIN.bottom);
+  const parts: string[] = [];
+  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${HEIGHT}" viewBox="0 0 ${WIDTH} ${HEIGHT}" font-family="sans-serif" font-size="12">`);
+  parts.push(`<rect width="${WIDTH}" height="${HEIGHT}" fill="white"/>`);
+  parts.push(`<text x="${WIDTH / 2}" y="22" text-anchor="middle" font-size="15">${escape(title)}</text>`);
+  for (const x of ticks(xMin, xMax, 5)) {
+    parts.push(`<line x1="${sx(x)}" x2="${sx(x)}" y1="${MARGIN.top}" y2="${HEIGHT - MARGIN.bottom}" stroke="#eee"/>`);
+    parts.push(`<text x="${sx(x)}" y="${HEIGHT - MARGIN.bottom + 18}" text-anchor="middle">${x.toFixed(2)}x</text>`);
+  }
+  for (const y of ticks(yMin, yMax, 5)) {
+    parts.push(`<line x1="${MARGIN.left}" x2="${WIDTH - MARGIN.right}" y1="${sy(y)}" y2="${sy(y)}" stroke="#eee"/>`);
+    parts.push(`<text x="${MARGIN.left - 8}" y="${sy(y) + 4}" text-anchor="end">${y.toFixed(1)}%</text>`);
+  }
+  parts.push(`<text x="${WIDTH / 2}" y="${HEIGHT - 14}" text-anchor="middle">speedup against the full network (measured exit latencies)</text>`);
+  parts.push(`<text transform="translate(16 ${HEIGHT / 2}) rotate(-90)" text-anchor="middle">held-out top-1 accuracy</text>`);
+  const floor = calibration.finalAccuracy;
+  parts.push(`<line x1="${MARGIN.left}" x2="${WIDTH - MARGIN.right}" y1="${sy(floor)}" y2="${sy(floor)}" stroke="#999" stroke-dasharray="4 3"/>`);
+  parts.push(`<text x="${WIDTH - MARGIN.right - 4}" y="${sy(floor) - 6}" text-anchor="end" fill="#666">final exit only: ${floor.toFixed(2)}%</text>`);
+  const path = points.map((p, i) => `${i === 0 ? 'M' : 'L'}${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`).join(' ');
+  parts.push(`<path d="${path}" fill="none" stroke="#1f77b4" stroke-width="2"/>`);
+  for (const p of points) parts.push(`<circle cx="${sx(p.x).toFixed(1)}" cy="${sy(p.y).toFixed(1)}" r="3" fill="#1f77b4"/>`);
+  parts.push(`<circle id="chosen" cx="${sx(chosen.x).toFixed(1)}" cy="${sy(chosen.y).toFixed(1)}" r="7" fill="none" stroke="#d62728" stroke-width="3"/>`);
+  parts.push(`<text x="${sx(chosen.x) + 10}" y="${sy(chosen.y) + 18}" fill="#d62728">chosen: ${chosen.y.toFixed(2)}% at ${chosen.x.toFixed(2)}x</text>`);
+  parts.push('</svg>');
+  return parts.join('\n') + '\n';
+}

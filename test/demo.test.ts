@@ -1,0 +1,90 @@
+import { spawn, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+
+const CLI = path.join(__dirname, '..', 'bin', 'torch-early-exit.js');
+
+function run(args: string[]) {
+  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 170000 });
+}
+
+describe('npm run demo', () => {
+  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tee-demo-test-')), 'demo');
+
+  it('trains, reports, calibrates, serves and writes its JSON and picture, with a small budget', () => {
+    const result = run(['demo', '--epochs', '1', '--train', '1500', '--test', '300', '--out', out, '--seed', '3']);
+    expect(result.stderr).toBe('');
+    expect(result.status).toBe(0);
+    expect(result.stdout).toContain("Distiller's statistics");
+    expect(result.stdout).toMatch(/speedup against the full network: \d+\.\d\dx/);
+    const results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
+    expect(results.seed).toBe(3);
+    expect(results.exitPoints).toEqual(['features1']);
+    expect(results.distiller.report.samples).toBe(300);
+    expect(results.distiller.report.exitTaken.reduce((a: number, b: number) => a + b, 0)).toBe(300);
+    const served = results.serving.exits as Array<{ samples: number }>;
+    expect(served.reduce((a, e) => a + e.samples, 0)).toBe(300);
+    expect(results.serving.fullAccuracy).toBeGreaterThan(50);
+    expect(results.calibration.curve.length).toBeGreaterThan(1);
+    expect(results.exitLatenciesMs).toHaveLength(2);
+    const svg = fs.readFileSync(path.join(out, 'tradeoff.svg'), 'utf8');
+    expect(svg.startsWith('<svg')).toBe(true);
+    expect(svg).toContain('id="chosen"');
+    expect(svg.trim().endsWith('</svg>')).toBe(true);
+
+    // Same seed, same numbers (latencies aside).
+    const again = run(['demo', '--epochs', '1', '--train', '1500', '--test', '300', '--out', out, '--seed', '3']);
+    expect(again.status).toBe(0);
+    const second = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
+    expect(second.heldOutAccuracy).toEqual(results.heldOutAccuracy);
+    expect(second.distiller).toEqual(results.distiller);
+  });
+
+  it('takes a user model with an exit spec', () => {
+    const model = path.join(__dirname, 'fixtures', 'mnist_cnn.pt');
+    const result = run(['demo', '--model', model, '--exit', 'features1=AdaptiveAvgPool2d(4),Flatten(),Linear(256,10)',
+      '--exit', 'features2=Flatten(),Linear(1568,10)', '--epochs', '1', '--train', '600', '--test', '200', '--out', out]);
+    expect(result.status).toBe(0);
+    const results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
+    expect(results.exitPoints).toEqual(['features1', 'features2']);
+    expect(results.lossWeights).toEqual([0.15, 0.15]);
+  });
+
+  it.each([
+    [['demo', '--epochs', 'two'], "--epochs needs an integer >= 0, got 'two'"],
+    [['demo', '--bogus'], "unknown option '--bogus'"],
+    [['demo', '--model', 'x.pt'], '--model needs at least one --exit NAME=SPEC'],
+    [['demo', '--exit', 'features1'], "--exit needs NAME=SPEC, got 'features1'"],
+    [['demo', '--device', 'tpu'], "--device must be cpu, cuda or cuda:N, got 'tpu'"],
+    [['demo', '--train', '9000'], '--train plus --test cannot exceed the 10000 digits'],
+    [['launch'], "unknown command 'launch'"],
+  ])('wrong options %j get a clear message and exit code 2', (args, message) => {
+    const result = run(args as string[]);
+    expect(result.status).toBe(2);
+    expect(result.stderr).toContain(message);
+    expect(result.stderr).toContain('Usage: torch-early-exit demo');
+  });
+
+  it('a bad exit spec or module name fails with the reason', () => {
+    const result = run(['demo', '--exit', 'features9=Linear(784,10)', '--epochs', '0', '--out', out]);
+    expect(result.status).toBe(1);
+    expect(result.stderr).toContain("no module named 'features9' in this model; closest names: features1, features2");
+    const spec = run(['demo', '--exit', 'features1=Lineal(784,10)', '--epochs', '0', '--out', out]);
+    expect(spec.stderr).toContain("unknown layer 'Lineal'");
+  });
+
+  it('Ctrl-C leaves no half-written output', async () => {
+    const target = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tee-demo-int-')), 'never');
+    const child = spawn(process.execPath, [CLI, 'demo', '--epochs', '20', '--out', target], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    child.stdout.on('data', (chunk) => {
+      stdout += chunk;
+      if (stdout.includes('epoch 1/20')) child.kill('SIGINT');
+    });
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect(code).toBe(130);
+    expect(fs.existsSync(target)).toBe(false);
+    expect(fs.readdirSync(path.dirname(target))).toEqual([]);
+  });
+});
