@@ -2,8 +2,9 @@
  * The one typed seam between TypeScript and the native addon: the only file that loads
  * the `.node` binary, and the declaration of everything it exports.
  */
-import * as fs from 'fs';
 import * as path from 'path';
+import { baseVersion, chooseBinary, findRuntimeLibTorch, preloadLibTorch } from './libtorch';
+import { packageRoot } from './package-root';
 
 /** A JS value that crosses into TorchScript: tensors, numbers, strings, nested arrays and dicts. */
 export type NativeValue = unknown;
@@ -85,33 +86,38 @@ export interface Binding {
   isGradEnabled(): boolean;
   cudaIsAvailable(): boolean;
   cudaDeviceCount(): number;
+  /** The LibTorch version the addon was compiled against. */
   libtorchVersion: string;
+  /** The version of the LibTorch loaded in the process (from its build configuration). */
+  loadedLibtorchVersion: string;
   builtWithCuda: boolean;
-}
-
-function packageRoot(): string {
-  let dir = __dirname;
-  while (!fs.existsSync(path.join(dir, 'package.json'))) {
-    const parent = path.dirname(dir);
-    if (parent === dir) throw new Error(`torch-early-exit: no package.json above ${__dirname}`);
-    dir = parent;
-  }
-  return dir;
 }
 
 function loadBinding(): Binding {
   const root = packageRoot();
+  const { found, tried } = findRuntimeLibTorch();
+  const choice = chooseBinary(root, found);
+  const fix = 'Build one for your LibTorch with `npm run build:native` in the package folder ' +
+    '(it needs LibTorch: apt-get install libtorch-dev libopenblas0-pthread, LIBTORCH=/path/to/libtorch, or pip install torch).';
+  if (!choice.file) {
+    throw new Error(`torch-early-exit: no native addon fits this machine. Looked for:\n  ${choice.refused.join('\n  ')}\n` +
+      `LibTorch at run time: ${found ? `${found.version} (${found.flavour}, ${found.kind} at ${found.libDir})` : `none found (${tried.join('; ')})`}\n${fix}`);
+  }
+  if (found) preloadLibTorch(found);
+  let loaded: Binding;
   try {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const bindings = require('bindings') as (options: { bindings: string; module_root: string }) => Binding;
-    return bindings({ bindings: 'torch_early_exit', module_root: root });
+    const bindings = require('bindings') as (options: { bindings: string; module_root: string; try: string[][] }) => Binding;
+    loaded = bindings({ bindings: path.basename(choice.file), module_root: path.dirname(choice.file), try: [['module_root', 'bindings']] });
   } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
-    throw new Error(
-      `torch-early-exit: cannot load the native addon from ${root}.\n` +
-      'Build it with `npm run build:native` (needs LibTorch: apt-get install libtorch-dev libopenblas0-pthread).\n' +
-      `Cause: ${reason}`);
+    throw new Error(`torch-early-exit: cannot load ${choice.file}: ${(error as Error).message}\n` +
+      `LibTorch at run time: ${found ? `${found.version} (${found.kind} at ${found.libDir})` : `none found (${tried.join('; ')})`}\n${fix}`);
   }
+  if (found && loaded.loadedLibtorchVersion && baseVersion(loaded.loadedLibtorchVersion) !== baseVersion(loaded.libtorchVersion)) {
+    throw new Error(`torch-early-exit: ${choice.file} was compiled against LibTorch ${loaded.libtorchVersion} ` +
+      `but LibTorch ${loaded.loadedLibtorchVersion} is loaded. ${fix}`);
+  }
+  return loaded;
 }
 
 /** The loaded native addon. */

@@ -147,7 +147,10 @@ export const cuda = {
   deviceCount: (): number => binding.cudaDeviceCount(),
 };
 
-/** The LibTorch version the addon was built against, and whether that build has CUDA. */
-export const version = { libtorch: binding.libtorchVersion, cuda: binding.builtWithCuda };
+/**
+ * The LibTorch version the addon was built against, the version loaded in this process,
+ * and whether the build has CUDA.
+ */
+export const version = { libtorch: binding.libtorchVersion, loaded: binding.loadedLibtorchVersion, cuda: binding.builtWithCuda };
 
 export type { DType, Device };

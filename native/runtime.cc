@@ -1,10 +1,13 @@
 #include "runtime.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <c10/core/GradMode.h>
 #include <torch/cuda.h>
 #include <torch/utils.h>
 #include <torch/version.h>
+
+#include <string>
 
 #include "errors.h"
 
@@ -45,6 +48,18 @@ Napi::Value CudaDeviceCount(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(torch::cuda::device_count()));
 }
 
+// The loaded library's own build settings name its version; the macro above is the
+// version of the headers the addon was compiled with.
+std::string LoadedLibTorchVersion() {
+  std::string config = at::show_config();
+  std::string key = "TORCH_VERSION=";
+  size_t start = config.find(key);
+  if (start == std::string::npos) return "";
+  start += key.size();
+  size_t end = config.find_first_of(", \n", start);
+  return config.substr(start, end == std::string::npos ? std::string::npos : end - start);
+}
+
 }  // namespace
 
 void ExportRuntime(Napi::Env env, Napi::Object exports) {
@@ -56,6 +71,7 @@ void ExportRuntime(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaIsAvailable", Napi::Function::New(env, CudaIsAvailable));
   exports.Set("cudaDeviceCount", Napi::Function::New(env, CudaDeviceCount));
   exports.Set("libtorchVersion", Napi::String::New(env, TORCH_VERSION));
+  exports.Set("loadedLibtorchVersion", Napi::String::New(env, LoadedLibTorchVersion()));
 #ifdef TEE_WITH_CUDA
   exports.Set("builtWithCuda", Napi::Boolean::New(env, true));
 #else

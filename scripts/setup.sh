@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine for torch-early-exit: LibTorch and OpenBLAS from
 # Debian's packages, PyTorch for /usr/bin/python3 (fixtures), npm dependencies, the
-# native addon, the TypeScript build and the fixture models. Safe to run again.
+# native addon (built, then packed as the prebuilt binary), the TypeScript build and
+# the fixture models. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,4 +21,5 @@ fi
 
 npm ci --no-audit --no-fund
 npm run build
+npm run prebuild
 npm run fixtures

@@ -78,9 +78,13 @@ describe('npm run demo', () => {
     const target = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tee-demo-int-')), 'never');
     const child = spawn(process.execPath, [CLI, 'demo', '--epochs', '20', '--out', target], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
+    let sent = false;
     child.stdout.on('data', (chunk) => {
       stdout += chunk;
-      if (stdout.includes('epoch 1/20')) child.kill('SIGINT');
+      if (!sent && stdout.includes('epoch 1/20')) {
+        sent = true;
+        child.kill('SIGINT');
+      }
     });
     const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
     expect(code).toBe(130);

@@ -15,6 +15,7 @@ import { EarlyExitModel, EarlyExitPolicy } from '../early-exit/model';
 import { EarlyExitStats } from '../early-exit/stats';
 import { trainEarlyExitAsync } from '../early-exit/trainer';
 import { load } from '../jit';
+import { packageRoot } from '../package-root';
 import { Tensor } from '../tensor';
 import * as torch from '../torch';
 import { DemoOptions } from './args';
@@ -22,7 +23,7 @@ import { parseBranchSpec } from './branch-spec';
 import { tradeOffSvg } from './plot';
 
 /** The bundled CNN and its exit. */
-export const DEFAULT_MODEL = path.join(__dirname, '..', '..', '..', 'models', 'mnist_cnn.pt');
+export const DEFAULT_MODEL = path.join(packageRoot(), 'models', 'mnist_cnn.pt');
 export const DEFAULT_EXITS: Array<[string, string]> = [['features1', 'MaxPool2d(2),Flatten(),Linear(784,10)']];
 
 /** Distiller's example threshold on each exit's cross-entropy. */
@@ -142,7 +143,9 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   const trainingStarted = Date.now();
   const names = [...model.exitPoints.map((_, i) => `exit${i}`), 'final'];
   let bar: SingleBar | undefined;
-  let heldOut = await trainEarlyExitAsync(model, trainSet, {
+  let heldOut: number[] | undefined;
+  try {
+    heldOut = await trainEarlyExitAsync(model, trainSet, {
     epochs: options.epochs, batchSize: options.batchSize, lossWeights, seed: options.seed, validation: testSet,
     shouldStop: () => signal.stopped,
     onBatch: (p) => {
@@ -161,7 +164,11 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
       bar?.stop();
       if (accuracy) log(`  held-out after epoch ${epoch + 1}: ${accuracy.map((a, i) => `${names[i]} ${pct(a)}`).join(', ')}`);
     },
-  });
+    });
+  } finally {
+    // A bar left running keeps a timer, and the process, alive.
+    bar?.stop();
+  }
   if (signal.stopped) throw new DemoInterrupted('interrupted while training');
   const trainingSeconds = (Date.now() - trainingStarted) / 1000;
   model.eval();
