@@ -1,0 +1,128 @@
+/**
+ * Early-exit inference benchmark, batch 1, one intra-op thread, ratios in one run:
+ *  - ResNet-20 (CIFAR, the seed's exit at layer1.2.relu2): full forward of the plain model
+ *    and the forward stopped at the exit. (No CIFAR data here: no accuracy for it.)
+ *  - The MNIST CNN trained with its exit on the mnist package's digits: full forward,
+ *    forward stopped at the exit, and the mean latency over the 2,000 held-out digits at
+ *    thresholds calibrated for at most 0.5 points of accuracy lost, with its accuracy.
+ *
+ *   node dist/scripts/bench-inference.js [--json out.json] [--epochs 4]
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import {
+  EarlyExitModel, ScriptModule, Tensor, calibrateThresholds, collectOutputs, jit, loadMnist, measureExitLatencies, nn,
+  policyOf, torch, trainEarlyExit,
+} from '../lib';
+import { packageRoot } from '../lib/package-root';
+
+const ROOT = packageRoot();
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+function time(fn: () => void): number {
+  const started = process.hrtime.bigint();
+  fn();
+  return Number(process.hrtime.bigint() - started) / 1e6;
+}
+
+/** A clean copy of a trained backbone: no exits, no hooks. */
+function cleanCopy(backbone: ScriptModule): ScriptModule {
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tee-bench-')), 'backbone.pt');
+  backbone.save(file);
+  return jit.load(file).eval();
+}
+
+/** Median ms of the plain model, and of the early-exit model stopped at each exit and run to the end. */
+function stoppedAt(model: EarlyExitModel, plain: ScriptModule, input: Tensor, rounds: number) {
+  const exits = measureExitLatencies(model, input, rounds, 20);
+  const full: number[] = [];
+  torch.noGrad(() => {
+    for (let i = 0; i < 20 + rounds; i++) {
+      const ms = time(() => (plain.forward(input) as Tensor).dispose());
+      if (i >= 20) full.push(ms);
+    }
+  });
+  return { plainMs: median(full), stoppedMs: exits.slice(0, -1), throughAllExitsMs: exits[exits.length - 1] };
+}
+
+function main(): void {
+  const args = process.argv.slice(2);
+  const jsonIndex = args.indexOf('--json');
+  const epochsIndex = args.indexOf('--epochs');
+  const epochs = epochsIndex >= 0 ? Number(args[epochsIndex + 1]) : 4;
+  torch.setNumThreads(1);
+  torch.manualSeed(0);
+  console.log(`bench-inference: LibTorch ${torch.version.libtorch}, 1 intra-op thread, batch 1, ${os.cpus()[0].model}`);
+
+  const resnetFile = path.join(ROOT, 'test', 'fixtures', 'resnet20_scripted.pt');
+  const resnet = new EarlyExitModel(jit.load(resnetFile), [
+    ['layer1.2.relu2', nn.Sequential(nn.AvgPool2d(3), nn.Flatten(), nn.Linear(1600, 10))]]).eval();
+  const r = stoppedAt(resnet, jit.load(resnetFile).eval(), torch.randn([1, 3, 32, 32]), 200);
+
+  const { train, test } = loadMnist({ seed: 0 });
+  const mnist = new EarlyExitModel(jit.load(path.join(ROOT, 'models', 'mnist_cnn.pt')), [
+    ['features1', nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(784, 10))]]);
+  trainEarlyExit(mnist, train, { epochs, lossWeights: [0.3], seed: 0 });
+  mnist.eval();
+  const plain = cleanCopy(mnist.backbone);
+  const m = stoppedAt(mnist, plain, test.images.narrow(0, 0, 1), 500);
+  const calibration = calibrateThresholds(collectOutputs(mnist, test), {
+    criterion: 'entropy', exitCosts: [...m.stoppedMs, m.throughAllExitsMs], maxAccuracyDrop: 0.5,
+  });
+  const policy = policyOf(calibration);
+  const labels = Array.from(test.labels.data() as BigInt64Array, Number);
+  const early: number[] = [];
+  const full: number[] = [];
+  let earlyCorrect = 0;
+  let fullCorrect = 0;
+  for (let pass = 0; pass < 2; pass++) {
+    // The first pass warms both paths up; the second is measured, alternating sample by sample.
+    for (let i = 0; i < labels.length; i++) {
+      torch.tidy(() => torch.noGrad(() => {
+        const x = test.images.narrow(0, i, 1);
+        let prediction = -1;
+        const e = time(() => { prediction = mnist.forwardEarlyExit(x, policy).output.argmax(1).item() as number; });
+        let fullPrediction = -1;
+        const f = time(() => { fullPrediction = (plain.forward(x) as Tensor).argmax(1).item() as number; });
+        if (pass === 1) {
+          early.push(e);
+          full.push(f);
+          if (prediction === labels[i]) earlyCorrect++;
+          if (fullPrediction === labels[i]) fullCorrect++;
+        }
+      }));
+    }
+  }
+  const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
+  const results = {
+    resnet20: { fullMs: r.plainMs, stoppedAtExitMs: r.stoppedMs[0], throughExitToEndMs: r.throughAllExitsMs, speedupStopped: r.plainMs / r.stoppedMs[0] },
+    mnist: {
+      fullMs: m.plainMs, stoppedAtExitMs: m.stoppedMs[0], throughExitToEndMs: m.throughAllExitsMs,
+      criterion: calibration.criterion, thresholds: calibration.chosen.thresholds, exitFraction: calibration.chosen.exitFractions[0],
+      heldOutMeanMs: mean(early), heldOutFullMeanMs: mean(full), speedup: mean(full) / mean(early),
+      accuracy: (100 * earlyCorrect) / labels.length, fullAccuracy: (100 * fullCorrect) / labels.length,
+    },
+  };
+  const row = (cells: string[]) => console.log(cells[0].padEnd(44) + cells.slice(1).map((c) => c.padStart(12)).join(''));
+  row(['', 'ms', 'vs full']);
+  row(['ResNet-20 full forward (plain model)', r.plainMs.toFixed(3), '1.00x']);
+  row(['ResNet-20 stopped at layer1.2.relu2', r.stoppedMs[0].toFixed(3), `${(r.plainMs / r.stoppedMs[0]).toFixed(2)}x`]);
+  row(['ResNet-20 with exit, not stopping', r.throughAllExitsMs.toFixed(3), `${(r.plainMs / r.throughAllExitsMs).toFixed(2)}x`]);
+  row(['MNIST CNN full forward (plain model)', m.plainMs.toFixed(3), '1.00x']);
+  row(['MNIST CNN stopped at features1', m.stoppedMs[0].toFixed(3), `${(m.plainMs / m.stoppedMs[0]).toFixed(2)}x`]);
+  row(['MNIST CNN with exit, not stopping', m.throughAllExitsMs.toFixed(3), `${(m.plainMs / m.throughAllExitsMs).toFixed(2)}x`]);
+  row([`MNIST held-out mean, ${calibration.criterion} <= ${(calibration.chosen.thresholds[0] ?? NaN).toFixed(4)}`, mean(early).toFixed(3),
+    `${results.mnist.speedup.toFixed(2)}x`]);
+  row(['MNIST held-out mean, full network', mean(full).toFixed(3), '1.00x']);
+  console.log(`MNIST accuracy: early exits ${results.mnist.accuracy.toFixed(2)}% (${(100 * results.mnist.exitFraction).toFixed(1)}% left at the exit), ` +
+    `full network ${results.mnist.fullAccuracy.toFixed(2)}%: ${(results.mnist.fullAccuracy - results.mnist.accuracy).toFixed(2)} points lost`);
+  console.log(`goal: >= 2x lower mean latency at <= 0.5 points: ${results.mnist.speedup >= 2 && results.mnist.fullAccuracy - results.mnist.accuracy <= 0.5 ? 'met' : 'NOT met'}`);
+  if (jsonIndex >= 0) fs.writeFileSync(args[jsonIndex + 1], JSON.stringify(results, null, 2) + '\n');
+}
+
+main();
