@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import { binding, NativeCallResult, NativeScriptModule, NativeStopRule } from './binding';
 import { Device } from './dtype';
 import { closestNames } from './names';
-import { Tensor, fromNative, toNative } from './tensor';
+import { Tensor, fromNative, namedTensors, toNative } from './tensor';
 
 /** What `registerForwardHook` accepts: a JS function, or a module run natively. */
 export type ForwardHook = ((module: ScriptModule, inputs: unknown[], output: unknown) => void) | HookModule;
@@ -153,7 +153,7 @@ export class ScriptModule implements HookModule {
 
   /** Parameters by qualified name (PyTorch's `named_parameters()`); they alias the model's. */
   namedParameters(recurse = true): Array<[string, Tensor]> {
-    return this.native.namedParameters(recurse).map(([name, native]) => [name, new Tensor(native)]);
+    return namedTensors(this.native.namedParameters(recurse));
   }
 
   parameters(recurse = true): Tensor[] {
@@ -161,7 +161,7 @@ export class ScriptModule implements HookModule {
   }
 
   namedBuffers(recurse = true): Array<[string, Tensor]> {
-    return this.native.namedBuffers(recurse).map(([name, native]) => [name, new Tensor(native)]);
+    return namedTensors(this.native.namedBuffers(recurse));
   }
 
   buffers(recurse = true): Tensor[] {

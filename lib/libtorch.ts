@@ -115,12 +115,19 @@ export interface BinaryChoice {
 }
 
 /**
- * The binary to load from the package at `root`: a prebuilt one for this platform whose
- * LibTorch version and flavour match `runtime`, else the local build. A prebuilt binary
- * for another LibTorch is refused, never loaded: its symbols would not match.
+ * The binary to load from the package at `root`: a local build (made by `npm run
+ * build:native` or by an install that found no fitting prebuilt binary, so the freshest),
+ * else a prebuilt one for this platform whose LibTorch version and flavour match
+ * `runtime`. A prebuilt binary for another LibTorch is refused, never loaded: its symbols
+ * would not match.
  */
 export function chooseBinary(root: string, runtime: RuntimeLibTorch | null, platform = `${process.platform}-${os.arch()}`): BinaryChoice {
   const refused: string[] = [];
+  for (const local of ['Release', 'Debug']) {
+    const file = path.join(root, 'build', local, 'torch_early_exit.node');
+    if (fs.existsSync(file)) return { file, refused };
+    refused.push(`build/${local}/torch_early_exit.node: not built`);
+  }
   const folder = path.join(root, 'prebuilds', platform);
   const prebuilt = fs.existsSync(folder) ? fs.readdirSync(folder).map(parsePrebuildName).filter((t): t is PrebuildTag => t !== null) : [];
   for (const tag of prebuilt) {
@@ -131,11 +138,6 @@ export function chooseBinary(root: string, runtime: RuntimeLibTorch | null, plat
       (runtime ? `but the LibTorch found is ${runtime.version} (${runtime.flavour}, ${runtime.kind} at ${runtime.libDir})` : 'but no LibTorch was found'));
   }
   if (prebuilt.length === 0) refused.push(`prebuilds/${platform}/: no prebuilt binary`);
-  for (const local of ['Release', 'Debug']) {
-    const file = path.join(root, 'build', local, 'torch_early_exit.node');
-    if (fs.existsSync(file)) return { file, refused };
-    refused.push(`build/${local}/torch_early_exit.node: not built`);
-  }
   return { file: null, refused };
 }
 

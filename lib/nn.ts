@@ -7,7 +7,7 @@
 import { binding, NativeNnModule } from './binding';
 import { Device } from './dtype';
 import { HookModule } from './jit';
-import { Tensor } from './tensor';
+import { Tensor, namedTensors } from './tensor';
 import { noGrad } from './torch';
 import * as functional from './functional';
 
@@ -45,7 +45,7 @@ export class Module implements HookModule {
 
   /** Parameters by qualified name, as PyTorch names them (`2.weight` in a Sequential). */
   namedParameters(recurse = true): Array<[string, Tensor]> {
-    return this.native.namedParameters(recurse).map(([name, native]) => [name, new Tensor(native)]);
+    return namedTensors(this.native.namedParameters(recurse));
   }
 
   parameters(recurse = true): Tensor[] {
@@ -53,7 +53,7 @@ export class Module implements HookModule {
   }
 
   namedBuffers(recurse = true): Array<[string, Tensor]> {
-    return this.native.namedBuffers(recurse).map(([name, native]) => [name, new Tensor(native)]);
+    return namedTensors(this.native.namedBuffers(recurse));
   }
 
   buffers(recurse = true): Tensor[] {

@@ -46,6 +46,11 @@ export function toNative(value: unknown): unknown {
   return value;
 }
 
+/** `[name, tensor]` pairs from the addon's `[name, native]` pairs. */
+export function namedTensors(list: Array<[string, NativeTensor]>): Array<[string, Tensor]> {
+  return list.map(([name, native]) => [name, new Tensor(native)]);
+}
+
 /** Calls the ATen operator `aten::name.overload`, wrapping tensors both ways. */
 export function callOp(name: string, overload: string, args: unknown[], kwargs?: Record<string, unknown>): unknown {
   const native = binding.callOp(`aten::${name}`, overload, args.map(toNative), kwargs && (toNative(kwargs) as Record<string, unknown>));

@@ -145,23 +145,18 @@ Napi::Value ScriptModule::RunMethodAsync(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value ScriptModule::NamedModules(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Napi::Array array = Napi::Array::New(env);
-  uint32_t i = 0;
-  for (const auto& item : Get(env).named_modules()) {
-    Napi::Array pair = Napi::Array::New(env, 2);
-    pair.Set(0u, Napi::String::New(env, item.name));
-    pair.Set(1u, Wrap(env, state_, item.value, Qualify(name_, item.name)));
-    array.Set(i++, pair);
-  }
-  return array;
+  return NamedModuleList(info.Env(), Get(info.Env()).named_modules());
 }
 
 Napi::Value ScriptModule::NamedChildren(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
+  return NamedModuleList(info.Env(), Get(info.Env()).named_children());
+}
+
+template <typename List>
+Napi::Array ScriptModule::NamedModuleList(Napi::Env env, const List& list) const {
   Napi::Array array = Napi::Array::New(env);
   uint32_t i = 0;
-  for (const auto& item : Get(env).named_children()) {
+  for (const auto& item : list) {
     Napi::Array pair = Napi::Array::New(env, 2);
     pair.Set(0u, Napi::String::New(env, item.name));
     pair.Set(1u, Wrap(env, state_, item.value, Qualify(name_, item.name)));

@@ -45,6 +45,9 @@ class ScriptModule : public GuardedWrap<ScriptModule> {
   // Mode and device changes must not race an async forward of the same model.
   void RequireIdle(Napi::Env env, const char* action) const;
   std::unique_ptr<MethodCall> PrepareCall(const Napi::CallbackInfo& info);
+  // [[name, ScriptModule], ...] with qualified names kept for error messages.
+  template <typename List>
+  Napi::Array NamedModuleList(Napi::Env env, const List& list) const;
 
   std::shared_ptr<ModelState> state_;
   torch::jit::Module module_;

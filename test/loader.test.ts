@@ -54,7 +54,7 @@ describe('finding LibTorch and the binary that fits it', () => {
     const root = fakePackage({ [`prebuilds/${platform}/${prebuildName('9.9.0', 'cpu')}`]: realBinary() });
     const choice = chooseBinary(root, found);
     expect(choice.file).toBeNull();
-    expect(choice.refused[0]).toBe(`prebuilds/${platform}/torch-early-exit.libtorch-9.9.0.cpu.node: built for LibTorch 9.9.0 (cpu), ` +
+    expect(choice.refused[2]).toBe(`prebuilds/${platform}/torch-early-exit.libtorch-9.9.0.cpu.node: built for LibTorch 9.9.0 (cpu), ` +
       `but the LibTorch found is ${found!.version} (${found!.flavour}, ${found!.kind} at ${found!.libDir})`);
     // The package's loader, run in a fresh process from that folder, fails with the message instead of crashing.
     fs.mkdirSync(path.join(root, 'dist'), { recursive: true });
