@@ -181,8 +181,16 @@ export class ScriptModule implements HookModule {
 
   eval(): this { return this.train(false); }
 
-  /** Whether this module is in training mode. */
+  /** Whether this module is in training mode (PyTorch's `training`). */
   get training(): boolean { return this.native.isTraining(); }
+
+  /** The same as `training`. */
+  get isTraining(): boolean { return this.training; }
+
+  /** Forgets the gradients of every parameter below this module (PyTorch's `zero_grad()`). */
+  zeroGrad(): void {
+    for (const param of this.parameters()) param.grad = null;
+  }
 
   /** Moves parameters and buffers to `device` (tensors taken from the model before stay where they were). */
   to(device: Device | string): this {

@@ -82,6 +82,11 @@ export class Module implements HookModule {
 
   get training(): boolean { return this.native.isTraining(); }
 
+  /** Forgets the gradients of every parameter (PyTorch's `zero_grad()`). */
+  zeroGrad(): void {
+    for (const param of this.parameters()) param.grad = null;
+  }
+
   to(device: Device | string): this {
     this.native.to(device);
     return this;

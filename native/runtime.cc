@@ -7,6 +7,8 @@
 #include <torch/utils.h>
 #include <torch/version.h>
 
+#include <dlfcn.h>
+
 #include <string>
 
 #include "errors.h"
@@ -14,10 +16,19 @@
 namespace tee {
 namespace {
 
+// Debian's LibTorch calls into an OpenBLAS with its own pthread pool, which
+// at::set_num_threads does not reach; it is looked up at run time because the BLAS
+// LibTorch was built with may be another one.
+void SetBlasThreads(int threads) {
+  using SetThreads = void (*)(int);
+  if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(threads);
+}
+
 Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   int threads = info[0].As<Napi::Number>().Int32Value();
   if (threads < 1) ThrowError(info.Env(), "setNumThreads needs a positive number of threads");
   at::set_num_threads(threads);
+  SetBlasThreads(threads);
   return info.Env().Undefined();
 }
 

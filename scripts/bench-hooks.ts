@@ -27,6 +27,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import type * as Lib from '../lib';
+import { jsonFile, positiveInt } from './script-args';
 
 type Tensor = Lib.Tensor;
 type EarlyExitModel = Lib.EarlyExitModel;
@@ -66,18 +67,11 @@ function parseArgs(argv: string[]): Options {
     blasThreads: process.env.OPENBLAS_NUM_THREADS ? null : 1,
     rounds: 30, warmup: 20, calls: new Map([[1, 30], [64, 3]]), batches: [1, 64], fixtures: ['scripted', 'traced'],
   };
-  const positiveInt = (flag: string, value: string | undefined): number => {
-    const n = Number(value);
-    if (!Number.isInteger(n) || n <= 0) throw new Error(`${flag} needs a positive integer, got '${value}'`);
-    return n;
-  };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const value = argv[i + 1];
     switch (flag) {
-      case '--json':
-        if (!value) throw new Error('--json needs a file name');
-        options.json = value; i++; break;
+      case '--json': options.json = jsonFile(value); i++; break;
       case '--blas-threads': options.blasThreads = positiveInt(flag, value); i++; break;
       case '--rounds': options.rounds = positiveInt(flag, value); i++; break;
       case '--warmup': options.warmup = Math.max(20, positiveInt(flag, value)); i++; break;
@@ -228,16 +222,20 @@ function estimate(samples: Record<Variant, number[][]>, plus: Variant, minus: Va
 /** Checks that the exit changes nothing in the backbone's output and equals the branch on the tapped features. */
 function checkOutputs(model: EarlyExitModel, branch: Sequential, input: Tensor): void {
   torch.tidy(() => {
-    const [exitOutput, withExit] = model.forward(input);
+    const outputs = model.forward(input);
+    if (outputs.length !== 2) throw new Error(`EarlyExitModel.forward returned ${outputs.length} tensors, expected 2`);
+    const [exitOutput, withExit] = outputs;
     model.eeMgr.detachExits(model.backbone);
     let features: Tensor | undefined;
+    let firings = 0;
     const handle = model.backbone.getModule(EXIT_POINT).registerForwardHook((_m, _inputs, output) => {
       features = (output as Tensor).clone();
+      firings++;
     });
     const plain = model.backbone.forward(input) as Tensor;
     handle.remove();
     model.eeMgr.attachExits(model.backbone, model.exitsDef);
-    if (!features) throw new Error(`the JS hook on ${EXIT_POINT} did not run`);
+    if (!features || firings !== 1) throw new Error(`the JS hook on ${EXIT_POINT} ran ${firings} times in one forward`);
     if (features.shape.join() !== [input.shape[0], 16, 32, 32].join()) throw new Error(`features at ${EXIT_POINT} are [${features.shape}]`);
     if (exitOutput.shape.join() !== [input.shape[0], 10].join()) throw new Error(`the exit output is [${exitOutput.shape}]`);
     if (!torch.allclose(plain, withExit, 1e-5, 1e-6)) throw new Error('the final output differs with the exit attached');

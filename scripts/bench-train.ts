@@ -32,6 +32,7 @@ import * as os from 'os';
 import * as path from 'path';
 import * as readline from 'readline';
 import type * as Lib from '../lib';
+import { jsonFile, positiveInt } from './script-args';
 
 type Tensor = Lib.Tensor;
 
@@ -41,7 +42,7 @@ let lib: typeof Lib;
 const EXIT_POINT = 'layer1.2.relu2';
 const LOSS_WEIGHTS = [0.3];
 const SGD_SETTINGS = { lr: 0.05, momentum: 0.9, weightDecay: 5e-4 };
-const PHASES = ['forward (with exit)', 'early-exit loss', 'zero_grad + backward', 'optimizer step', 'release (tidy) / rest'];
+const PHASES = ['forward (with exit)', 'early-exit loss', 'zero_grad + backward', 'optimizer step', "release the step's tensors"];
 
 interface Options {
   json?: string;
@@ -58,7 +59,7 @@ const USAGE = `usage: node dist/scripts/bench-train.js [options]
   --json FILE          also write the numbers (and every sample) to FILE
   --batch N            batch size (default 64)
   --warmup N           untimed warm-up steps of each side (default 8)
-  --rounds N           alternating timed rounds (default 12)
+  --rounds N           alternating timed rounds (default 20)
   --steps N            steps of each side per round (default 3): rounds x steps samples each
   --batches N          distinct batches cycled through (default 4)
   --blas-threads N     OpenBLAS threads for both sides (default 1, or OPENBLAS_NUM_THREADS if set)
@@ -66,21 +67,14 @@ const USAGE = `usage: node dist/scripts/bench-train.js [options]
 
 function parseArgs(argv: string[]): Options {
   const options: Options = {
-    batch: 64, warmup: 8, rounds: 12, stepsPerRound: 3, batches: 4,
+    batch: 64, warmup: 8, rounds: 20, stepsPerRound: 3, batches: 4,
     blasThreads: process.env.OPENBLAS_NUM_THREADS ? null : 1, python: '/usr/bin/python3',
-  };
-  const positiveInt = (flag: string, value: string | undefined): number => {
-    const n = Number(value);
-    if (!Number.isInteger(n) || n <= 0) throw new Error(`${flag} needs a positive integer, got '${value}'`);
-    return n;
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const value = argv[i + 1];
     switch (flag) {
-      case '--json':
-        if (!value) throw new Error('--json needs a file name');
-        options.json = value; i++; break;
+      case '--json': options.json = jsonFile(value); i++; break;
       case '--batch': options.batch = positiveInt(flag, value); i++; break;
       case '--warmup': options.warmup = positiveInt(flag, value); i++; break;
       case '--rounds': options.rounds = positiveInt(flag, value); i++; break;
@@ -345,8 +339,6 @@ async function main(): Promise<void> {
       return PHASES.map((_, p) => median(phases.map((row) => row[p] ?? 0)));
     };
     const phases = { node: phaseMedians(all.node), pytorch: phaseMedians(all.pytorch) };
-    // Python's step ends after optimizer.step(): its tensors are freed outside the clock.
-    phases.pytorch[4] = Math.max(0, summaries.pytorch.median - phases.pytorch.slice(0, 4).reduce((a, b) => a + b, 0));
 
     console.log(`\nResNet-20 + seed exit, batch ${options.batch}, training step (forward, loss, backward, SGD step): ms per step`);
     const rows = [['side', 'n', 'median', 'p25', 'p75', 'min', 'max']];
@@ -372,10 +364,10 @@ async function main(): Promise<void> {
       `(step 1: node ${nodeLosses[0].toFixed(6)}, pytorch ${pyLosses[0].toFixed(6)}); after ${last + 1} steps: ` +
       `node ${nodeLosses[last].toFixed(6)}, pytorch ${pyLosses[last].toFixed(6)}`);
     if (!(worstFirst < 1e-3)) console.log('WARNING: the two sides do not compute the same losses: the comparison is suspect');
-    const wall = (Number(nodeCpu.user + nodeCpu.system) / 1e3);
+    const nodeCpuMs = Number(nodeCpu.user + nodeCpu.system) / 1e3;
     const seconds = (Date.now() - started) / 1000;
     const loadAfter = os.loadavg();
-    console.log(`\n${seconds.toFixed(1)} s; Node CPU time during the rounds ${fmt(wall / 1000, 1)} s; load average now ` +
+    console.log(`\n${seconds.toFixed(1)} s; Node CPU time during the rounds ${fmt(nodeCpuMs / 1000, 1)} s; load average now ` +
       `${loadAfter.map((l) => l.toFixed(2)).join(' ')} (other processes on this machine add noise; the paired CI shows how much)`);
     if (python.stderrText.trim()) console.log(`Python's stderr:\n${python.stderrText.trim()}`);
 

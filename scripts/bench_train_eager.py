@@ -13,11 +13,12 @@ weights, so both sides start from the same weights and see the same data. The ba
 weights come from the TorchScript fixture's state dict. The process then answers JSON
 lines on stdin with JSON lines on stdout:
 
-  {"cmd": "steps", "n": K}  ->  {"ms": [...], "phases": [[forward, loss, backward, step], ...], "losses": [...]}
+  {"cmd": "steps", "n": K}  ->  {"ms": [...], "phases": [[forward, loss, backward, step, release], ...], "losses": [...]}
   {"cmd": "quit"}
 
 Each step: forward (with the branch), Distiller's early-exit loss, zero_grad(set_to_none=True),
-backward, SGD step, in that order, as the Node side does it.
+backward, SGD step, then dropping the step's tensors, in that order, as the Node side does it
+(where torch.tidy releases them).
 """
 import argparse
 import json
@@ -89,8 +90,13 @@ def main():
         t3 = time.perf_counter()
         optimizer.step()
         t4 = time.perf_counter()
+        # Release the step's tensors inside the clock, as torch.tidy does on the Node side.
+        value = loss.detach()
+        del final, outputs, loss
+        exits.clear()
+        t5 = time.perf_counter()
         ms = lambda a, b: (b - a) * 1e3  # noqa: E731
-        return ms(t0, t4), [ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4)], loss
+        return ms(t0, t5), [ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4), ms(t4, t5)], value
 
     print(json.dumps({
         "ready": True, "torch": torch.__version__, "python": sys.version.split()[0],

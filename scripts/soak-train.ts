@@ -23,6 +23,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { PerformanceObserver } from 'perf_hooks';
 import type * as Lib from '../lib';
+import { jsonFile, positiveInt } from './script-args';
 
 type Tensor = Lib.Tensor;
 
@@ -50,20 +51,18 @@ const USAGE = `usage: node dist/scripts/soak-train.js [options]
   --sample-every N        RSS sample interval in steps (default 25)
   --progress-every N      progress line interval in steps (default 250)
   --limit-mb N            allowed growth over the RSS after step ${BASELINE_STEP} (default 200)
-  --yield-every N         let the event loop turn (await setImmediate) every N steps; 0 (default): never,
-                          a fully synchronous loop, as trainEarlyExit is
+  --yield-every N         let the event loop turn (await setImmediate) every N steps (default 1, as an
+                          async training loop does, e.g. trainEarlyExitAsync or one awaiting its data);
+                          0: never, a fully synchronous loop. Node-API runs the finalizers that free
+                          unreachable tensors only when the event loop turns, so a loop that never
+                          yields must dispose (torch.tidy) what it makes
   --abort-mb N            stop early, as a FAIL, once RSS exceeds the baseline by N MB (default 1000):
                           a leaking run need not take the machine's memory to show it
   --json FILE             also write the samples to FILE`;
 
 function parseArgs(argv: string[]): Options {
   const options: Options = {
-    model: 'resnet20', steps: 2000, sampleEvery: 25, progressEvery: 250, limitMb: 200, abortMb: 1000, yieldEvery: 0,
-  };
-  const positiveInt = (flag: string, value: string | undefined): number => {
-    const n = Number(value);
-    if (!Number.isInteger(n) || n <= 0) throw new Error(`${flag} needs a positive integer, got '${value}'`);
-    return n;
+    model: 'resnet20', steps: 2000, sampleEvery: 25, progressEvery: 250, limitMb: 200, abortMb: 1000, yieldEvery: 1,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -83,9 +82,7 @@ function parseArgs(argv: string[]): Options {
         if (!Number.isInteger(n) || n < 0) throw new Error(`--yield-every needs a non-negative integer, got '${value}'`);
         options.yieldEvery = n; i++; break;
       }
-      case '--json':
-        if (!value) throw new Error('--json needs a file name');
-        options.json = value; i++; break;
+      case '--json': options.json = jsonFile(value); i++; break;
       case '-h': case '--help': console.log(USAGE); process.exit(0);
       default: throw new Error(`unknown argument '${flag}'\n${USAGE}`);
     }

@@ -136,6 +136,8 @@ describe('EarlyExitModel', () => {
     for (const [name, p] of model.namedParameters()) {
       if (/^(layer2|layer3|fc)\./.test(name)) expect(p.grad).toBeNull();
     }
+    model.zeroGrad();
+    expect(model.parameters().filter((p) => p.grad !== null)).toEqual([]);
   });
 
   it('two forwardAsync calls in flight each return their own exit outputs', async () => {

@@ -150,6 +150,11 @@ export class EarlyExitModel {
 
   get training(): boolean { return this.backbone.training; }
 
+  /** Forgets the gradients of the backbone's and the branches' parameters. */
+  zeroGrad(): void {
+    for (const param of this.parameters()) param.grad = null;
+  }
+
   to(device: Device | string): this {
     this.backbone.to(device);
     for (const branch of this.branches) (branch as Module | ScriptModule).to(device);

@@ -1,0 +1,14 @@
+/** Command-line pieces shared by the benchmark and soak scripts. */
+
+/** `value` as a positive integer, or an error naming `flag`. */
+export function positiveInt(flag: string, value: string | undefined): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`${flag} needs a positive integer, got '${value}'`);
+  return n;
+}
+
+/** The file name after --json. */
+export function jsonFile(value: string | undefined): string {
+  if (!value) throw new Error('--json needs a file name');
+  return value;
+}
