@@ -28,6 +28,7 @@ import * as os from 'os';
 import * as path from 'path';
 import type * as Lib from '../lib';
 import { jsonFile, positiveInt } from './script-args';
+import { Summary, bootstrapMedianCI, median, quantile, summarize, table } from './bench-stats';
 
 type Tensor = Lib.Tensor;
 type EarlyExitModel = Lib.EarlyExitModel;
@@ -91,60 +92,6 @@ function parseArgs(argv: string[]): Options {
 function callsPerRound(options: Options, batch: number): number {
   if (typeof options.calls === 'number') return options.calls;
   return options.calls.get(batch) ?? Math.max(1, Math.round(20 / batch));
-}
-
-// ---------------------------------------------------------------------------------------
-// Statistics
-
-function sorted(values: number[]): number[] { return [...values].sort((x, y) => x - y); }
-
-function quantile(values: number[], q: number): number {
-  const s = sorted(values);
-  const position = (s.length - 1) * q;
-  const low = Math.floor(position);
-  const high = Math.ceil(position);
-  return s[low] + (s[high] - s[low]) * (position - low);
-}
-
-function median(values: number[]): number { return quantile(values, 0.5); }
-
-/** The mean of what is left after dropping `fraction` of the samples at each end. */
-function trimmedMean(values: number[], fraction = 0.1): number {
-  const s = sorted(values);
-  const cut = Math.floor(s.length * fraction);
-  const kept = s.slice(cut, s.length - cut);
-  return kept.reduce((sum, v) => sum + v, 0) / kept.length;
-}
-
-/** A 95% percentile-bootstrap interval of the median (fixed seed: the same samples give the same interval). */
-function bootstrapMedianCI(values: number[], resamples = 2000): [number, number] {
-  let state = 0x2545f491;
-  const random = (): number => {
-    state ^= state << 13; state ^= state >>> 17; state ^= state << 5;
-    return (state >>> 0) / 4294967296;
-  };
-  const medians: number[] = [];
-  for (let r = 0; r < resamples; r++) {
-    const sample = values.map(() => values[Math.floor(random() * values.length)]);
-    medians.push(median(sample));
-  }
-  return [quantile(medians, 0.025), quantile(medians, 0.975)];
-}
-
-interface Summary {
-  n: number;
-  median: number;
-  trimmedMean: number;
-  min: number;
-  p25: number;
-  p75: number;
-}
-
-function summarize(values: number[]): Summary {
-  return {
-    n: values.length, median: median(values), trimmedMean: trimmedMean(values), min: Math.min(...values),
-    p25: quantile(values, 0.25), p75: quantile(values, 0.75),
-  };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -324,12 +271,6 @@ async function runCell(fixture: string, batch: number, options: Options): Promis
 // ---------------------------------------------------------------------------------------
 // Report
 
-function table(rows: string[][], rightAligned: boolean[]): string {
-  const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
-  const line = (row: string[]): string =>
-    row.map((cell, c) => (rightAligned[c] ? cell.padStart(widths[c]) : cell.padEnd(widths[c]))).join('  ');
-  return [line(rows[0]), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.slice(1).map(line)].join('\n');
-}
 
 const ms = (value: number): string => value.toFixed(3);
 const pct = (value: number): string => `${value >= 0 ? '+' : ''}${value.toFixed(2)}%`;

@@ -33,6 +33,7 @@ import * as path from 'path';
 import * as readline from 'readline';
 import type * as Lib from '../lib';
 import { jsonFile, positiveInt } from './script-args';
+import { Summary, bootstrapMedianCI, median, quantile, summarize, table } from './bench-stats';
 
 type Tensor = Lib.Tensor;
 
@@ -89,42 +90,6 @@ function parseArgs(argv: string[]): Options {
     }
   }
   return options;
-}
-
-// ---------------------------------------------------------------------------------------
-// Statistics
-
-function sorted(values: number[]): number[] { return [...values].sort((x, y) => x - y); }
-
-function quantile(values: number[], q: number): number {
-  const s = sorted(values);
-  const position = (s.length - 1) * q;
-  const low = Math.floor(position);
-  const high = Math.ceil(position);
-  return s[low] + (s[high] - s[low]) * (position - low);
-}
-
-function median(values: number[]): number { return quantile(values, 0.5); }
-
-/** A 95% percentile-bootstrap interval of the median (fixed seed: the same samples give the same interval). */
-function bootstrapMedianCI(values: number[], resamples = 2000): [number, number] {
-  let state = 0x2545f491;
-  const random = (): number => {
-    state ^= state << 13; state ^= state >>> 17; state ^= state << 5;
-    return (state >>> 0) / 4294967296;
-  };
-  const medians: number[] = [];
-  for (let r = 0; r < resamples; r++) medians.push(median(values.map(() => values[Math.floor(random() * values.length)])));
-  return [quantile(medians, 0.025), quantile(medians, 0.975)];
-}
-
-interface Summary { n: number; median: number; mean: number; min: number; p25: number; p75: number; max: number }
-
-function summarize(values: number[]): Summary {
-  return {
-    n: values.length, median: median(values), mean: values.reduce((a, b) => a + b, 0) / values.length,
-    min: Math.min(...values), p25: quantile(values, 0.25), p75: quantile(values, 0.75), max: Math.max(...values),
-  };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -238,12 +203,6 @@ class PythonSide {
 // ---------------------------------------------------------------------------------------
 // Report
 
-function table(rows: string[][], rightAligned: boolean[]): string {
-  const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
-  const line = (row: string[]): string =>
-    row.map((cell, c) => (rightAligned[c] ? cell.padStart(widths[c]) : cell.padEnd(widths[c]))).join('  ');
-  return [line(rows[0]), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.slice(1).map(line)].join('\n');
-}
 
 const fmt = (value: number, digits = 2): string => value.toFixed(digits);
 

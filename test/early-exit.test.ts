@@ -1,16 +1,8 @@
 import { EarlyExitMgr, EarlyExitModel, Tensor, jit, nn, torch } from '../lib';
-import { fixture, fromRef, maxAbsDiff, reference } from './helpers';
+import { fixture, fromRef, maxAbsDiff, reference, seedBranch } from './helpers';
 
 const resnet = () => reference('resnet20_reference.json');
 const containers = () => reference('containers_reference.json');
-
-/** The seed's exit branch, with the weights the Python reference used. */
-function seedBranch(): nn.Sequential {
-  const branch = nn.Sequential(nn.AvgPool2d(3), nn.Flatten(), nn.Linear(1600, 10));
-  const state = resnet().exit.branch_state_dict;
-  branch.loadStateDict({ '2.weight': fromRef(state['2.weight']), '2.bias': fromRef(state['2.bias']) });
-  return branch;
-}
 
 describe.each(['scripted', 'traced'])("the seed's example on ResNet-20 %s", (kind) => {
   it("returns [exit, final] equal to PyTorch's with the same weights", () => {

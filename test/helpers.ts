@@ -1,7 +1,7 @@
 /** Shared by the suites: fixture paths and reference data written by scripts/make_fixtures.py. */
 import * as fs from 'fs';
 import * as path from 'path';
-import { Tensor, torch } from '../lib';
+import { Tensor, nn, torch } from '../lib';
 
 export const FIXTURES = path.join(__dirname, 'fixtures');
 
@@ -46,4 +46,12 @@ export function maxAbsDiff(actual: Tensor, expected: RefTensor | Tensor | ArrayL
 export function python(code: string): string {
   const { execFileSync } = require('child_process') as typeof import('child_process');
   return execFileSync('/usr/bin/python3', ['-c', code], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** The seed's exit branch, with the weights the Python reference used. */
+export function seedBranch(): nn.Sequential {
+  const branch = nn.Sequential(nn.AvgPool2d(3), nn.Flatten(), nn.Linear(1600, 10));
+  const state = reference('resnet20_reference.json').exit.branch_state_dict;
+  branch.loadStateDict({ '2.weight': fromRef(state['2.weight']), '2.bias': fromRef(state['2.bias']) });
+  return branch;
 }

@@ -1,13 +1,10 @@
 import { EarlyExitModel, EarlyExitStats, Tensor, calibrateThresholds, exitDecisions, exitScores, jit, nn, torch } from '../lib';
-import { fixture, fromRef, maxAbsDiff, reference } from './helpers';
+import { fixture, fromRef, maxAbsDiff, reference, seedBranch } from './helpers';
 
 const resnet = () => reference('resnet20_reference.json');
 
 function seedModel(): EarlyExitModel {
-  const branch = nn.Sequential(nn.AvgPool2d(3), nn.Flatten(), nn.Linear(1600, 10));
-  const state = resnet().exit.branch_state_dict;
-  branch.loadStateDict({ '2.weight': fromRef(state['2.weight']), '2.bias': fromRef(state['2.bias']) });
-  return new EarlyExitModel(jit.load(fixture('resnet20_scripted.pt')), [['layer1.2.relu2', branch]]).eval();
+  return new EarlyExitModel(jit.load(fixture('resnet20_scripted.pt')), [['layer1.2.relu2', seedBranch()]]).eval();
 }
 
 describe("Distiller's validation statistics", () => {

@@ -2,18 +2,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { EarlyExitModel, Tensor, earlyExitLoss, jit, loadCheckpoint, lossWeightSchedule, nn, optim, saveCheckpoint, torch } from '../lib';
-import { fixture, fromRef, maxAbsDiff, python, reference } from './helpers';
+import { fixture, fromRef, maxAbsDiff, python, reference, seedBranch } from './helpers';
 
 const F = nn.functional;
 const training = () => reference('training_reference.json');
 const resnet = () => reference('resnet20_reference.json');
-
-function seedBranch(): nn.Sequential {
-  const branch = nn.Sequential(nn.AvgPool2d(3), nn.Flatten(), nn.Linear(1600, 10));
-  const state = resnet().exit.branch_state_dict;
-  branch.loadStateDict({ '2.weight': fromRef(state['2.weight']), '2.bias': fromRef(state['2.bias']) });
-  return branch;
-}
 
 function tmpdir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'tee-train-'));
