@@ -13,7 +13,11 @@ namespace {
 // LibTorch's Sequential has a templated forward, which AnyModule cannot hold.
 class BranchSequentialImpl : public torch::nn::SequentialImpl {
  public:
-  at::Tensor forward(at::Tensor input) { return torch::nn::SequentialImpl::forward(std::move(input)); }
+  // PyTorch's empty Sequential returns its input; LibTorch's throws.
+  at::Tensor forward(at::Tensor input) {
+    if (is_empty()) return input;
+    return torch::nn::SequentialImpl::forward(std::move(input));
+  }
 };
 TORCH_MODULE(BranchSequential);
 

@@ -595,6 +595,12 @@ describe('Module API', () => {
     expect(() => nn.Linear(2, 2).forward('x' as never)).toThrow('input must be a Tensor');
   });
 
+  it('an empty Sequential returns its input, as in PyTorch', () => {
+    const x = torch.tensor([[1, 2]], { dtype: 'float32' });
+    expect(nn.Sequential().forward(x).isSame(x)).toBe(true);
+    expect(nn.Sequential().namedParameters()).toEqual([]);
+  });
+
   it('namedParameters, parameters, namedBuffers and buffers alias the children tensors', () => {
     const model = branch();
     const named = model.namedParameters();
