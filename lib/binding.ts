@@ -26,11 +26,19 @@ export interface NativeTensor {
   sameAs(other: NativeTensor): boolean;
 }
 
-/** [output, [[hookId, hookOutput], ...], the hook that stopped the call or null] */
-export type NativeCallResult = [NativeValue, Array<[number, NativeValue]>, number | null];
+/**
+ * [output, [[hookId, hookOutput], ...], the hook that stopped the call or null,
+ *  [[hookId, inputPositions, exitRows], ...] of samples that left early,
+ *  the input positions of the samples still in the batch at the end, or null while all are]
+ */
+export type NativeCallResult = [NativeValue, Array<[number, NativeValue]>, number | null,
+  Array<[number, NativeTensor, NativeTensor]>, NativeTensor | null];
 
-/** [hookId, rule, threshold]: the hook's output ends the call when every sample meets the rule. */
-export type NativeStopRule = [number, 'entropy' | 'maxProbability' | 'margin' | 'patience', number];
+/**
+ * [hookId, rule, threshold, perSample?]: the hook's output ends the call when every sample
+ * meets the rule; with perSample, the samples that meet it leave the batch there.
+ */
+export type NativeStopRule = [number, 'entropy' | 'maxProbability' | 'margin' | 'patience', number, boolean?];
 
 export interface NativeScriptModule {
   runMethod(method: string, inputs: NativeValue[], stopRules?: NativeStopRule[]): NativeCallResult;
@@ -46,6 +54,7 @@ export interface NativeScriptModule {
   methodNames(): string[];
   methodSchema(method: string): string;
   typeName(): string;
+  isBatchBoundary(): boolean;
   registerHook(hook: NativeHook): number;
   removeHook(id: number): boolean;
   dispose(): void;

@@ -30,6 +30,10 @@ export interface CallWithHooks {
   hookOutputs: Map<number, unknown>;
   /** The hook whose stop rule ended the call (its output is `output`), if one did. */
   stoppedBy?: number;
+  /** Samples that left the batch early at a hook: their input positions and exit rows. */
+  sampleExits?: Array<{ hookId: number; indices: Tensor; rows: Tensor }>;
+  /** The input positions of the samples `output` holds, when some left early. */
+  remaining?: Tensor;
 }
 
 /** State shared by a loaded model and every submodule object taken from it. */
@@ -118,16 +122,29 @@ export class ScriptModule implements HookModule {
     return this.received(result);
   }
 
-  private received([output, hooks, stoppedBy]: NativeCallResult): CallWithHooks {
+  private received([output, hooks, stoppedBy, sampleExits, remaining]: NativeCallResult): CallWithHooks {
     const hookOutputs = new Map<number, unknown>();
     for (const [id, value] of hooks) {
       const wrapped = fromNative(value);
       hookOutputs.set(id, wrapped);
       this.model.hookOutputs.set(id, wrapped);
     }
-    if (stoppedBy !== null) return { output: hookOutputs.get(stoppedBy), hookOutputs, stoppedBy };
-    return { output: fromNative(output), hookOutputs };
+    const result: CallWithHooks = stoppedBy !== null
+      ? { output: hookOutputs.get(stoppedBy), hookOutputs, stoppedBy }
+      : { output: fromNative(output), hookOutputs };
+    if (sampleExits.length > 0) {
+      result.sampleExits = sampleExits.map(([hookId, indices, rows]) => ({ hookId, indices: new Tensor(indices), rows: new Tensor(rows) }));
+      result.remaining = new Tensor(remaining!);
+    }
+    return result;
   }
+
+  /**
+   * Whether samples can leave the batch after this module: it is a child of the root,
+   * called once at the top level of the root's forward, and no tensor made before it is
+   * used after it (the block boundaries of a chain, as in ResNet's layers).
+   */
+  get isBatchBoundary(): boolean { return this.native.isBatchBoundary(); }
 
   /** Every module below this one, itself first as '', in the order of PyTorch's `named_modules()`. */
   namedModules(): Array<[string, ScriptModule]> {

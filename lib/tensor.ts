@@ -271,6 +271,8 @@ export class Tensor {
   addcmul_(t1: Tensor, t2: Tensor, value = 1): Tensor { tensorOp('addcmul_', '', [this, t1, t2, value]); return this; }
   /** In place: `this += value * t1 / t2`. */
   addcdiv_(t1: Tensor, t2: Tensor, value = 1): Tensor { tensorOp('addcdiv_', '', [this, t1, t2, value]); return this; }
+  /** In place: row `index[i]` of dimension `dim` becomes slice `i` of `source`. */
+  indexCopy_(dim: number, index: Tensor, source: Tensor): Tensor { tensorOp('index_copy_', '', [this, dim, index, source]); return this; }
   /** Sets every element to zero in place. */
   zero_(): Tensor { tensorOp('zero_', '', [this]); return this; }
   /** Marks this tensor to require gradients; returns this. */

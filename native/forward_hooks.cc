@@ -23,6 +23,25 @@ void Tap(torch::jit::Stack& stack) {
 torch::jit::RegisterOperators registerTap({torch::jit::Operator(
     "earlyexit::tap(Any module, Any inputs, Any output) -> ()", Tap, c10::AliasAnalysisKind::CONSERVATIVE)});
 
+// Takes the samples that meet a per-sample rule out of the batch: their exit rows are
+// kept, and the hooked module's output shrinks in place to the other samples, so every
+// later operation of the forward (which reads that same tensor) computes only those.
+void LeaveEarly(ForwardContext& context, int64_t hookId, const at::Tensor& meeting, const c10::IValue& exitOutput,
+                const c10::IValue& moduleOutput) {
+  at::NoGradGuard noGrad;
+  at::Tensor leaving = meeting.nonzero().squeeze(1);
+  at::Tensor staying = meeting.logical_not().nonzero().squeeze(1);
+  if (!context.remaining.defined()) context.remaining = at::arange(meeting.size(0), at::kLong).to(meeting.device());
+  context.sampleExits.push_back({hookId, context.remaining.index_select(0, leaving), exitOutput.toTensor().index_select(0, leaving)});
+  context.remaining = context.remaining.index_select(0, staying);
+  if (context.patience.previousPrediction.defined()) {
+    context.patience.previousPrediction = context.patience.previousPrediction.index_select(0, staying);
+    context.patience.streak = context.patience.streak.index_select(0, staying);
+  }
+  at::Tensor output = moduleOutput.toTensor();
+  output.set_(output.index_select(0, staying));
+}
+
 }  // namespace
 
 int64_t HookRegistry::Add(Hook hook) {
@@ -71,10 +90,12 @@ void RunHooks(const c10::IValue& module, const c10::IValue& inputs, const c10::I
       context->outputs.push_back({hook->id, result});
       for (const StopRule& rule : context->stopRules) {
         if (rule.hookId != hook->id || !result.isTensor()) continue;
-        if (EverySampleMeets(rule, result.toTensor(), context->patience)) {
+        at::Tensor meeting = SamplesMeeting(rule, result.toTensor(), context->patience);
+        if (meeting.all().item<bool>()) {
           context->stoppedBy = HookOutput{hook->id, result};
           throw ForwardStopped{};
         }
+        if (rule.perSample && output.isTensor() && meeting.any().item<bool>()) LeaveEarly(*context, hook->id, meeting, result, output);
       }
     } else if (hook->js) {
       if (context->js == nullptr) throw std::logic_error("a JS forward hook ran with no way to call JS");

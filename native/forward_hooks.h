@@ -58,6 +58,14 @@ struct HookOutput {
   c10::IValue value;
 };
 
+// Samples that left the batch at a hook: their positions in the input and their rows of
+// the hook's output.
+struct SampleExit {
+  int64_t hookId;
+  at::Tensor indices;
+  at::Tensor rows;
+};
+
 // The state of one forward call, seen by the tap operator on the thread that runs it.
 struct ForwardContext {
   std::shared_ptr<const HookMap> hooks;
@@ -67,6 +75,10 @@ struct ForwardContext {
   std::vector<StopRule> stopRules;
   PatienceState patience;
   std::optional<HookOutput> stoppedBy;
+  // With per-sample rules: the samples that left early, and the input positions of the
+  // samples still in the batch (undefined while all are).
+  std::vector<SampleExit> sampleExits;
+  at::Tensor remaining;
 };
 
 // Thrown by a hook whose stop rule is met. Deliberately not a std::exception: the

@@ -3,6 +3,7 @@
 #include <c10/core/GradMode.h>
 
 #include "errors.h"
+#include "tensor.h"
 #include "values.h"
 
 namespace tee {
@@ -59,6 +60,7 @@ void MethodCall::SetStopRules(const Napi::Value& rules) {
     parsed.hookId = rule.Get(0u).As<Napi::Number>().Int64Value();
     parsed.kind = ParseStopRuleKind(rule.Get(1u).ToString());
     parsed.threshold = rule.Get(2u).As<Napi::Number>().DoubleValue();
+    parsed.perSample = rule.Length() > 3 && rule.Get(3u).ToBoolean();
     context.stopRules.push_back(parsed);
   }
 }
@@ -85,11 +87,22 @@ Napi::Value MethodCall::ToJs(Napi::Env env) const {
     pair.Set(1u, FromIValue(env, context.outputs[i].value));
     outputs.Set(i, pair);
   }
-  Napi::Array all = Napi::Array::New(env, 3);
+  Napi::Array sampleExits = Napi::Array::New(env, context.sampleExits.size());
+  for (size_t i = 0; i < context.sampleExits.size(); ++i) {
+    const SampleExit& exit = context.sampleExits[i];
+    Napi::Array entry = Napi::Array::New(env, 3);
+    entry.Set(0u, Napi::Number::New(env, static_cast<double>(exit.hookId)));
+    entry.Set(1u, Tensor::Wrap(env, exit.indices));
+    entry.Set(2u, Tensor::Wrap(env, exit.rows));
+    sampleExits.Set(i, entry);
+  }
+  Napi::Array all = Napi::Array::New(env, 5);
   all.Set(0u, FromIValue(env, result));
   all.Set(1u, outputs);
   all.Set(2u, context.stoppedBy ? Napi::Value(Napi::Number::New(env, static_cast<double>(context.stoppedBy->hookId)))
                                 : env.Null());
+  all.Set(3u, sampleExits);
+  all.Set(4u, Tensor::Wrap(env, context.remaining));
   return all;
 }
 

@@ -78,6 +78,7 @@ Napi::Function ScriptModule::Define(Napi::Env env) {
                          TEE_METHOD(ScriptModule, "methodNames", MethodNames),
                          TEE_METHOD(ScriptModule, "methodSchema", MethodSchema),
                          TEE_METHOD(ScriptModule, "typeName", TypeName),
+                         TEE_METHOD(ScriptModule, "isBatchBoundary", IsBatchBoundary),
                          TEE_METHOD(ScriptModule, "registerHook", RegisterHook),
                          TEE_METHOD(ScriptModule, "removeHook", RemoveHook),
                          TEE_METHOD(ScriptModule, "dispose", Dispose),
@@ -220,6 +221,12 @@ Napi::Value ScriptModule::MethodSchema(const Napi::CallbackInfo& info) {
 
 Napi::Value ScriptModule::TypeName(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), Get(info.Env()).type()->name()->qualifiedName());
+}
+
+Napi::Value ScriptModule::IsBatchBoundary(const Napi::CallbackInfo& info) {
+  Get(info.Env());
+  bool direct = !name_.empty() && name_.find('.') == std::string::npos;
+  return Napi::Boolean::New(info.Env(), direct && tee::IsBatchBoundary(state_->root, name_));
 }
 
 Napi::Value ScriptModule::RegisterHook(const Napi::CallbackInfo& info) {

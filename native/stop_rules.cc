@@ -12,7 +12,7 @@ StopRule::Kind ParseStopRuleKind(const std::string& name) {
   throw std::invalid_argument("unknown stop rule '" + name + "' (expected entropy, maxProbability, margin or patience)");
 }
 
-bool EverySampleMeets(const StopRule& rule, const at::Tensor& output, PatienceState& patience) {
+at::Tensor SamplesMeeting(const StopRule& rule, const at::Tensor& output, PatienceState& patience) {
   at::NoGradGuard noGrad;
   at::Tensor logits = output.dim() == 1 ? output.unsqueeze(0) : output;
   if (logits.dim() != 2) throw std::invalid_argument("a stop rule needs exit outputs of shape [N, classes]");
@@ -20,13 +20,13 @@ bool EverySampleMeets(const StopRule& rule, const at::Tensor& output, PatienceSt
     case StopRule::Kind::kEntropy: {
       at::Tensor logProbabilities = logits.log_softmax(1);
       at::Tensor entropy = -(logProbabilities.exp() * logProbabilities).sum(1);
-      return entropy.le(rule.threshold).all().item<bool>();
+      return entropy.le(rule.threshold);
     }
     case StopRule::Kind::kMaxProbability:
-      return std::get<0>(logits.softmax(1).max(1)).ge(rule.threshold).all().item<bool>();
+      return std::get<0>(logits.softmax(1).max(1)).ge(rule.threshold);
     case StopRule::Kind::kMargin: {
       at::Tensor top = std::get<0>(logits.softmax(1).topk(2, 1));
-      return (top.select(1, 0) - top.select(1, 1)).ge(rule.threshold).all().item<bool>();
+      return (top.select(1, 0) - top.select(1, 1)).ge(rule.threshold);
     }
     case StopRule::Kind::kPatience: {
       at::Tensor prediction = logits.argmax(1);
@@ -37,10 +37,14 @@ bool EverySampleMeets(const StopRule& rule, const at::Tensor& output, PatienceSt
         patience.streak = at::where(same, patience.streak + 1, at::ones_like(prediction));
       }
       patience.previousPrediction = prediction;
-      return patience.streak.ge(rule.threshold).all().item<bool>();
+      return patience.streak.ge(rule.threshold);
     }
   }
-  return false;
+  throw std::invalid_argument("unknown stop rule");
+}
+
+bool EverySampleMeets(const StopRule& rule, const at::Tensor& output, PatienceState& patience) {
+  return SamplesMeeting(rule, output, patience).all().item<bool>();
 }
 
 }  // namespace tee

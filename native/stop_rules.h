@@ -13,6 +13,10 @@ struct StopRule {
   int64_t hookId = 0;
   Kind kind = Kind::kEntropy;
   double threshold = 0;
+  // Samples that meet the rule leave the batch here while the others go on, instead of
+  // the batch stopping only when every sample meets it. Only where the hooked module's
+  // output is the one batch-sized value the rest of the forward uses.
+  bool perSample = false;
 };
 
 // Parses 'entropy', 'maxProbability', 'margin', 'patience'; throws std::invalid_argument.
@@ -28,5 +32,8 @@ struct PatienceState {
 // threshold, top probability at least it, top-two margin at least it, or the same
 // prediction for at least `threshold` consecutive hooks (patience).
 bool EverySampleMeets(const StopRule& rule, const at::Tensor& logits, PatienceState& patience);
+
+// Which samples of `logits` [N, C] meet the rule: a bool tensor [N].
+at::Tensor SamplesMeeting(const StopRule& rule, const at::Tensor& logits, PatienceState& patience);
 
 }  // namespace tee

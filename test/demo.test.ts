@@ -44,7 +44,7 @@ describe('npm run demo', () => {
   it('takes a user model with an exit spec', () => {
     const model = path.join(__dirname, 'fixtures', 'mnist_cnn.pt');
     const result = run(['demo', '--model', model, '--exit', 'features1=AdaptiveAvgPool2d(4),Flatten(),Linear(256,10)',
-      '--exit', 'features2=Flatten(),Linear(1568,10)', '--epochs', '1', '--train', '600', '--test', '200', '--out', out]);
+      '--exit', 'features2=Flatten(),Linear(3136,10)', '--epochs', '1', '--train', '600', '--test', '200', '--out', out]);
     expect(result.status).toBe(0);
     const results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
     expect(results.exitPoints).toEqual(['features1', 'features2']);

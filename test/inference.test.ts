@@ -140,6 +140,74 @@ describe('forwardEarlyExit: exits that really stop', () => {
   });
 });
 
+describe('per-sample exits inside a batch', () => {
+  function mnistModel(): EarlyExitModel {
+    torch.manualSeed(0);
+    return new EarlyExitModel(jit.load(fixture('mnist_cnn.pt')), [
+      ['features1', nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(784, 10))],
+      ['features2', nn.Sequential(nn.Flatten(), nn.Linear(3136, 10))],
+    ]).eval();
+  }
+
+  it('finds the block boundaries where samples can leave, and refuses the rest', () => {
+    const resnet = new EarlyExitModel(jit.load(fixture('resnet20_scripted.pt')), [
+      ['layer1.2.relu2', nn.Identity()], ['layer1', nn.Identity()], ['layer3', nn.Identity()], ['fc', nn.Identity()]]);
+    expect(resnet.exitsPerSample).toEqual([false, true, true, true]);
+    const traced = jit.load(fixture('resnet20_traced.pt'));
+    expect(['layer1', 'layer2.0'].map((name) => traced.getModule(name).isBatchBoundary)).toEqual([true, false]);
+    const containers = jit.load(fixture('containers_scripted.pt'));
+    // act is called twice; left is a plain link of the chain.
+    expect(['act', 'left', 'blocks.0'].map((name) => containers.getModule(name).isBatchBoundary)).toEqual([false, true, false]);
+  });
+
+  it('each sample leaves at its first confident exit; the rest go on with a smaller batch; rows come back in input order', async () => {
+    const model = mnistModel();
+    torch.manualSeed(1);
+    const x = torch.randn([16, 1, 28, 28]);
+    const outputs = torch.noGrad(() => model.forward(x));
+    const scores = exitScores(outputs, 'entropy');
+    const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+    const thresholds = [median(scores[0]), median(scores[1])];
+    const expected = exitDecisions(scores, 'entropy', thresholds);
+    expect(new Set(expected).size).toBe(3);
+    const classifierBatches: number[] = [];
+    const handle = model.backbone.getModule('classifier').registerForwardHook((_m, _i, output) => {
+      classifierBatches.push((output as Tensor).shape[0]);
+    });
+    const result = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds, perSample: true });
+    handle.remove();
+    expect(result.exits).toEqual(expected);
+    expect(result.exit).toBe(2);
+    expect(classifierBatches).toEqual([expected.filter((e) => e === 2).length]);
+    expected.forEach((exit, j) => expect(maxAbsDiff(result.output.select(0, j), outputs[exit].select(0, j))).toBeLessThanOrEqual(1e-5));
+    const asyncResult = await model.forwardEarlyExitAsync(x, { criterion: 'entropy', thresholds, perSample: true });
+    expect(asyncResult.exits).toEqual(expected);
+    expect(maxAbsDiff(asyncResult.output, result.output)).toBe(0);
+    // The model is whole again afterwards.
+    expect(maxAbsDiff(torch.noGrad(() => model.forward(x))[2], outputs[2])).toBe(0);
+  });
+
+  it('when the rest of the batch all meet a later exit, the forward stops there', () => {
+    const model = mnistModel();
+    const x = torch.randn([8, 1, 28, 28]);
+    const scores = exitScores(torch.noGrad(() => model.forward(x)), 'maxProbability');
+    const first = [...scores[0]].sort((a, b) => b - a)[2];
+    const result = model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [first, 0], perSample: true });
+    expect(result.exits).toEqual(scores[0].map((s) => (s >= first ? 0 : 1)));
+  });
+
+  it('falls back to whole-batch exits where samples cannot leave', () => {
+    const model = seedModel();
+    const x = fromRef(resnet().input);
+    const [maxP] = exitScores(torch.noGrad(() => model.forward(x)), 'maxProbability');
+    const between = (Math.min(...maxP) + Math.max(...maxP)) / 2;
+    const result = model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [between], perSample: true });
+    expect(model.exitsPerSample).toEqual([false]);
+    expect(result.exits).toEqual([1, 1]);
+    expect(maxAbsDiff(result.output, resnet().output)).toBeLessThanOrEqual(1e-5);
+  });
+});
+
 describe('calibration', () => {
   // Exit 0 is right on confident samples only; the final output is always right.
   function heldOut(): { outputs: Tensor[]; labels: Tensor } {

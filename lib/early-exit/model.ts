@@ -7,7 +7,7 @@ import { NativeStopRule } from '../binding';
 import { ScriptModule, CallWithHooks } from '../jit';
 import { Module } from '../nn';
 import { Tensor } from '../tensor';
-import { isGradEnabled, noGrad, setGradEnabled } from '../torch';
+import { isGradEnabled, noGrad, setGradEnabled, tidy, zeros } from '../torch';
 import { LabelFreeCriterion } from './criteria';
 import { EarlyExitMgr, ExitBranch, ExitsDef } from './exit-mgr';
 
@@ -16,14 +16,22 @@ export interface EarlyExitPolicy {
   criterion: LabelFreeCriterion;
   /** One per exit; `null` (or a threshold no sample can meet) never exits there. */
   thresholds: ReadonlyArray<number | null>;
+  /**
+   * Let each sample leave at the first exit where it meets the criterion, the others going
+   * on with a smaller batch. Only at exits that are batch boundaries (`exitsPerSample`);
+   * elsewhere the whole batch exits together or not at all.
+   */
+  perSample?: boolean;
 }
 
 /** What `forwardEarlyExit` returns. */
 export interface EarlyExitResult {
-  /** The output of the exit taken, or the final output. */
+  /** Each sample's output from the exit it took (or the final output), in input order. */
   output: Tensor;
-  /** The index of the exit taken; the number of exits for the final output. */
+  /** The deepest exit any sample took; the number of exits for the final output. */
   exit: number;
+  /** The exit each sample took, in input order. */
+  exits: number[];
 }
 
 export class EarlyExitModel {
@@ -31,10 +39,14 @@ export class EarlyExitModel {
   readonly eeMgr = new EarlyExitMgr();
   readonly exitsDef: ExitsDef;
 
+  /** Per exit: whether samples can leave the batch there (see `EarlyExitPolicy.perSample`). */
+  readonly exitsPerSample: readonly boolean[];
+
   constructor(backbone: ScriptModule, exitsDef: ExitsDef) {
     this.backbone = backbone;
     this.exitsDef = exitsDef;
     this.eeMgr.attachExits(backbone, exitsDef);
+    this.exitsPerSample = exitsDef.map(([point]) => backbone.getModule(point).isBatchBoundary);
   }
 
   /** The exit points, in order. */
@@ -66,7 +78,7 @@ export class EarlyExitModel {
    */
   forwardEarlyExit(input: Tensor, policy: EarlyExitPolicy): EarlyExitResult {
     const rules = this.stopRules(policy);
-    return this.exitResult(noGrad(() => this.backbone.callWithHooks('forward', [input], rules)));
+    return this.exitResult(noGrad(() => this.backbone.callWithHooks('forward', [input], rules)), input.shape[0]);
   }
 
   /** `forwardEarlyExit` on a worker thread. */
@@ -81,7 +93,7 @@ export class EarlyExitModel {
     } finally {
       setGradEnabled(previous);
     }
-    return this.exitResult(await call);
+    return this.exitResult(await call, input.shape[0]);
   }
 
   private stopRules(policy: EarlyExitPolicy): NativeStopRule[] {
@@ -92,7 +104,9 @@ export class EarlyExitModel {
     const rules: NativeStopRule[] = [];
     exits.forEach((exit, i) => {
       const threshold = policy.thresholds[i];
-      if (threshold !== null && threshold !== undefined) rules.push([exit.handle.id, policy.criterion, threshold]);
+      if (threshold !== null && threshold !== undefined) {
+        rules.push([exit.handle.id, policy.criterion, threshold, Boolean(policy.perSample) && this.exitsPerSample[i]]);
+      }
     });
     if (policy.criterion === 'patience' && rules.length !== exits.length) {
       throw new Error('patience counts agreeing exits in a row: give every exit a threshold');
@@ -100,10 +114,26 @@ export class EarlyExitModel {
     return rules;
   }
 
-  private exitResult(call: CallWithHooks): EarlyExitResult {
+  private exitResult(call: CallWithHooks, batch: number): EarlyExitResult {
     const exits = this.eeMgr.exitsOf(this.backbone);
-    const index = call.stoppedBy === undefined ? exits.length : exits.findIndex((exit) => exit.handle.id === call.stoppedBy);
-    return { output: call.output as Tensor, exit: index };
+    const indexOf = (hookId: number | undefined) =>
+      (hookId === undefined ? exits.length : exits.findIndex((exit) => exit.handle.id === hookId));
+    const last = indexOf(call.stoppedBy);
+    const output = call.output as Tensor;
+    if (!call.sampleExits) return { output, exit: last, exits: new Array(batch).fill(last) };
+    // Samples left at several exits: put every row back at its input position.
+    const taken = new Array<number>(batch).fill(last);
+    const combined = noGrad(() => tidy(() => {
+      const rows = call.sampleExits!;
+      const result = zeros([batch, ...rows[0].rows.shape.slice(1)], { dtype: rows[0].rows.dtype, device: rows[0].rows.device });
+      for (const { hookId, indices, rows: values } of rows) {
+        result.indexCopy_(0, indices, values);
+        for (const position of Array.from(indices.data() as BigInt64Array, Number)) taken[position] = indexOf(hookId);
+      }
+      result.indexCopy_(0, call.remaining!, output);
+      return result;
+    }));
+    return { output: combined, exit: Math.max(...taken), exits: taken };
   }
 
   private collect(call: CallWithHooks): Tensor[] {
