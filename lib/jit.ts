@@ -6,7 +6,8 @@ import * as fs from 'fs';
 import { binding, NativeCallResult, NativeScriptModule, NativeStopRule } from './binding';
 import { Device } from './dtype';
 import { closestNames } from './names';
-import { Tensor, fromNative, namedTensors, toNative } from './tensor';
+import { ParameterOwner } from './parameters';
+import { Tensor, fromNative, toNative } from './tensor';
 
 /** What `registerForwardHook` accepts: a JS function, or a module run natively. */
 export type ForwardHook = ((module: ScriptModule, inputs: unknown[], output: unknown) => void) | HookModule;
@@ -56,7 +57,7 @@ function clarify(error: unknown, method: string): Error {
   return clarified;
 }
 
-export class ScriptModule implements HookModule {
+export class ScriptModule extends ParameterOwner implements HookModule {
   /** @internal */
   readonly native: NativeScriptModule;
   /** @internal */
@@ -66,6 +67,7 @@ export class ScriptModule implements HookModule {
 
   /** @internal Modules come from `jit.load` and from `getModule`/`namedModules`. */
   constructor(native: NativeScriptModule, model: LoadedModel, qualifiedName: string) {
+    super();
     this.native = native;
     this.model = model;
     this.qualifiedName = qualifiedName;
@@ -168,23 +170,6 @@ export class ScriptModule implements HookModule {
     throw new Error(`no module named '${name}' in this model; ${hint}`);
   }
 
-  /** Parameters by qualified name (PyTorch's `named_parameters()`); they alias the model's. */
-  namedParameters(recurse = true): Array<[string, Tensor]> {
-    return namedTensors(this.native.namedParameters(recurse));
-  }
-
-  parameters(recurse = true): Tensor[] {
-    return this.namedParameters(recurse).map(([, tensor]) => tensor);
-  }
-
-  namedBuffers(recurse = true): Array<[string, Tensor]> {
-    return namedTensors(this.native.namedBuffers(recurse));
-  }
-
-  buffers(recurse = true): Tensor[] {
-    return this.namedBuffers(recurse).map(([, tensor]) => tensor);
-  }
-
   /** Parameters and buffers by name (PyTorch's `state_dict()`), aliasing the model's. */
   stateDict(): Record<string, Tensor> {
     return Object.fromEntries([...this.namedParameters(), ...this.namedBuffers()]);
@@ -203,11 +188,6 @@ export class ScriptModule implements HookModule {
 
   /** The same as `training`. */
   get isTraining(): boolean { return this.training; }
-
-  /** Forgets the gradients of every parameter below this module (PyTorch's `zero_grad()`). */
-  zeroGrad(): void {
-    for (const param of this.parameters()) param.grad = null;
-  }
 
   /** Moves parameters and buffers to `device` (tensors taken from the model before stay where they were). */
   to(device: Device | string): this {

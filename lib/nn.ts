@@ -7,7 +7,8 @@
 import { binding, NativeNnModule } from './binding';
 import { Device } from './dtype';
 import { HookModule } from './jit';
-import { Tensor, namedTensors } from './tensor';
+import { ParameterOwner } from './parameters';
+import { Tensor } from './tensor';
 import { noGrad } from './torch';
 import * as functional from './functional';
 
@@ -21,7 +22,7 @@ export interface ModuleSpec {
   children?: ModuleSpec[];
 }
 
-export class Module implements HookModule {
+export class Module extends ParameterOwner implements HookModule {
   /** @internal */
   readonly native: NativeNnModule;
   readonly kind: string;
@@ -30,6 +31,7 @@ export class Module implements HookModule {
   protected readonly childModules: Module[];
 
   protected constructor(kind: string, options: Record<string, unknown>, children: Module[] = []) {
+    super();
     this.kind = kind;
     this.options = options;
     this.childModules = children;
@@ -41,23 +43,6 @@ export class Module implements HookModule {
 
   forward(input: Tensor): Tensor {
     return new Tensor(this.native.forward(input.native));
-  }
-
-  /** Parameters by qualified name, as PyTorch names them (`2.weight` in a Sequential). */
-  namedParameters(recurse = true): Array<[string, Tensor]> {
-    return namedTensors(this.native.namedParameters(recurse));
-  }
-
-  parameters(recurse = true): Tensor[] {
-    return this.namedParameters(recurse).map(([, tensor]) => tensor);
-  }
-
-  namedBuffers(recurse = true): Array<[string, Tensor]> {
-    return namedTensors(this.native.namedBuffers(recurse));
-  }
-
-  buffers(recurse = true): Tensor[] {
-    return this.namedBuffers(recurse).map(([, tensor]) => tensor);
   }
 
   namedChildren(): Array<[string, Module]> {
@@ -81,11 +66,6 @@ export class Module implements HookModule {
   eval(): this { return this.train(false); }
 
   get training(): boolean { return this.native.isTraining(); }
-
-  /** Forgets the gradients of every parameter (PyTorch's `zero_grad()`). */
-  zeroGrad(): void {
-    for (const param of this.parameters()) param.grad = null;
-  }
 
   to(device: Device | string): this {
     this.native.to(device);
