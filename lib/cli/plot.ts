@@ -43,11 +43,16 @@ export function tradeOffSvg(calibration: Calibration, title: string): string {
   const floor = calibration.finalAccuracy;
   parts.push(`<line x1="${MARGIN.left}" x2="${WIDTH - MARGIN.right}" y1="${sy(floor)}" y2="${sy(floor)}" stroke="#999" stroke-dasharray="4 3"/>`);
   parts.push(`<text x="${WIDTH - MARGIN.right - 4}" y="${sy(floor) - 6}" text-anchor="end" fill="#666">final exit only: ${floor.toFixed(2)}%</text>`);
+  parts.push(`<circle cx="${sx(1).toFixed(1)}" cy="${sy(floor).toFixed(1)}" r="4" fill="#666"/>`);
+  parts.push(`<text x="${sx(1) + 8}" y="${sy(floor) + 16}" fill="#666">full network (1.00x)</text>`);
   const path = points.map((p, i) => `${i === 0 ? 'M' : 'L'}${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`).join(' ');
   parts.push(`<path d="${path}" fill="none" stroke="#1f77b4" stroke-width="2"/>`);
   for (const p of points) parts.push(`<circle cx="${sx(p.x).toFixed(1)}" cy="${sy(p.y).toFixed(1)}" r="3" fill="#1f77b4"/>`);
   parts.push(`<circle id="chosen" cx="${sx(chosen.x).toFixed(1)}" cy="${sy(chosen.y).toFixed(1)}" r="7" fill="none" stroke="#d62728" stroke-width="3"/>`);
-  parts.push(`<text x="${sx(chosen.x) + 10}" y="${sy(chosen.y) + 18}" fill="#d62728">chosen: ${chosen.y.toFixed(2)}% at ${chosen.x.toFixed(2)}x</text>`);
+  // The label goes on the side of the point with room for it.
+  const right = sx(chosen.x) > WIDTH * 0.6;
+  parts.push(`<text x="${sx(chosen.x) + (right ? -12 : 12)}" y="${sy(chosen.y) + 20}" text-anchor="${right ? 'end' : 'start'}" ` +
+    `fill="#d62728">chosen: ${chosen.y.toFixed(2)}% at ${chosen.x.toFixed(2)}x</text>`);
   parts.push('</svg>');
   return parts.join('\n') + '\n';
 }
