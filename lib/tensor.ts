@@ -105,7 +105,12 @@ export class Tensor {
     const grad = this.native.grad();
     return grad === null ? null : new Tensor(grad);
   }
-  set grad(value: Tensor | null) { this.native.setGrad(value === null ? null : value.native); }
+  set grad(value: Tensor | null) {
+    if (value !== null && value.shape.join() !== this.shape.join()) {
+      throw new Error(`assigned grad has data of a different size: [${value.shape}] for a tensor of [${this.shape}]`);
+    }
+    this.native.setGrad(value === null ? null : value.native);
+  }
   get isLeaf(): boolean { return this.native.isLeaf(); }
   /** Whether `dispose()` was called. */
   get isDisposed(): boolean { return this.native.isDisposed(); }

@@ -15,7 +15,7 @@ const c10::OperatorHandle& FindOperator(Napi::Env env, const std::string& name, 
   // Looking a schema up takes the dispatcher's lock; operators never unregister, so the
   // handles can be kept.
   static thread_local std::unordered_map<std::string, c10::OperatorHandle> cache;
-  std::string key = name + "." + overload;
+  std::string key = overload.empty() ? name : name + "." + overload;
   auto found = cache.find(key);
   if (found != cache.end()) return found->second;
   auto handle = c10::Dispatcher::singleton().findSchema({name, overload});

@@ -179,6 +179,8 @@ describe('tensor operations', () => {
     expect(() => torch.zeros([2, 3]).add(torch.zeros([4]))).toThrow(
       /aten::add.Tensor: The size of tensor a \(3\) must match the size of tensor b \(4\) at non-singleton dimension 1/);
     expect(() => torch.zeros([2]).item()).toThrow(/a Tensor with 2 elements cannot be converted to Scalar/);
+    expect(() => torch.ones([4]).reshape('a' as never)).toThrow("argument 'shape'[0] must be int, got a");
+    expect(() => torch.zeros([1e12])).toThrow(/aten::zeros: .*can't allocate memory/);
   });
 });
 

@@ -21,6 +21,7 @@ describe('autograd', () => {
     expect(x.grad!.toArray()).toEqual([5, 7, 9]);
     x.grad = null;
     expect(x.grad).toBeNull();
+    expect(() => { x.grad = torch.ones([2]); }).toThrow('assigned grad has data of a different size: [2] for a tensor of [3]');
   });
 
   it('backward takes a gradient for non-scalar outputs, and refuses to go without one', () => {
