@@ -71,6 +71,10 @@ function binary(name: string, self: Tensor, other: TensorOrScalar, extra: unknow
   return tensorOp(name, other instanceof Tensor ? 'Tensor' : 'Scalar', [self, other, ...extra]);
 }
 
+/** PyTorch's print options: summarise past 1000 elements, showing 3 at each edge. */
+const SUMMARY_THRESHOLD = 1000;
+const EDGE_ITEMS = 3;
+
 function formatNumber(value: number | boolean | bigint, floating: boolean): string {
   if (typeof value === 'boolean') return value ? 'True' : 'False';
   if (typeof value === 'bigint') return value.toString();
@@ -148,22 +152,37 @@ export class Tensor {
     return build(0);
   }
 
-  /** PyTorch's printed form, e.g. `tensor([[1., 2.], [3., 4.]], requires_grad=True)`. */
+  /**
+   * PyTorch's printed form, e.g. `tensor([[1., 2.], [3., 4.]], requires_grad=True)`; past
+   * 1000 elements only the first and last 3 of each dimension, as PyTorch summarises.
+   */
   toString(): string {
     if (this.isDisposed) return 'tensor(<disposed>)';
     const floating = isFloatingDType(this.dtype);
-    const data = this.data();
-    const values = Array.from(data as ArrayLike<number | bigint>, (v) =>
-      formatNumber(this.dtype === 'bool' ? v !== 0 : v, floating));
-    const width = Math.max(0, ...values.map((v) => v.length));
     const shape = this.shape;
-    let offset = 0;
-    const build = (dim: number, indent: number): string => {
-      if (shape.length === 0) return values[0];
-      const items: string[] = [];
-      for (let i = 0; i < shape[dim]; i++) {
-        items.push(dim === shape.length - 1 ? values[offset++].padStart(width) : build(dim + 1, indent + 1));
-      }
+    const summarise = this.numel() > SUMMARY_THRESHOLD;
+    const data = this.data();
+    const format = (index: number) => formatNumber(this.dtype === 'bool' ? data[index] !== 0 : data[index] as number | bigint, floating);
+    const strides = shape.map((_, d) => shape.slice(d + 1).reduce((a, b) => a * b, 1));
+    const shown = (dim: number): Array<number | null> => {
+      const all = Array.from({ length: shape[dim] }, (_, i) => i);
+      if (!summarise || shape[dim] <= 2 * EDGE_ITEMS) return all;
+      return [...all.slice(0, EDGE_ITEMS), null, ...all.slice(-EDGE_ITEMS)];
+    };
+    const collect = (dim: number, base: number, out: string[]): void => {
+      if (dim === shape.length) { out.push(format(base)); return; }
+      for (const i of shown(dim)) if (i !== null) collect(dim + 1, base + i * strides[dim], out);
+    };
+    const texts: string[] = [];
+    collect(0, 0, texts);
+    const width = Math.max(0, ...texts.map((v) => v.length));
+    const build = (dim: number, base: number, indent: number): string => {
+      if (shape.length === 0) return format(0);
+      const items = shown(dim).map((i) => {
+        if (i === null) return dim === shape.length - 1 ? '...'.padStart(width) : '...';
+        const index = base + i * strides[dim];
+        return dim === shape.length - 1 ? format(index).padStart(width) : build(dim + 1, index, indent + 1);
+      });
       const separator = dim === shape.length - 1 ? ', ' : ',' + '\n'.repeat(shape.length - 1 - dim) + ' '.repeat(indent + 1);
       return '[' + items.join(separator) + ']';
     };
@@ -172,7 +191,7 @@ export class Tensor {
     const defaultDtype = floating ? 'float32' : this.dtype === 'bool' ? 'bool' : 'int64';
     if (this.dtype !== defaultDtype || this.numel() === 0) extras.push(`dtype=torch.${this.dtype}`);
     if (this.requiresGrad) extras.push('requires_grad=True');
-    return `tensor(${build(0, 7)}${extras.map((e) => ', ' + e).join('')})`;
+    return `tensor(${build(0, 0, 7)}${extras.map((e) => ', ' + e).join('')})`;
   }
 
   /** Moves to a device or converts to a dtype (a new tensor unless nothing changes). */

@@ -173,6 +173,16 @@ describe('tensor operations', () => {
     expect(torch.tensor([1, 2]).toString()).toBe('tensor([1, 2])');
     expect(torch.tensor([0.5], { requiresGrad: true }).toString()).toBe('tensor([0.5000], requires_grad=True)');
     expect(torch.tensor([1, 2], { dtype: 'int32' }).toString()).toBe('tensor([1, 2], dtype=torch.int32)');
+    // Past 1000 elements PyTorch shows 3 at each edge: str(torch.arange(2000)) and str(torch.arange(2000).reshape(40, 50)).
+    expect(torch.arange(2000).toString()).toBe('tensor([   0,    1,    2,  ..., 1997, 1998, 1999])');
+    expect(torch.arange(2000).reshape(40, 50).toString()).toBe(
+      'tensor([[   0,    1,    2,  ...,   47,   48,   49],\n' +
+      '        [  50,   51,   52,  ...,   97,   98,   99],\n' +
+      '        [ 100,  101,  102,  ...,  147,  148,  149],\n' +
+      '        ...,\n' +
+      '        [1850, 1851, 1852,  ..., 1897, 1898, 1899],\n' +
+      '        [1900, 1901, 1902,  ..., 1947, 1948, 1949],\n' +
+      '        [1950, 1951, 1952,  ..., 1997, 1998, 1999]])');
   });
 
   it('turns operator errors into JS errors with the whole LibTorch message', () => {
