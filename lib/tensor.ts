@@ -179,7 +179,7 @@ export class Tensor {
     const build = (dim: number, base: number, indent: number): string => {
       if (shape.length === 0) return format(0);
       const items = shown(dim).map((i) => {
-        if (i === null) return dim === shape.length - 1 ? '...'.padStart(width) : '...';
+        if (i === null) return dim === shape.length - 1 ? ' ...' : '...';
         const index = base + i * strides[dim];
         return dim === shape.length - 1 ? format(index).padStart(width) : build(dim + 1, index, indent + 1);
       });
