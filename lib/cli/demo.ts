@@ -13,7 +13,7 @@ import { Calibration, calibrateThresholds, collectOutputs, measureExitLatencies,
 import { LabelFreeCriterion } from '../early-exit/criteria';
 import { EarlyExitModel, EarlyExitPolicy } from '../early-exit/model';
 import { EarlyExitStats } from '../early-exit/stats';
-import { trainEarlyExitAsync } from '../early-exit/trainer';
+import { evaluateAccuracy, trainEarlyExitAsync } from '../early-exit/trainer';
 import { load } from '../jit';
 import { packageRoot } from '../package-root';
 import { Tensor } from '../tensor';
@@ -172,7 +172,7 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   if (signal.stopped) throw new DemoInterrupted('interrupted while training');
   const trainingSeconds = (Date.now() - trainingStarted) / 1000;
   model.eval();
-  if (!heldOut) heldOut = collectOutputs(model, testSet).outputs.map(() => NaN);
+  heldOut ??= evaluateAccuracy(model, testSet);
 
   // Distiller's statistics: every exit computed, the first under its loss threshold taken.
   const outputs = collectOutputs(model, testSet);
