@@ -140,7 +140,7 @@ function main(): void {
       batch64: batchedResults,
     },
   };
-  const row = (cells: string[]) => console.log(cells[0].padEnd(44) + cells.slice(1).map((c) => c.padStart(12)).join(''));
+  const row = (cells: string[]) => console.log(cells[0].padEnd(44) + cells.slice(1).map((c) => ' ' + c.padStart(11)).join(''));
   row(['', 'ms', 'vs full']);
   row(['ResNet-20 full forward (plain model)', r.plainMs.toFixed(3), '1.00x']);
   row(['ResNet-20 stopped at layer1.2.relu2', r.stoppedMs[0].toFixed(3), `${(r.plainMs / r.stoppedMs[0]).toFixed(2)}x`]);
