@@ -34,6 +34,8 @@ export type { ExitCriterion, LabelFreeCriterion } from './early-exit/criteria';
 export type { EarlyExitPolicy, EarlyExitResult } from './early-exit/model';
 export { calibrateThresholds, collectOutputs, measureExitLatencies, policyOf } from './early-exit/calibrate';
 export type { Calibration, CalibrationOptions, TradeOffPoint, HeldOutOutputs } from './early-exit/calibrate';
+export { serveOneAtATime } from './early-exit/serving';
+export type { ServedExit, ServingReport } from './early-exit/serving';
 export { loadMnist } from './data/mnist';
 export type { DigitSet, MnistSplit } from './data/mnist';
 export { saveCheckpoint, loadCheckpoint } from './early-exit/checkpoint';

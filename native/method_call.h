@@ -34,11 +34,13 @@ struct MethodCall {
   // Converts JS arguments by the method's schema (on the main thread).
   MethodCall(Napi::Env env, std::shared_ptr<ModelState> state, torch::jit::Module module, std::string method,
              const Napi::Array& args);
-  // Reads [[hookId, kind, threshold], ...]: hooks whose output may end the call.
+  // Reads [[hookId, kind, threshold, perSample?], ...]: hooks whose output may end the
+  // call, or with perSample let the samples that meet the rule leave the batch.
   void SetStopRules(const Napi::Value& rules);
   // Runs the method on the calling thread; JS hooks go through `js`.
   void Run(JsHookCaller* js);
-  // [result, [[hookId, hookOutput], ...], stoppedByHookId | null]
+  // [result, [[hookId, hookOutput], ...], stoppedByHookId | null,
+  //  [[hookId, inputPositions, exitRows], ...], remainingPositions | null]
   Napi::Value ToJs(Napi::Env env) const;
 };
 

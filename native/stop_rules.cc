@@ -43,8 +43,4 @@ at::Tensor SamplesMeeting(const StopRule& rule, const at::Tensor& output, Patien
   throw std::invalid_argument("unknown stop rule");
 }
 
-bool EverySampleMeets(const StopRule& rule, const at::Tensor& output, PatienceState& patience) {
-  return SamplesMeeting(rule, output, patience).all().item<bool>();
-}
-
 }  // namespace tee

@@ -28,12 +28,9 @@ struct PatienceState {
   at::Tensor streak;
 };
 
-// Whether every sample of `logits` [N, C] meets the rule: softmax entropy at most the
-// threshold, top probability at least it, top-two margin at least it, or the same
+// Which samples of `logits` [N, C] meet the rule, as a bool tensor [N]: softmax entropy at
+// most the threshold, top probability at least it, top-two margin at least it, or the same
 // prediction for at least `threshold` consecutive hooks (patience).
-bool EverySampleMeets(const StopRule& rule, const at::Tensor& logits, PatienceState& patience);
-
-// Which samples of `logits` [N, C] meet the rule: a bool tensor [N].
 at::Tensor SamplesMeeting(const StopRule& rule, const at::Tensor& logits, PatienceState& patience);
 
 }  // namespace tee

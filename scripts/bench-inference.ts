@@ -13,7 +13,7 @@ import * as os from 'os';
 import * as path from 'path';
 import {
   EarlyExitModel, ScriptModule, Tensor, calibrateThresholds, collectOutputs, jit, loadMnist, measureExitLatencies, nn,
-  policyOf, torch, trainEarlyExit,
+  policyOf, serveOneAtATime, torch, trainEarlyExit,
 } from '../lib';
 import { packageRoot } from '../lib/package-root';
 
@@ -30,13 +30,6 @@ function time(fn: () => void): number {
   return Number(process.hrtime.bigint() - started) / 1e6;
 }
 
-/** A clean copy of a trained backbone: no exits, no hooks. */
-function cleanCopy(backbone: ScriptModule): ScriptModule {
-  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tee-bench-')), 'backbone.pt');
-  backbone.save(file);
-  return jit.load(file).eval();
-}
-
 /** Median ms of the plain model, and of the early-exit model stopped at each exit and run to the end. */
 function stoppedAt(model: EarlyExitModel, plain: ScriptModule, input: Tensor, rounds: number) {
   const exits = measureExitLatencies(model, input, rounds, 20);
@@ -50,7 +43,7 @@ function stoppedAt(model: EarlyExitModel, plain: ScriptModule, input: Tensor, ro
   return { plainMs: median(full), stoppedMs: exits.slice(0, -1), throughAllExitsMs: exits[exits.length - 1] };
 }
 
-function main(): void {
+async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const jsonIndex = args.indexOf('--json');
   const epochsIndex = args.indexOf('--epochs');
@@ -69,35 +62,16 @@ function main(): void {
     ['features1', nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(784, 10))]]);
   trainEarlyExit(mnist, train, { epochs, lossWeights: [0.3], seed: 0 });
   mnist.eval();
-  const plain = cleanCopy(mnist.backbone);
+  const plain = mnist.plainBackbone();
   const m = stoppedAt(mnist, plain, test.images.narrow(0, 0, 1), 500);
   const calibration = calibrateThresholds(collectOutputs(mnist, test), {
     criterion: 'entropy', exitCosts: [...m.stoppedMs, m.throughAllExitsMs], maxAccuracyDrop: 0.5,
   });
   const policy = policyOf(calibration);
   const labels = Array.from(test.labels.data() as BigInt64Array, Number);
-  const early: number[] = [];
-  const full: number[] = [];
-  let earlyCorrect = 0;
-  let fullCorrect = 0;
-  for (let pass = 0; pass < 2; pass++) {
-    // The first pass warms both paths up; the second is measured, alternating sample by sample.
-    for (let i = 0; i < labels.length; i++) {
-      torch.tidy(() => torch.noGrad(() => {
-        const x = test.images.narrow(0, i, 1);
-        let prediction = -1;
-        const e = time(() => { prediction = mnist.forwardEarlyExit(x, policy).output.argmax(1).item() as number; });
-        let fullPrediction = -1;
-        const f = time(() => { fullPrediction = (plain.forward(x) as Tensor).argmax(1).item() as number; });
-        if (pass === 1) {
-          early.push(e);
-          full.push(f);
-          if (prediction === labels[i]) earlyCorrect++;
-          if (fullPrediction === labels[i]) fullCorrect++;
-        }
-      }));
-    }
-  }
+  // The first pass warms both paths up; the second is measured.
+  await serveOneAtATime(mnist, plain, test.images, labels, policy);
+  const served = (await serveOneAtATime(mnist, plain, test.images, labels, policy))!;
   const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
 
   // Batches of 64: whole-batch exits rarely fire (every sample must be confident); per-sample
@@ -135,8 +109,8 @@ function main(): void {
     mnist: {
       fullMs: m.plainMs, stoppedAtExitMs: m.stoppedMs[0], throughExitToEndMs: m.throughAllExitsMs,
       criterion: calibration.criterion, thresholds: calibration.chosen.thresholds, exitFraction: calibration.chosen.exitFractions[0],
-      heldOutMeanMs: mean(early), heldOutFullMeanMs: mean(full), speedup: mean(full) / mean(early),
-      accuracy: (100 * earlyCorrect) / labels.length, fullAccuracy: (100 * fullCorrect) / labels.length,
+      heldOutMeanMs: served.meanLatencyMs, heldOutFullMeanMs: served.fullMeanLatencyMs, speedup: served.speedup,
+      accuracy: served.accuracy, fullAccuracy: served.fullAccuracy,
       batch64: batchedResults,
     },
   };
@@ -148,9 +122,9 @@ function main(): void {
   row(['MNIST CNN full forward (plain model)', m.plainMs.toFixed(3), '1.00x']);
   row(['MNIST CNN stopped at features1', m.stoppedMs[0].toFixed(3), `${(m.plainMs / m.stoppedMs[0]).toFixed(2)}x`]);
   row(['MNIST CNN with exit, not stopping', m.throughAllExitsMs.toFixed(3), `${(m.plainMs / m.throughAllExitsMs).toFixed(2)}x`]);
-  row([`MNIST held-out mean, ${calibration.criterion} <= ${(calibration.chosen.thresholds[0] ?? NaN).toFixed(4)}`, mean(early).toFixed(3),
+  row([`MNIST held-out mean, ${calibration.criterion} <= ${(calibration.chosen.thresholds[0] ?? NaN).toFixed(4)}`, served.meanLatencyMs.toFixed(3),
     `${results.mnist.speedup.toFixed(2)}x`]);
-  row(['MNIST held-out mean, full network', mean(full).toFixed(3), '1.00x']);
+  row(['MNIST held-out mean, full network', served.fullMeanLatencyMs.toFixed(3), '1.00x']);
   console.log(`MNIST accuracy: early exits ${results.mnist.accuracy.toFixed(2)}% (${(100 * results.mnist.exitFraction).toFixed(1)}% left at the exit), ` +
     `full network ${results.mnist.fullAccuracy.toFixed(2)}%: ${(results.mnist.fullAccuracy - results.mnist.accuracy).toFixed(2)} points lost`);
   for (const [name, label] of [['full', 'full network'], ['wholeBatch', 'early exits, whole batch'], ['perSample', 'early exits, per sample']] as const) {
@@ -162,4 +136,4 @@ function main(): void {
   if (jsonIndex >= 0) fs.writeFileSync(args[jsonIndex + 1], JSON.stringify(results, null, 2) + '\n');
 }
 
-main();
+void main();

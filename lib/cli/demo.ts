@@ -5,13 +5,13 @@
  * trade-off curve.
  */
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 import { SingleBar, Presets } from 'cli-progress';
 import { loadMnist } from '../data/mnist';
 import { Calibration, calibrateThresholds, collectOutputs, measureExitLatencies, policyOf } from '../early-exit/calibrate';
 import { LabelFreeCriterion } from '../early-exit/criteria';
-import { EarlyExitModel, EarlyExitPolicy } from '../early-exit/model';
+import { EarlyExitModel } from '../early-exit/model';
+import { ServingReport, serveOneAtATime } from '../early-exit/serving';
 import { EarlyExitStats } from '../early-exit/stats';
 import { evaluateAccuracy, trainEarlyExitAsync } from '../early-exit/trainer';
 import { load } from '../jit';
@@ -29,14 +29,6 @@ export const DEFAULT_EXITS: Array<[string, string]> = [['features1', 'MaxPool2d(
 /** Distiller's example threshold on each exit's cross-entropy. */
 const DISTILLER_THRESHOLD = 0.9;
 
-export interface ServedExit {
-  exit: string;
-  samples: number;
-  share: number;
-  accuracy: number;
-  meanLatencyMs: number;
-}
-
 export interface DemoResults {
   seed: number;
   libtorch: string;
@@ -50,14 +42,7 @@ export interface DemoResults {
   distiller: { thresholds: number[]; report: ReturnType<EarlyExitStats['report']> };
   exitLatenciesMs: number[];
   calibration: Calibration;
-  serving: {
-    exits: ServedExit[];
-    accuracy: number;
-    fullAccuracy: number;
-    meanLatencyMs: number;
-    fullMeanLatencyMs: number;
-    speedup: number;
-  };
+  serving: ServingReport;
 }
 
 /** Lets Ctrl-C stop the demo between steps. */
@@ -71,52 +56,6 @@ function table(rows: string[][]): string {
 }
 
 function pct(value: number): string { return `${value.toFixed(2)}%`; }
-
-async function serve(model: EarlyExitModel, full: ReturnType<typeof load>, images: Tensor, labels: number[], policy: EarlyExitPolicy,
-  signal: StopSignal) {
-  const taken: number[] = [];
-  const correct: boolean[] = [];
-  const latency: number[] = [];
-  const fullLatency: number[] = [];
-  let fullCorrect = 0;
-  for (let i = 0; i < labels.length; i++) {
-    if (i % 200 === 0) await new Promise((resolve) => setImmediate(resolve));
-    if (signal.stopped) throw new DemoInterrupted('interrupted while serving');
-    torch.noGrad(() => torch.tidy(() => {
-      const x = images.narrow(0, i, 1);
-      // Early exit and full network alternate, so both see the same machine state.
-      let started = process.hrtime.bigint();
-      const result = model.forwardEarlyExit(x, policy);
-      const prediction = result.output.argmax(1).item();
-      latency.push(Number(process.hrtime.bigint() - started) / 1e6);
-      started = process.hrtime.bigint();
-      const output = full.forward(x) as Tensor;
-      const fullPrediction = output.argmax(1).item();
-      fullLatency.push(Number(process.hrtime.bigint() - started) / 1e6);
-      taken.push(result.exit);
-      correct.push(prediction === labels[i]);
-      if (fullPrediction === labels[i]) fullCorrect++;
-    }));
-  }
-  const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / Math.max(1, values.length);
-  const names = [...model.exitPoints.map((p, i) => `exit ${i} (${p})`), 'final'];
-  const perExit: ServedExit[] = names.map((name, e) => {
-    const indices = taken.map((t, j) => (t === e ? j : -1)).filter((j) => j >= 0);
-    return {
-      exit: name, samples: indices.length, share: (100 * indices.length) / labels.length,
-      accuracy: indices.length ? (100 * indices.filter((j) => correct[j]).length) / indices.length : 0,
-      meanLatencyMs: mean(indices.map((j) => latency[j])),
-    };
-  });
-  return {
-    exits: perExit,
-    accuracy: (100 * correct.filter(Boolean).length) / labels.length,
-    fullAccuracy: (100 * fullCorrect) / labels.length,
-    meanLatencyMs: mean(latency),
-    fullMeanLatencyMs: mean(fullLatency),
-    speedup: mean(fullLatency) / mean(latency),
-  };
-}
 
 /** Runs the demo, printing as it goes; writes `results.json` and `tradeoff.svg` into `options.out` at the end. */
 export async function runDemo(options: DemoOptions, signal: StopSignal = { stopped: false }, log: (line: string) => void = console.log): Promise<DemoResults> {
@@ -206,14 +145,11 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   log(`  chosen: ${calibration.criterion} (final exit alone: ${pct(calibration.finalAccuracy)}, allowed drop ${options.maxAccuracyDrop} points)`);
 
   if (signal.stopped) throw new DemoInterrupted('interrupted');
-  // The full network to beat: the trained backbone alone, reloaded without exits or hooks.
-  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-demo-'));
-  model.backbone.save(path.join(scratch, 'backbone.pt'));
-  const full = load(path.join(scratch, 'backbone.pt'), { device: options.device }).eval();
-  fs.rmSync(scratch, { recursive: true, force: true });
+  const full = model.plainBackbone({ device: options.device });
   const labels = Array.from(testSet.labels.cpu().data() as BigInt64Array, Number);
   for (let i = 0; i < 50; i++) torch.tidy(() => { model.forwardEarlyExit(sample, policy); torch.noGrad(() => full.forward(sample)); });
-  const serving = await serve(model, full, testSet.images, labels, policy, signal);
+  const serving = await serveOneAtATime(model, full, testSet.images, labels, policy, () => signal.stopped);
+  if (!serving) throw new DemoInterrupted('interrupted while serving');
   log(`\nserving ${labels.length} held-out digits one at a time with real early exits (${calibration.criterion}):`);
   log(table([['exit', 'samples', 'share', 'accuracy', 'mean latency'],
     ...serving.exits.map((e) => [e.exit, String(e.samples), pct(e.share), pct(e.accuracy), `${e.meanLatencyMs.toFixed(3)} ms`]),

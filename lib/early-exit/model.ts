@@ -4,7 +4,10 @@
  */
 import { Device } from '../dtype';
 import { NativeStopRule } from '../binding';
-import { ScriptModule, CallWithHooks } from '../jit';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { CallWithHooks, LoadOptions, ScriptModule, load } from '../jit';
 import { Module } from '../nn';
 import { Tensor } from '../tensor';
 import { isGradEnabled, noGrad, setGradEnabled, tidy, zeros } from '../torch';
@@ -143,6 +146,20 @@ export class EarlyExitModel {
       return output as Tensor;
     });
     return [...exits, call.output as Tensor];
+  }
+
+  /**
+   * A copy of the backbone alone, reloaded without exits or hooks: the full network that
+   * early exits are measured against.
+   */
+  plainBackbone(options: LoadOptions = {}): ScriptModule {
+    const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-backbone-'));
+    try {
+      this.backbone.save(path.join(folder, 'backbone.pt'));
+      return load(path.join(folder, 'backbone.pt'), options).eval();
+    } finally {
+      fs.rmSync(folder, { recursive: true, force: true });
+    }
   }
 
   /** Backbone parameters then each branch's, as `[name, tensor]` (branches as `exits.i.name`). */
