@@ -27,7 +27,7 @@ export interface NativeTensor {
 }
 
 /**
- * [output, [[hookId, hookOutput], ...], the hook that stopped the call or null,
+ * [output (null when a hook stopped the call: its output is the hook's), [[hookId, hookOutput], ...], the hook that stopped the call or null,
  *  [[hookId, inputPositions, exitRows], ...] of samples that left early,
  *  the input positions of the samples still in the batch at the end, or null while all are]
  */
@@ -50,7 +50,8 @@ export interface NativeScriptModule {
   train(mode: boolean): void;
   isTraining(): boolean;
   to(device: string): void;
-  save(path: string): void;
+  /** The bytes of `torch.jit.save` of this module, made in memory (the caller writes the file). */
+  serialize(): Buffer;
   methodNames(): string[];
   methodSchema(method: string): string;
   typeName(): string;
@@ -83,7 +84,8 @@ export interface Binding {
   NativeNnModule: abstract new (...args: never[]) => NativeNnModule;
   fromTypedArray(data: ArrayBufferView, shape: number[], dtype?: string): NativeTensor;
   callOp(name: string, overload: string, args: NativeValue[], kwargs?: Record<string, NativeValue>): NativeValue;
-  loadScriptModule(path: string, device?: string): NativeScriptModule;
+  /** Loads a TorchScript archive from its bytes; `name` (the file) is for error messages. */
+  loadScriptModule(bytes: Buffer, name: string, device?: string): NativeScriptModule;
   createNnModule(kind: string, options: Record<string, unknown>, children?: NativeNnModule[]): NativeNnModule;
   /** Bytes in torch.save's format (Python's torch.load reads them). */
   pickleSave(value: NativeValue): Buffer;

@@ -2,10 +2,12 @@
  * TorchScript models loaded from files exported by Python (`torch.jit.script` or
  * `torch.jit.trace`): forward, submodules by name, parameters, forward hooks.
  */
-import * as fs from 'fs';
+import { writeFileAtomic } from './atomic-write';
 import { binding, NativeCallResult, NativeScriptModule, NativeStopRule } from './binding';
 import { Device } from './dtype';
+import { checkOptions, checkString } from './check';
 import { closestNames } from './names';
+import { contentError, readArchive } from './zip-integrity';
 import { ParameterOwner } from './parameters';
 import { Tensor, fromNative, toNative } from './tensor';
 
@@ -44,17 +46,51 @@ class LoadedModel {
   constructor(readonly path: string) {}
 }
 
-/** Puts the line that says what went wrong first, before TorchScript's tracebacks. */
-function clarify(error: unknown, method: string): Error {
+/** `[1, 3, 32, 32] float32` for a tensor, the type of anything else. */
+function describeInput(input: unknown): string {
+  if (input instanceof Tensor) return input.isDisposed ? 'a disposed Tensor' : `[${input.shape.join(', ')}] ${input.dtype}`;
+  if (Array.isArray(input)) return `[${input.map(describeInput).join(', ')}]`;
+  return input === null ? 'null' : typeof input;
+}
+
+/**
+ * Puts the line that says what went wrong first, before TorchScript's tracebacks, and ends
+ * it with where: the model file, the module and the inputs' shapes.
+ */
+function clarify(error: unknown, method: string, where: string, inputs: unknown[]): Error {
   // Not `instanceof Error`: errors made by the addon may come from another realm (jest, vm).
   const message = (error as Error | undefined)?.message;
-  if (typeof message !== 'string' || !message.includes('Traceback of TorchScript')) return error as Error;
-  const causes = [...message.matchAll(/^(\w*(?:Error|Exception)): (.*)$/gm)];
-  if (causes.length === 0) return error as Error;
-  const cause = causes[causes.length - 1];
-  const clarified = new Error(`${method}: ${cause[2]}\n\n${message}`);
-  clarified.name = cause[1] === 'RuntimeError' ? 'Error' : cause[1];
+  if (typeof message !== 'string' || !message.startsWith(`${method}: `)) return error as Error;
+  const context = ` (${where}, inputs ${inputs.map(describeInput).join(', ') || 'none'})`;
+  if (!message.includes('Traceback of TorchScript')) {
+    const [first, ...rest] = message.split('\n');
+    const clarified = new Error([first + context, ...rest].join('\n'));
+    clarified.name = (error as Error).name;
+    return clarified;
+  }
+  // The interpreter puts the cause last, after one traceback per frame.
+  // (`RuntimeError: ...`, or `builtins.ValueError: ...` for an exception raised by TorchScript code).
+  const causes = [...message.matchAll(/^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.*)$/gm)];
+  const cause = causes.length > 0 ? causes[causes.length - 1] : undefined;
+  const clarified = new Error(`${method}: ${cause ? cause[2] : 'the TorchScript interpreter failed'}${context}\n\n${message}`);
+  clarified.name = !cause || cause[1] === 'RuntimeError' ? 'Error' : cause[1];
   return clarified;
+}
+
+/** Wraps a JS hook so that whatever it throws reaches the caller as an Error that says where. */
+function guardedHook(hook: (inputs: unknown[], output: unknown) => unknown, where: string): (inputs: unknown[], output: unknown) => unknown {
+  return (inputs, output) => {
+    try {
+      return hook(inputs, output);
+    } catch (thrown) {
+      // An Error (of any realm) is the user's own and passes through as the very same object.
+      if (thrown !== null && typeof thrown === 'object' && typeof (thrown as Error).message === 'string' &&
+          typeof (thrown as Error).stack === 'string') throw thrown;
+      let shown: string;
+      try { shown = typeof thrown === 'symbol' ? thrown.toString() : JSON.stringify(thrown) ?? String(thrown); } catch { shown = String(thrown); }
+      throw new Error(`the forward hook on ${where} threw a value that is not an Error: ${shown}`, { cause: thrown });
+    }
+  };
 }
 
 export class ScriptModule extends ParameterOwner implements HookModule {
@@ -104,24 +140,37 @@ export class ScriptModule extends ParameterOwner implements HookModule {
    * ends the call at its hook when every sample meets it.
    */
   callWithHooks(method: string, inputs: unknown[], stopRules?: NativeStopRule[]): CallWithHooks {
+    checkString(method, 'callMethod: method');
     let result: NativeCallResult;
     try {
       result = this.native.runMethod(method, inputs.map(toNative), stopRules);
     } catch (error) {
-      throw clarify(error, method);
+      throw clarify(error, method, this.where, inputs);
     }
     return this.received(result);
   }
 
   /** @internal */
   async callWithHooksAsync(method: string, inputs: unknown[], stopRules?: NativeStopRule[]): Promise<CallWithHooks> {
+    checkString(method, 'callMethodAsync: method');
     let result: NativeCallResult;
+    let pending: Promise<NativeCallResult>;
     try {
-      result = await this.native.runMethodAsync(method, inputs.map(toNative), stopRules);
+      pending = this.native.runMethodAsync(method, inputs.map(toNative), stopRules);
     } catch (error) {
-      throw clarify(error, method);
+      throw clarify(error, method, this.where, inputs);
+    }
+    try {
+      result = await pending;
+    } catch (error) {
+      throw clarify(error, method, this.where, inputs);
     }
     return this.received(result);
+  }
+
+  /** `module 'layer1' of 'model.pt'`: where this module is, for error messages. */
+  private get where(): string {
+    return this.qualifiedName === '' ? `model '${this.model.path}'` : `module '${this.qualifiedName}' of '${this.model.path}'`;
   }
 
   private received([output, hooks, stoppedBy, sampleExits, remaining]: NativeCallResult): CallWithHooks {
@@ -160,6 +209,7 @@ export class ScriptModule extends ParameterOwner implements HookModule {
 
   /** The module with the fully qualified name `name` below this one ('' is this module). */
   getModule(name: string): ScriptModule {
+    checkString(name, 'getModule: name', false);
     const modules = this.namedModules();
     const found = modules.find(([candidate]) => candidate === name);
     if (found) return found[1];
@@ -196,7 +246,10 @@ export class ScriptModule extends ParameterOwner implements HookModule {
   }
 
   /** Saves the module as TorchScript that Python's `torch.jit.load` reads (hooks are not saved). */
-  save(path: string): void { this.native.save(path); }
+  save(path: string): void {
+    checkString(path, 'ScriptModule.save: path');
+    writeFileAtomic(path, this.native.serialize(), 'ScriptModule.save');
+  }
 
   /** The names of the methods that can be called. */
   methodNames(): string[] { return this.native.methodNames(); }
@@ -211,8 +264,12 @@ export class ScriptModule extends ParameterOwner implements HookModule {
    * runs natively on the output, whose result is kept as the hook's output.
    */
   registerForwardHook(hook: ForwardHook): RemovableHandle {
+    const where = this.qualifiedName === '' ? 'the root module' : `'${this.qualifiedName}'`;
+    if (typeof hook !== 'function' && (hook === null || typeof hook !== 'object' || !('nativeHook' in hook))) {
+      throw new TypeError(`registerForwardHook on ${where}: a forward hook must be a function, an nn module or a ScriptModule, got ${hook === null ? 'null' : typeof hook}`);
+    }
     const nativeHook = typeof hook === 'function'
-      ? (inputs: unknown[], output: unknown) => hook(this, fromNative(inputs) as unknown[], fromNative(output))
+      ? guardedHook((inputs, output) => hook(this, fromNative(inputs) as unknown[], fromNative(output)), where)
       : hook.nativeHook;
     const id = this.native.registerHook(nativeHook as never);
     const native = this.native;
@@ -251,8 +308,16 @@ export interface LoadOptions {
 
 /** Loads a TorchScript model saved by Python's `torch.jit.save` (scripted or traced). */
 export function load(path: string, options: LoadOptions = {}): ScriptModule {
-  if (!fs.existsSync(path)) throw new Error(`cannot load TorchScript model '${path}': no such file`);
-  if (fs.statSync(path).isDirectory()) throw new Error(`cannot load TorchScript model '${path}': it is a directory`);
-  const native = binding.loadScriptModule(path, options.device);
+  checkString(path, 'jit.load: path');
+  checkOptions(options, ['device'], 'jit.load: options');
+  if (options.device !== undefined) checkString(options.device, 'jit.load: options.device');
+  const what = `cannot load TorchScript model '${path}'`;
+  const bytes = readArchive(path, what);
+  let native: NativeScriptModule;
+  try {
+    native = binding.loadScriptModule(bytes, path, options.device);
+  } catch (error) {
+    throw contentError(what, error, 'TorchScript code or pickled data');
+  }
   return new ScriptModule(native, new LoadedModel(path), '');
 }

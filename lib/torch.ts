@@ -3,6 +3,7 @@
  * threads, seeds, grad mode, devices and versions.
  */
 import { binding } from './binding';
+import { checkInteger, describeValue } from './check';
 import { DType, Device, TYPED_ARRAY_DTYPE } from './dtype';
 import { keep, tidy } from './scope';
 import { NestedArray, Tensor, TensorOptions, callOp } from './tensor';
@@ -116,9 +117,14 @@ export function allclose(a: Tensor, b: Tensor, rtol = 1e-5, atol = 1e-8): boolea
 }
 
 /** Seeds LibTorch's random generators (CPU and CUDA). */
-export function manualSeed(seed: number): void { binding.manualSeed(seed); }
+export function manualSeed(seed: number): void { binding.manualSeed(checkInteger(seed, 'manualSeed: seed')); }
 /** Sets the number of threads for intra-op parallelism. */
-export function setNumThreads(threads: number): void { binding.setNumThreads(threads); }
+export function setNumThreads(threads: number): void {
+  if (!Number.isInteger(threads) || threads < 1) {
+    throw new TypeError(`setNumThreads needs a positive number of threads (an integer of at least 1), got ${describeValue(threads)}`);
+  }
+  binding.setNumThreads(threads);
+}
 export function getNumThreads(): number { return binding.getNumThreads(); }
 export function isGradEnabled(): boolean { return binding.isGradEnabled(); }
 export function setGradEnabled(enabled: boolean): void { binding.setGradEnabled(enabled); }

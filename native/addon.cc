@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include "instance_data.h"
+#include "memory_ledger.h"
 #include "nn_modules.h"
 #include "ops.h"
 #include "runtime.h"
@@ -19,6 +20,7 @@ Napi::Value Guarded(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  InstallCountingAllocator();
   auto* data = new InstanceData();
   env.SetInstanceData(data);
   Napi::Function tensor = Tensor::Define(env);

@@ -1,5 +1,7 @@
 #include "errors.h"
 
+#include <typeinfo>
+
 #include <c10/util/Exception.h>
 
 #include <exception>
@@ -11,9 +13,11 @@ std::string DescribeCurrentException() {
   try {
     throw;
   } catch (const c10::Error& error) {
-    return error.what_without_backtrace();
+    std::string message = error.what_without_backtrace();
+    return message.empty() ? "LibTorch raised an error without a message" : message;
   } catch (const std::exception& error) {
-    return error.what();
+    std::string message = error.what();
+    return message.empty() ? std::string("LibTorch raised ") + typeid(error).name() + " without a message" : message;
   } catch (...) {
     return "unknown C++ exception";
   }

@@ -79,6 +79,54 @@ ForwardScope::ForwardScope(ForwardContext* context) : previous_(currentContext) 
 
 ForwardScope::~ForwardScope() { currentContext = previous_; }
 
+namespace {
+
+std::string DisplayName(const Hook& hook) { return hook.module.empty() ? "the root module" : "'" + hook.module + "'"; }
+
+std::string ShapeOf(const c10::IValue& value) {
+  if (value.isTensor()) {
+    const at::Tensor& tensor = value.toTensor();
+    return tensor.defined() ? "[" + c10::Join(", ", tensor.sizes()) + "]" : "an undefined tensor";
+  }
+  return "a " + value.tagKind();
+}
+
+// Marks a hook as running on this call for its lifetime.
+class Running {
+ public:
+  Running(ForwardContext& context, const Hook& hook) : context_(context) {
+    for (const Hook* other : context.running) {
+      if (other == &hook) {
+        throw std::runtime_error("the branch hooked on " + DisplayName(hook) +
+                                 " reached that module again: a branch must not contain the module it is attached to");
+      }
+    }
+    context.running.push_back(&hook);
+  }
+  ~Running() { context_.running.pop_back(); }
+
+ private:
+  ForwardContext& context_;
+};
+
+c10::IValue RunBranch(ForwardContext& context, const Hook& hook, const c10::IValue& output) {
+  Running running(context, hook);
+  try {
+    return hook.branch(output);
+  } catch (const ForwardStopped&) {
+    throw;
+  } catch (const std::exception& error) {
+    std::string message = error.what();
+    // A branch that failed inside a nested branch already says where.
+    if (message.rfind("the branch hooked on ", 0) == 0) throw;
+    const auto* c10Error = dynamic_cast<const c10::Error*>(&error);
+    throw std::runtime_error("the branch hooked on " + DisplayName(hook) + " failed on its input of shape " +
+                             ShapeOf(output) + ": " + (c10Error ? c10Error->what_without_backtrace() : message));
+  }
+}
+
+}  // namespace
+
 void RunHooks(const c10::IValue& module, const c10::IValue& inputs, const c10::IValue& output) {
   ForwardContext* context = currentContext;
   if (context == nullptr || context->hooks->empty() || !module.isObject()) return;
@@ -86,7 +134,7 @@ void RunHooks(const c10::IValue& module, const c10::IValue& inputs, const c10::I
   if (found == context->hooks->end()) return;
   for (const auto& hook : found->second) {
     if (hook->branch) {
-      c10::IValue result = hook->branch(output);
+      c10::IValue result = RunBranch(*context, *hook, output);
       context->outputs.push_back({hook->id, result});
       for (const StopRule& rule : context->stopRules) {
         if (rule.hookId != hook->id || !result.isTensor()) continue;

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <unordered_map>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "stop_rules.h"
@@ -20,6 +21,8 @@ namespace tee {
 
 struct Hook {
   int64_t id = 0;
+  // The qualified name of the hooked module, for error messages ('' is the root).
+  std::string module;
   // Held so that the object whose address keys the hook cannot be freed and reused.
   c10::intrusive_ptr<c10::ivalue::Object> target;
   // A native branch: runs where the forward runs and its result is collected.
@@ -79,6 +82,9 @@ struct ForwardContext {
   // samples still in the batch (undefined while all are).
   std::vector<SampleExit> sampleExits;
   at::Tensor remaining;
+  // Hooks running now on this call: a branch that reaches its own hook again would recurse
+  // until the stack overflows.
+  std::vector<const Hook*> running;
 };
 
 // Thrown by a hook whose stop rule is met. Deliberately not a std::exception: the

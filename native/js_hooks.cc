@@ -13,16 +13,17 @@ namespace {
 std::string CallOnMainThread(Napi::Env env, const Hook& hook, const c10::IValue& inputs, const c10::IValue& output,
                              PendingJsError& pending) {
   Napi::HandleScope scope(env);
+  std::string where = hook.module.empty() ? "the root module" : "'" + hook.module + "'";
   Napi::Value result;
   try {
     result = hook.js->Call({FromIValue(env, inputs), FromIValue(env, output)});
   } catch (const Napi::Error& error) {
     pending.Set(error);
-    return "a forward hook threw: " + error.Message();
+    return "the forward hook on " + where + " threw: " + error.Message();
   }
   if (!result.IsUndefined()) {
-    return "a forward hook returned a value, but hooks on TorchScript models cannot replace a module's output; "
-           "return nothing from the hook";
+    return "the forward hook on " + where + " returned a value, but hooks on TorchScript models cannot replace a " +
+           "module's output; return nothing from the hook";
   }
   return "";
 }

@@ -9,6 +9,19 @@
 namespace tee {
 namespace {
 
+// The first Tensor in a JS result (a tensor, or arrays and objects holding them).
+Napi::Value FirstTensor(Napi::Env env, const Napi::Value& value) {
+  if (Tensor::IsTensor(env, value)) return value;
+  if (!value.IsObject()) return Napi::Value();
+  Napi::Object object = value.As<Napi::Object>();
+  Napi::Array keys = object.GetPropertyNames();
+  for (uint32_t i = 0; i < keys.Length(); ++i) {
+    Napi::Value found = FirstTensor(env, object.Get(keys.Get(i)));
+    if (!found.IsEmpty()) return found;
+  }
+  return Napi::Value();
+}
+
 std::string MethodNames(const torch::jit::Module& module) {
   std::string names;
   for (const auto& method : module.get_methods()) names += (names.empty() ? "" : ", ") + method.name();
@@ -67,6 +80,7 @@ void MethodCall::SetStopRules(const Napi::Value& rules) {
 
 void MethodCall::Run(JsHookCaller* js) {
   c10::AutoGradMode grad(gradEnabled);
+  LedgerScope charged(ledger.get());
   context.js = js;
   ForwardScope scope(&context);
   try {
@@ -96,8 +110,18 @@ Napi::Value MethodCall::ToJs(Napi::Env env) const {
     entry.Set(2u, Tensor::Wrap(env, exit.rows));
     sampleExits.Set(i, entry);
   }
+  // A stopped call's output is its exit's output, already among the hook outputs.
+  Napi::Value output = context.stoppedBy ? env.Null() : FromIValue(env, result);
+  Napi::Value carrier = output;
+  for (size_t i = 0; context.stoppedBy && i < context.outputs.size(); ++i) {
+    if (context.outputs[i].hookId == context.stoppedBy->hookId) carrier = outputs.Get(i).As<Napi::Array>().Get(1u);
+  }
+  // The output carries the call's autograd graph: V8 is told its true weight, so that
+  // outputs nobody disposes are collected before they exhaust memory.
+  carrier = FirstTensor(env, carrier);
+  if (!carrier.IsEmpty()) Tensor::ReportRetained(carrier, ledger->LiveBytes());
   Napi::Array all = Napi::Array::New(env, 5);
-  all.Set(0u, FromIValue(env, result));
+  all.Set(0u, output);
   all.Set(1u, outputs);
   all.Set(2u, context.stoppedBy ? Napi::Value(Napi::Number::New(env, static_cast<double>(context.stoppedBy->hookId)))
                                 : env.Null());

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "forward_hooks.h"
+#include "memory_ledger.h"
 
 namespace tee {
 
@@ -30,6 +31,8 @@ struct MethodCall {
   bool gradEnabled = true;
   ForwardContext context;
   c10::IValue result;
+  // What the call allocates and leaves alive (its outputs and their autograd graph).
+  c10::intrusive_ptr<MemoryLedger> ledger = c10::make_intrusive<MemoryLedger>();
 
   // Converts JS arguments by the method's schema (on the main thread).
   MethodCall(Napi::Env env, std::shared_ptr<ModelState> state, torch::jit::Module module, std::string method,

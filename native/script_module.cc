@@ -1,5 +1,10 @@
 #include "script_module.h"
 
+#include <caffe2/serialize/read_adapter_interface.h>
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
 #include <utility>
 
 #include "async_work.h"
@@ -38,6 +43,23 @@ Napi::Array NamedTensors(Napi::Env env, const List& list) {
   return array;
 }
 
+// A model file's bytes, already read and checked by the caller.
+class BufferReader : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  BufferReader(const char* data, size_t size) : data_(data), size_(size) {}
+  size_t size() const override { return size_; }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* what = "") const override {
+    if (pos >= size_) return 0;
+    n = std::min<size_t>(n, size_ - pos);
+    std::memcpy(buf, data_ + pos, n);
+    return n;
+  }
+
+ private:
+  const char* data_;
+  size_t size_;
+};
+
 Hook MakeHook(Napi::Env env, const Napi::Value& hook) {
   Hook made;
   if (hook.IsFunction()) {
@@ -74,7 +96,7 @@ Napi::Function ScriptModule::Define(Napi::Env env) {
                          TEE_METHOD(ScriptModule, "train", Train),
                          TEE_METHOD(ScriptModule, "isTraining", IsTraining),
                          TEE_METHOD(ScriptModule, "to", To),
-                         TEE_METHOD(ScriptModule, "save", Save),
+                         TEE_METHOD(ScriptModule, "serialize", Serialize),
                          TEE_METHOD(ScriptModule, "methodNames", MethodNames),
                          TEE_METHOD(ScriptModule, "methodSchema", MethodSchema),
                          TEE_METHOD(ScriptModule, "typeName", TypeName),
@@ -190,20 +212,24 @@ Napi::Value ScriptModule::To(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-Napi::Value ScriptModule::Save(const Napi::CallbackInfo& info) {
+// The bytes of torch.jit.save, made in memory: LibTorch's file writer writes over its
+// target in place and aborts the process when a write fails, so the caller writes the
+// bytes to a temporary file and renames it.
+Napi::Value ScriptModule::Serialize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   RequireIdle(env, "save the model");
-  std::string path = info[0].ToString();
+  std::ostringstream bytes;
   // The file gets the code as loaded: Python knows nothing of the tap operator.
   StripInstrumentation(state_->root);
   try {
-    Get(env).save(path);
+    Get(env).save(bytes);
   } catch (...) {
     InstrumentModule(state_->root);
     throw;
   }
   InstrumentModule(state_->root);
-  return env.Undefined();
+  std::string data = bytes.str();
+  return Napi::Buffer<char>::Copy(env, data.data(), data.size());
 }
 
 Napi::Value ScriptModule::MethodNames(const Napi::CallbackInfo& info) {
@@ -239,6 +265,15 @@ Napi::Value ScriptModule::RegisterHook(const Napi::CallbackInfo& info) {
   }
   Hook hook = MakeHook(env, info[0]);
   hook.target = module._ivalue();
+  hook.module = name_;
+  if (ScriptModule::IsScriptModule(env, info[0])) {
+    const torch::jit::Module& branch = ScriptModule::Unwrap(info[0].As<Napi::Object>())->Get(env);
+    for (const auto& inside : branch.modules()) {
+      if (inside._ivalue().get() != hook.target.get()) continue;
+      ThrowError(env, "cannot attach this branch to '" + name_ + "': the branch contains '" + name_ +
+                          "' itself, so running it would reach its own hook again without end");
+    }
+  }
   return Napi::Number::New(env, static_cast<double>(state_->hooks.Add(std::move(hook))));
 }
 
@@ -261,13 +296,18 @@ Napi::Value ScriptModule::IsDisposed(const Napi::CallbackInfo& info) {
 
 Napi::Value LoadScriptModule(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::string path = info[0].ToString();
-  std::string context = "cannot load TorchScript model '" + path + "'";
+  if (!info[0].IsBuffer() || !info[1].IsString()) ThrowTypeError(env, "loadScriptModule(bytes: Buffer, name: string, device?)");
+  Napi::Buffer<char> bytes = info[0].As<Napi::Buffer<char>>();
+  std::string context = "cannot load TorchScript model '" + info[1].As<Napi::String>().Utf8Value() + "'";
   return Guard(env, context.c_str(), [&]() -> Napi::Value {
     c10::optional<c10::Device> device;
-    if (info[1].IsString()) device = ParseDevice(info[1].As<Napi::String>());
+    if (!info[2].IsUndefined()) {
+      if (!info[2].IsString()) ThrowTypeError(env, context + ": device must be a string such as 'cpu' or 'cuda:0'");
+      device = ParseDevice(info[2].As<Napi::String>());
+    }
     auto state = std::make_shared<ModelState>();
-    state->root = torch::jit::load(path, device);
+    // Read while the call lasts: the JS buffer cannot move or go away meanwhile.
+    state->root = torch::jit::load(std::make_shared<BufferReader>(bytes.Data(), bytes.Length()), device);
     state->calledTypes = InstrumentModule(state->root);
     torch::jit::Module root = state->root;
     return ScriptModule::Wrap(env, std::move(state), root, "");

@@ -33,7 +33,7 @@ class ScriptModule : public GuardedWrap<ScriptModule> {
   Napi::Value Train(const Napi::CallbackInfo& info);
   Napi::Value IsTraining(const Napi::CallbackInfo& info);
   Napi::Value To(const Napi::CallbackInfo& info);
-  Napi::Value Save(const Napi::CallbackInfo& info);
+  Napi::Value Serialize(const Napi::CallbackInfo& info);
   Napi::Value MethodNames(const Napi::CallbackInfo& info);
   Napi::Value MethodSchema(const Napi::CallbackInfo& info);
   Napi::Value TypeName(const Napi::CallbackInfo& info);
@@ -56,7 +56,7 @@ class ScriptModule : public GuardedWrap<ScriptModule> {
   bool disposed_ = false;
 };
 
-// loadScriptModule(path, device?) -> ScriptModule
+// loadScriptModule(bytes, name, device?) -> ScriptModule: `name` (the file) is for messages.
 Napi::Value LoadScriptModule(const Napi::CallbackInfo& info);
 
 }  // namespace tee

@@ -94,12 +94,27 @@ Tensor::Tensor(const Napi::CallbackInfo& info) : GuardedWrap<Tensor>(info) {
     ThrowTypeError(info.Env(), "NativeTensor cannot be constructed directly; use the torch functions");
   }
   tensor_ = *info[0].As<Napi::External<at::Tensor>>().Data();
-  reportedBytes_ = ReportedSize(tensor_);
-  if (reportedBytes_ > 0) Napi::MemoryManagement::AdjustExternalMemory(info.Env(), reportedBytes_);
+  Report(info.Env(), ReportedSize(tensor_));
 }
 
+// Not Napi::MemoryManagement, which throws on failure: a destructor must not throw, and
+// during an environment's teardown there is nothing to tell V8 anyway.
 Tensor::~Tensor() {
-  if (reportedBytes_ > 0) Napi::MemoryManagement::AdjustExternalMemory(Env(), -reportedBytes_);
+  int64_t ignored;
+  if (reportedBytes_ > 0) napi_adjust_external_memory(Env(), -reportedBytes_, &ignored);
+}
+
+void Tensor::Report(Napi::Env env, int64_t bytes) {
+  if (bytes == reportedBytes_) return;
+  int64_t ignored;
+  napi_adjust_external_memory(env, bytes - reportedBytes_, &ignored);
+  reportedBytes_ = bytes;
+}
+
+void Tensor::ReportRetained(const Napi::Value& value, int64_t bytes) {
+  if (!IsTensor(value.Env(), value)) return;
+  Tensor* tensor = ObjectWrap<Tensor>::Unwrap(value.As<Napi::Object>());
+  if (!tensor->disposed_ && bytes > tensor->reportedBytes_) tensor->Report(value.Env(), bytes);
 }
 
 Napi::Value Tensor::Wrap(Napi::Env env, at::Tensor tensor) {
@@ -126,8 +141,7 @@ const at::Tensor& Tensor::Get(Napi::Env env) const {
 void Tensor::Reset(Napi::Env env) {
   tensor_ = at::Tensor();
   disposed_ = true;
-  if (reportedBytes_ > 0) Napi::MemoryManagement::AdjustExternalMemory(env, -reportedBytes_);
-  reportedBytes_ = 0;
+  Report(env, 0);
 }
 
 Napi::Value Tensor::Shape(const Napi::CallbackInfo& info) {

@@ -16,6 +16,9 @@ class Tensor : public GuardedWrap<Tensor> {
   static bool IsTensor(Napi::Env env, const Napi::Value& value);
   // The tensor behind a JS Tensor; a TypeError for anything else or a disposed tensor.
   static const at::Tensor& FromJs(const Napi::Value& value, const char* what = "argument");
+  // Tells V8 that the JS Tensor `value` keeps `bytes` of native memory alive (its autograd
+  // graph), when that is more than its own data; no-op for anything but a Tensor.
+  static void ReportRetained(const Napi::Value& value, int64_t bytes);
 
   explicit Tensor(const Napi::CallbackInfo& info);
   ~Tensor() override;
@@ -23,6 +26,7 @@ class Tensor : public GuardedWrap<Tensor> {
  private:
   const at::Tensor& Get(Napi::Env env) const;
   void Reset(Napi::Env env);
+  void Report(Napi::Env env, int64_t bytes);
 
   Napi::Value Shape(const Napi::CallbackInfo& info);
   Napi::Value Dtype(const Napi::CallbackInfo& info);

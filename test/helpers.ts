@@ -55,3 +55,15 @@ export function seedBranch(): nn.Sequential {
   branch.loadStateDict({ '2.weight': fromRef(state['2.weight']), '2.bias': fromRef(state['2.bias']) });
   return branch;
 }
+
+/** Writes `file` until its file system is full; the write that fails must fail with ENOSPC. */
+export function fillDisk(file: string): void {
+  const fd = fs.openSync(file, 'w');
+  try {
+    for (;;) fs.writeSync(fd, Buffer.alloc(4096, 1));
+  } catch (error) {
+    expect((error as NodeJS.ErrnoException).code).toBe('ENOSPC');
+  } finally {
+    fs.closeSync(fd);
+  }
+}

@@ -6,6 +6,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { writeFileAtomic } from '../atomic-write';
 import { SingleBar, Presets } from 'cli-progress';
 import { loadMnist } from '../data/mnist';
 import { Calibration, calibrateThresholds, collectOutputs, measureExitLatencies, policyOf } from '../early-exit/calibrate';
@@ -167,17 +168,12 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   return results;
 }
 
-/** Writes into a temporary folder beside `out` and renames it: never a half-written result. */
+/**
+ * Writes the two result files into `out`, each through a temporary file and a rename: never
+ * a half-written result, and nothing else in the folder is touched.
+ */
 function writeResults(out: string, results: DemoResults, svg: string): void {
-  const parent = path.dirname(path.resolve(out));
-  fs.mkdirSync(parent, { recursive: true });
-  const staging = fs.mkdtempSync(path.join(parent, '.demo-'));
-  try {
-    fs.writeFileSync(path.join(staging, 'results.json'), JSON.stringify(results, null, 2) + '\n');
-    fs.writeFileSync(path.join(staging, 'tradeoff.svg'), svg);
-    fs.rmSync(out, { recursive: true, force: true });
-    fs.renameSync(staging, out);
-  } finally {
-    fs.rmSync(staging, { recursive: true, force: true });
-  }
+  fs.mkdirSync(out, { recursive: true });
+  writeFileAtomic(path.join(out, 'results.json'), JSON.stringify(results, null, 2) + '\n', 'demo');
+  writeFileAtomic(path.join(out, 'tradeoff.svg'), svg, 'demo');
 }

@@ -6,11 +6,13 @@
  *   exit-<i>.ts.pt   each TorchScript branch (torch.jit.load)
  *   optimizer.pt     the optimizer's tensors by name (torch.load)
  *   checkpoint.json  exit points, branch architectures, optimizer settings, epoch, extra
- * It is written to a temporary folder first and renamed, so an interrupted save leaves
- * the previous checkpoint whole.
+ * It is written to a staging folder beside it first and renamed into place, so an
+ * interrupted save leaves the previous checkpoint whole.
  */
+import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
+import { describeFileKind, fsyncFile, fsyncFolder, writeFileAtomic } from '../atomic-write';
 import { Device } from '../dtype';
 import { ScriptModule, load as loadScript } from '../jit';
 import { Module, ModuleSpec, fromSpec } from '../nn';
@@ -34,23 +36,75 @@ interface CheckpointJson {
   extra?: unknown;
 }
 
+/** What `saveCheckpoint` saves besides the model. */
 export interface SaveCheckpointOptions {
+  /** Its state (momentum buffers, step counts) and parameter groups go to optimizer.pt and checkpoint.json. */
   optimizer?: Optimizer;
+  /** The epoch to resume from, as the caller counts. */
   epoch?: number;
   /** Anything JSON can hold: metrics, the loss weights, the data split. */
   extra?: unknown;
 }
 
-/** Saves `model` (and optionally its optimizer) into the folder `dir`, replacing it. */
-export function saveCheckpoint(dir: string, model: EarlyExitModel, options: SaveCheckpointOptions = {}): void {
-  const staging = `${dir.replace(/\/+$/, '')}.saving-${process.pid}`;
-  fs.rmSync(staging, { recursive: true, force: true });
-  fs.mkdirSync(staging, { recursive: true });
-  model.backbone.save(path.join(staging, 'backbone.pt'));
+/** The names of the files a checkpoint folder holds. */
+const CHECKPOINT_FILE = /^(?:backbone\.pt|optimizer\.pt|checkpoint\.json|exit-\d+\.pt|exit-\d+\.ts\.pt)$/;
+
+/** `true` when `name` is one of the files `saveCheckpoint` writes. */
+function isCheckpointFile(name: string): boolean {
+  return CHECKPOINT_FILE.test(name);
+}
+
+/** A random suffix for staging and old folders. */
+function uniqueSuffix(): string {
+  return `${process.pid}-${crypto.randomBytes(6).toString('hex')}`;
+}
+
+/**
+ * Checks that `target`, when it exists, is a checkpoint folder that `saveCheckpoint` may
+ * replace: a folder (not a link) holding only checkpoint files, with a checkpoint.json of
+ * this library's format, or an empty folder. Returns whether it exists.
+ */
+function checkReplaceable(target: string, dir: string): boolean {
+  const refuse = (reason: string): never => {
+    throw new Error(`saveCheckpoint: refusing to replace '${dir}': ${reason}`);
+  };
+  let stats: fs.Stats;
+  try {
+    stats = fs.lstatSync(target);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    return refuse((error as Error).message);
+  }
+  if (stats.isSymbolicLink()) refuse('it is a symbolic link; give the folder it points to');
+  if (!stats.isDirectory()) refuse(`it is ${describeFileKind(stats)}, not a checkpoint folder`);
+  const entries = fs.readdirSync(target, { withFileTypes: true });
+  if (entries.length === 0) return true;
+  for (const entry of entries) {
+    if (!isCheckpointFile(entry.name)) refuse(`it holds '${entry.name}', which is not a checkpoint file, so it is not a checkpoint folder`);
+    if (!entry.isFile()) refuse(`its entry '${entry.name}' is not a regular file`);
+  }
+  const json = path.join(target, 'checkpoint.json');
+  let format: unknown;
+  try {
+    format = (JSON.parse(fs.readFileSync(json, 'utf8')) as { format?: unknown } | null)?.format;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    refuse(code === 'ENOENT' ? 'it has no checkpoint.json, so it is not a checkpoint folder' : `cannot read '${json}': ${(error as Error).message}`);
+  }
+  if (format !== FORMAT) refuse(`'${json}' is not a ${FORMAT} (its format is ${JSON.stringify(format)})`);
+  return true;
+}
+
+/** Writes every file of the checkpoint into the folder `staging`, each flushed to the disk. */
+function writeCheckpointFiles(staging: string, model: EarlyExitModel, options: SaveCheckpointOptions): void {
+  const backbone = path.join(staging, 'backbone.pt');
+  model.backbone.save(backbone);
+  fsyncFile(backbone);
   const branches: BranchRecord[] = model.branches.map((branch, i) => {
     if (branch instanceof ScriptModule) {
       const file = `exit-${i}.ts.pt`;
       branch.save(path.join(staging, file));
+      fsyncFile(path.join(staging, file));
       return { type: 'torchscript', file };
     }
     if (!(branch instanceof Module)) throw new Error(`exit ${i}: only nn modules and ScriptModules can be saved`);
@@ -72,11 +126,63 @@ export function saveCheckpoint(dir: string, model: EarlyExitModel, options: Save
     saveTensors(tensors, path.join(staging, 'optimizer.pt'));
     json.optimizer = { paramGroups, scalars };
   }
-  fs.writeFileSync(path.join(staging, 'checkpoint.json'), JSON.stringify(json, null, 2));
-  fs.rmSync(dir, { recursive: true, force: true });
-  fs.renameSync(staging, dir);
+  writeFileAtomic(path.join(staging, 'checkpoint.json'), JSON.stringify(json, null, 2), 'saveCheckpoint');
+  fsyncFolder(staging);
 }
 
+/** Deletes the checkpoint files of the folder `old` and the folder; leaves anything else (and then the folder) alone. */
+function removeOldCheckpoint(old: string): void {
+  for (const name of fs.readdirSync(old)) {
+    if (isCheckpointFile(name)) fs.unlinkSync(path.join(old, name));
+  }
+  fs.rmdirSync(old);
+}
+
+/**
+ * Saves `model` (and optionally its optimizer) into the folder `dir`, replacing the
+ * checkpoint there. It never deletes what it did not write: it refuses a `dir` that exists
+ * and is not a checkpoint folder (an entry other than a checkpoint's files, or no
+ * checkpoint.json of this library), and `/`. The files are written and flushed in a
+ * staging folder beside `dir`, the old checkpoint is renamed away, the staging folder
+ * renamed into place, and only then the old checkpoint's files are deleted. On failure
+ * the staging folder is removed, the previous checkpoint is left whole, and the Error
+ * names `dir`.
+ */
+export function saveCheckpoint(dir: string, model: EarlyExitModel, options: SaveCheckpointOptions = {}): void {
+  const target = path.resolve(dir);
+  const parent = path.dirname(target);
+  const name = path.basename(target);
+  if (target === parent || name === '') throw new Error(`saveCheckpoint: refusing to replace '${dir}': it is the root of the file system`);
+  const exists = checkReplaceable(target, dir);
+  fs.mkdirSync(parent, { recursive: true });
+  const staging = path.join(parent, `.${name}.saving-${uniqueSuffix()}`);
+  fs.mkdirSync(staging);
+  const old = path.join(parent, `.${name}.old-${uniqueSuffix()}`);
+  let movedAway = false;
+  try {
+    writeCheckpointFiles(staging, model, options);
+    if (exists) {
+      fs.renameSync(target, old);
+      movedAway = true;
+    }
+    fs.renameSync(staging, target);
+  } catch (error) {
+    if (movedAway && !fs.existsSync(target)) try { fs.renameSync(old, target); } catch { /* reported below */ }
+    fs.rmSync(staging, { recursive: true, force: true });
+    const kept = movedAway && fs.existsSync(old) ? ` (the previous checkpoint is kept in '${old}')` : '';
+    throw new Error(`saveCheckpoint: cannot save the checkpoint '${dir}': ${(error as Error).message}${kept}`, { cause: error });
+  }
+  fsyncFolder(parent);
+  if (movedAway) {
+    try {
+      removeOldCheckpoint(old);
+    } catch (error) {
+      process.emitWarning(`saveCheckpoint: saved '${dir}', but could not remove the previous checkpoint '${old}': ${(error as Error).message}`);
+    }
+  }
+}
+
+/** What `loadCheckpoint` returns: the model and what was saved with it. */
 export interface LoadedCheckpoint {
   model: EarlyExitModel;
   /** Give it to `optimizer.loadStateDict` of an optimizer made over `model.parameters()` as before. */
@@ -85,14 +191,74 @@ export interface LoadedCheckpoint {
   extra?: unknown;
 }
 
-/** Loads a checkpoint written by `saveCheckpoint`. */
+/** `true` for a non-null object that is not an array. */
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/**
+ * `value`, the parsed checkpoint.json at `file`, checked field by field: format and version,
+ * exitPoints (strings), branches (one per exit point, `{ type: 'nn', spec, file: 'exit-<i>.pt' }`
+ * or `{ type: 'torchscript', file: 'exit-<i>.ts.pt' }`), the optimizer section and the epoch.
+ * Throws an Error naming `file` and the bad field.
+ */
+function validateCheckpointJson(value: unknown, file: string): CheckpointJson {
+  const invalid = (field: string, problem: string): never => {
+    throw new Error(`loadCheckpoint: '${file}' is invalid: ${field} ${problem}`);
+  };
+  const shown = (item: unknown): string => (item === undefined ? 'missing' : JSON.stringify(item));
+  if (!isRecord(value)) return invalid('the top level', `is ${shown(value)}, not an object`);
+  if (value.format !== FORMAT) invalid('format', `is ${shown(value.format)}, not ${JSON.stringify(FORMAT)}`);
+  if (value.version !== VERSION) invalid('version', `is ${shown(value.version)}; this library reads version ${VERSION}`);
+  const { exitPoints, branches, optimizer, epoch } = value;
+  if (!Array.isArray(exitPoints)) return invalid('exitPoints', `is ${shown(exitPoints)}, not an array of module names`);
+  exitPoints.forEach((point, i) => { if (typeof point !== 'string') invalid(`exitPoints[${i}]`, `is ${shown(point)}, not a string`); });
+  if (!Array.isArray(branches)) return invalid('branches', `is ${shown(branches)}, not an array`);
+  if (branches.length !== exitPoints.length) invalid('branches', `has ${branches.length} entries for ${exitPoints.length} exit points`);
+  branches.forEach((branch, i) => {
+    if (!isRecord(branch)) return invalid(`branches[${i}]`, `is ${shown(branch)}, not an object`);
+    let expected: string;
+    if (branch.type === 'nn') {
+      if (!isRecord(branch.spec)) invalid(`branches[${i}].spec`, `is ${shown(branch.spec)}, not a module spec object`);
+      expected = `exit-${i}.pt`;
+    } else if (branch.type === 'torchscript') {
+      expected = `exit-${i}.ts.pt`;
+    } else {
+      return invalid(`branches[${i}].type`, `is ${shown(branch.type)}, not "nn" or "torchscript"`);
+    }
+    if (branch.file !== expected) invalid(`branches[${i}].file`, `is ${shown(branch.file)}, but must be ${JSON.stringify(expected)}`);
+  });
+  if (optimizer !== undefined) {
+    if (!isRecord(optimizer)) return invalid('optimizer', `is ${shown(optimizer)}, not an object`);
+    const { paramGroups, scalars } = optimizer;
+    if (!Array.isArray(paramGroups)) return invalid('optimizer.paramGroups', `is ${shown(paramGroups)}, not an array`);
+    paramGroups.forEach((group, g) => {
+      if (!isRecord(group)) return invalid(`optimizer.paramGroups[${g}]`, `is ${shown(group)}, not an object`);
+      if (!Array.isArray(group.params) || !group.params.every((index) => Number.isInteger(index) && index >= 0)) {
+        invalid(`optimizer.paramGroups[${g}].params`, `is ${shown(group.params)}, not an array of parameter indices`);
+      }
+    });
+    if (!isRecord(scalars)) return invalid('optimizer.scalars', `is ${shown(scalars)}, not an object`);
+    for (const [key, scalar] of Object.entries(scalars)) {
+      if (!/^\d+\.[^.]/.test(key)) invalid(`optimizer.scalars[${JSON.stringify(key)}]`, 'has a key that is not "<parameter index>.<name>"');
+      if (typeof scalar !== 'number') invalid(`optimizer.scalars[${JSON.stringify(key)}]`, `is ${shown(scalar)}, not a number`);
+    }
+  }
+  if (epoch !== undefined && !Number.isFinite(epoch)) invalid('epoch', `is ${shown(epoch)}, not a number`);
+  return value as unknown as CheckpointJson;
+}
+
+/** Loads a checkpoint written by `saveCheckpoint`; a damaged or hand-edited checkpoint.json is refused, naming the field. */
 export function loadCheckpoint(dir: string, options: { device?: Device | string } = {}): LoadedCheckpoint {
   const file = path.join(dir, 'checkpoint.json');
   if (!fs.existsSync(file)) throw new Error(`no checkpoint in '${dir}': checkpoint.json is missing`);
-  const json = JSON.parse(fs.readFileSync(file, 'utf8')) as CheckpointJson;
-  if (json.format !== FORMAT || json.version !== VERSION) {
-    throw new Error(`'${file}' is not a ${FORMAT} of version ${VERSION}`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (error) {
+    throw new Error(`loadCheckpoint: cannot read '${file}': ${(error as Error).message}`, { cause: error });
   }
+  const json = validateCheckpointJson(parsed, file);
   const backbone = loadScript(path.join(dir, 'backbone.pt'), { device: options.device });
   const branches = json.branches.map((record) => {
     if (record.type === 'torchscript') return loadScript(path.join(dir, record.file), { device: options.device });
@@ -104,7 +270,14 @@ export function loadCheckpoint(dir: string, options: { device?: Device | string 
   const model = new EarlyExitModel(backbone, json.exitPoints.map((point, i) => [point, branches[i]] as const));
   let optimizerState: OptimizerStateDict | undefined;
   if (json.optimizer) {
-    const tensors = loadTensors(path.join(dir, 'optimizer.pt')) as Record<string, Tensor>;
+    const optimizerFile = path.join(dir, 'optimizer.pt');
+    const tensors = loadTensors(optimizerFile) as Record<string, Tensor>;
+    if (!isRecord(tensors)) throw new Error(`loadCheckpoint: '${optimizerFile}' is invalid: it holds no dict of tensors`);
+    for (const [key, value] of Object.entries(tensors)) {
+      if (!/^\d+\.[^.]/.test(key) || !(value instanceof Tensor)) {
+        throw new Error(`loadCheckpoint: '${optimizerFile}' is invalid: entry ${JSON.stringify(key)} is not a tensor named "<parameter index>.<name>"`);
+      }
+    }
     const state: OptimizerStateDict['state'] = {};
     const put = (key: string, value: Tensor | number) => {
       const dot = key.indexOf('.');

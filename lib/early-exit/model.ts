@@ -11,6 +11,7 @@ import { CallWithHooks, LoadOptions, ScriptModule, load } from '../jit';
 import { Module } from '../nn';
 import { Tensor } from '../tensor';
 import { isGradEnabled, noGrad, setGradEnabled, tidy, zeros } from '../torch';
+import { checkFinite, checkOptions, describeValue } from '../check';
 import { LabelFreeCriterion } from './criteria';
 import { EarlyExitMgr, ExitBranch, ExitsDef } from './exit-mgr';
 
@@ -101,13 +102,24 @@ export class EarlyExitModel {
 
   private stopRules(policy: EarlyExitPolicy): NativeStopRule[] {
     const exits = this.eeMgr.exitsOf(this.backbone);
+    if (policy === null || typeof policy !== 'object') {
+      throw new TypeError(`forwardEarlyExit: policy must be an object { criterion, thresholds, perSample? }, got ${describeValue(policy)}`);
+    }
+    checkOptions(policy, ['criterion', 'thresholds', 'perSample'], 'forwardEarlyExit: policy');
+    if (!Array.isArray(policy.thresholds)) {
+      throw new TypeError(`forwardEarlyExit: policy.thresholds must be an array with one threshold (or null) per exit, got ${describeValue(policy.thresholds)}`);
+    }
+    policy.thresholds.forEach((threshold, i) => {
+      // null is the one way to say "never exit here"; NaN or undefined would say it silently.
+      if (threshold !== null) checkFinite(threshold, `forwardEarlyExit: policy.thresholds[${i}] (exit '${exits[i]?.point ?? i}')`);
+    });
     if (policy.thresholds.length !== exits.length) {
       throw new Error(`one threshold per exit: ${exits.length} exit(s), ${policy.thresholds.length} threshold(s)`);
     }
     const rules: NativeStopRule[] = [];
     exits.forEach((exit, i) => {
       const threshold = policy.thresholds[i];
-      if (threshold !== null && threshold !== undefined) {
+      if (threshold !== null) {
         rules.push([exit.handle.id, policy.criterion, threshold, Boolean(policy.perSample) && this.exitsPerSample[i]]);
       }
     });
