@@ -18,6 +18,8 @@ export interface NativeTensor {
   grad(): NativeTensor | null;
   setGrad(grad: NativeTensor | null): void;
   isLeaf(): boolean;
+  /** The elements' raw bytes, row-major, in the tensor's own dtype (torch.save's storage bytes). */
+  bytes(): Buffer;
   data(): Float32Array | Float64Array | Int32Array | BigInt64Array | Int16Array | Int8Array | Uint8Array;
   item(): number | boolean;
   backward(gradient?: NativeTensor | null, retainGraph?: boolean): void;
@@ -83,6 +85,8 @@ export interface Binding {
   NativeScriptModule: abstract new (...args: never[]) => NativeScriptModule;
   NativeNnModule: abstract new (...args: never[]) => NativeNnModule;
   fromTypedArray(data: ArrayBufferView, shape: number[], dtype?: string): NativeTensor;
+  /** A 1-D tensor of `dtype` over a copy of raw little-endian bytes. */
+  fromBytes(bytes: Buffer, dtype: string): NativeTensor;
   callOp(name: string, overload: string, args: NativeValue[], kwargs?: Record<string, NativeValue>): NativeValue;
   /** Loads a TorchScript archive from its bytes; `name` (the file) is for error messages. */
   loadScriptModule(bytes: Buffer, name: string, device?: string): NativeScriptModule;

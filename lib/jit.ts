@@ -312,7 +312,7 @@ export function load(path: string, options: LoadOptions = {}): ScriptModule {
   checkOptions(options, ['device'], 'jit.load: options');
   if (options.device !== undefined) checkString(options.device, 'jit.load: options.device');
   const what = `cannot load TorchScript model '${path}'`;
-  const bytes = readArchive(path, what);
+  const { bytes } = readArchive(path, what);
   let native: NativeScriptModule;
   try {
     native = binding.loadScriptModule(bytes, path, options.device);

@@ -6,8 +6,10 @@ import * as fs from 'fs';
 import { writeFileAtomic } from './atomic-write';
 import { binding } from './binding';
 import { checkString } from './check';
-import { Tensor, fromNative, toNative } from './tensor';
+import { PickleWriter, STORAGE_DTYPES, UnsupportedPickle, unpickle } from './pickle';
+import { Tensor, callOp, fromNative } from './tensor';
 import { contentError, readArchive } from './zip-integrity';
+import { zipStored } from './zip-writer';
 
 /**
  * A value `save` can write: tensors, numbers (NaN and ±Infinity included; integral numbers
@@ -74,6 +76,94 @@ export function checkSavable(value: unknown, where = 'value', ancestors: object[
   return result;
 }
 
+/** The storage class torch.save names for each dtype (the inverse of STORAGE_DTYPES). */
+const STORAGE_OF: Record<string, string> = Object.fromEntries(
+  Object.entries(STORAGE_DTYPES).filter(([name]) => name !== 'UntypedStorage').map(([name, dtype]) => [dtype, name]));
+
+/** Contiguous strides of `shape`, row-major. */
+function contiguousStrides(shape: number[]): number[] {
+  const strides = new Array<number>(shape.length);
+  let step = 1;
+  for (let i = shape.length - 1; i >= 0; i--) { strides[i] = step; step *= Math.max(shape[i], 1); }
+  return strides;
+}
+
+/**
+ * The bytes of a torch.save file of `value`, as Python's `torch.save` writes it: a zip of
+ * `archive/data.pkl` (protocol 2), `archive/byteorder`, one `archive/data/<key>` per tensor
+ * and `archive/version`.
+ */
+export function encodeTorchSave(value: Savable): Buffer {
+  const pickle = new PickleWriter();
+  const storages: Array<readonly [string, Buffer]> = [];
+  const write = (item: Savable): void => {
+    if (item instanceof Tensor) {
+      const storage = STORAGE_OF[item.dtype];
+      if (!storage) throw new Error(`torch.save: tensors of dtype ${item.dtype} cannot be saved`);
+      const key = String(storages.length);
+      storages.push([`archive/data/${key}`, item.native.bytes()]);
+      const shape = item.shape;
+      pickle.reduce(() => pickle.global('torch._utils', '_rebuild_tensor_v2'), () => {
+        pickle.persistent(() => {
+          pickle.string('storage'); pickle.global('torch', storage); pickle.string(key); pickle.string('cpu');
+          pickle.int(shape.reduce((n, size) => n * size, 1));
+        });
+        pickle.int(0);
+        pickle.tuple(() => shape.forEach((size) => pickle.int(size)));
+        pickle.tuple(() => contiguousStrides(shape).forEach((stride) => pickle.int(stride)));
+        pickle.bool(item.requiresGrad);
+        pickle.reduce(() => pickle.global('collections', 'OrderedDict'), () => undefined);
+      });
+    } else if (item === null) pickle.none();
+    else if (typeof item === 'boolean') pickle.bool(item);
+    else if (typeof item === 'bigint') pickle.int(item);
+    else if (typeof item === 'number') {
+      if (Number.isSafeInteger(item)) pickle.int(item); else pickle.float(item);
+    } else if (typeof item === 'string') pickle.string(item);
+    else if (Array.isArray(item)) pickle.list(item.length, () => item.forEach(write));
+    else {
+      const entries = Object.entries(item);
+      pickle.dict(entries.length, () => entries.forEach(([key, entry]) => { pickle.string(key); write(entry); }));
+    }
+  };
+  write(value);
+  return zipStored([['archive/data.pkl', pickle.finish()], ['archive/byteorder', Buffer.from('little')], ...storages,
+    ['archive/version', Buffer.from('3\n')]], 'torch.save');
+}
+
+/**
+ * The value of a torch.save file from its entries; throws UnsupportedPickle for a file
+ * that needs more of Python than a dict of tensors and values.
+ */
+export function decodeTorchSave(entries: Map<string, Buffer>, what: string): unknown {
+  const pickleName = [...entries.keys()].find((name) => /^[^/]+\/data\.pkl$/.test(name));
+  if (!pickleName) throw new UnsupportedPickle(`${what}: the archive has no <folder>/data.pkl, so it is not a torch.save file`);
+  const folder = pickleName.slice(0, -'data.pkl'.length);
+  const storages = new Map<string, Tensor>();
+  const storage = (key: string, dtype: string, numel: number): Tensor => {
+    let found = storages.get(key);
+    if (!found) {
+      const bytes = entries.get(`${folder}data/${key}`);
+      if (!bytes) throw new Error(`${what}: the pickle names the storage '${key}' but the archive has no ${folder}data/${key}`);
+      found = new Tensor(binding.fromBytes(bytes, dtype));
+      if (found.shape[0] < numel) throw new Error(`${what}: storage '${key}' holds ${found.shape[0]} elements, not the ${numel} the pickle records`);
+      storages.set(key, found);
+    }
+    return found;
+  };
+  const tensor = (data: unknown, offset: number, size: number[], stride: number[], requiresGrad: boolean): Tensor => {
+    const base = data as Tensor;
+    const last = size.reduce((end, n, i) => (n === 0 ? end : end + (n - 1) * stride[i]), offset);
+    if (size.some((n) => n < 0) || stride.some((n) => n < 0) || (size.every((n) => n > 0) && last >= base.shape[0])) {
+      throw new Error(`${what}: a tensor of shape [${size}] and strides [${stride}] at offset ${offset} reaches past its storage of ${base.shape[0]} elements`);
+    }
+    const result = callOp('as_strided', '', [base, size, stride, offset]) as Tensor;
+    if (requiresGrad) result.requiresGrad = true;
+    return result;
+  };
+  return unpickle(entries.get(pickleName)!, storage, tensor);
+}
+
 /**
  * Writes `value` to `path` so that Python's `torch.load(path)` reads it. The file is
  * replaced atomically (see `writeFileAtomic`): a failed save leaves the previous file whole.
@@ -81,8 +171,7 @@ export function checkSavable(value: unknown, where = 'value', ancestors: object[
  */
 export function save(value: Savable, path: string): void {
   checkString(path, 'torch.save: path');
-  const bytes = binding.pickleSave(toNative(checkSavable(value)));
-  writeFileAtomic(path, bytes, 'torch.save');
+  writeFileAtomic(path, encodeTorchSave(checkSavable(value)), 'torch.save');
 }
 
 /**
@@ -94,13 +183,25 @@ export function load(path: string): any {
   checkString(path, 'torch.load: path');
   if (!fs.existsSync(path)) throw new Error(`torch.load: no such file '${path}'`);
   const what = `torch.load: cannot read '${path}'`;
-  const bytes = readArchive(path, what);
+  const { bytes, entries } = readArchive(path, what);
+  let unsupported: UnsupportedPickle;
+  try {
+    return decodeTorchSave(entries, what);
+  } catch (error) {
+    if (!(error instanceof UnsupportedPickle)) {
+      const message = (error as Error).message;
+      throw message.startsWith(what) ? error : new Error(`${what}: its pickled data is damaged: ${message}`);
+    }
+    unsupported = error;
+  }
+  // Files that need more than a dict of tensors and values (older files of this library,
+  // written by LibTorch's own pickler) go to LibTorch's unpickler.
   try {
     return fromNative(binding.pickleLoad(bytes));
   } catch (error) {
-    const explained = contentError(what, error, 'pickled data');
-    throw new Error(`${explained.message}\n` +
-      "LibTorch reads files of this library's torch.save, and Python torch.save files of plain dicts of tensors " +
-      'and values: from Python, save dict(state_dict) rather than the OrderedDict state_dict() returns.');
+    const libtorch = contentError(what, error, 'pickled data').message.slice(what.length + 2).split('\n')[0];
+    throw new Error(`${what}: ${unsupported.message.startsWith(what) ? unsupported.message.slice(what.length + 2) : unsupported.message} ` +
+      `(LibTorch's unpickler cannot read it either: ${libtorch}). torch.load reads what Python's torch.load reads with ` +
+      'weights_only=True: tensors, numbers, strings, booleans, None, lists, tuples, dicts and OrderedDicts.');
   }
 }

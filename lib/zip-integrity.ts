@@ -183,7 +183,7 @@ function readEntry(bytes: Buffer, at: number, limit: number, index: number, fail
 }
 
 /** Checks the local header and data of `entry` and that the data's CRC-32 matches the recorded one. */
-function verifyEntry(bytes: Buffer, entry: Entry, dataLimit: number, fail: (message: string) => never): void {
+function verifyEntry(bytes: Buffer, entry: Entry, dataLimit: number, fail: (message: string) => never): Buffer {
   const where = `entry '${entry.name}'`;
   const at = entry.localOffset;
   if (at + LOCAL_SIZE > dataLimit) {
@@ -230,16 +230,19 @@ function verifyEntry(bytes: Buffer, entry: Entry, dataLimit: number, fail: (mess
   }
   const actual = crc32(content);
   if (actual !== entry.crc) fail(`${where} is damaged: its CRC-32 is ${hex32(actual)} but the archive records ${hex32(entry.crc)}`);
+  return Buffer.from(content.buffer, content.byteOffset, content.byteLength);
 }
 
 /**
  * Checks that `bytes` is a whole zip archive: its end records (zip64 ones included), every
  * central-directory entry, each entry's local header and data inside the file, and the
- * CRC-32 of each entry's data (stored or deflated) against the central directory.
+ * CRC-32 of each entry's data (stored or deflated) against the central directory. Returns
+ * each entry's content by name (stored entries as views of `bytes`).
  * Throws an Error whose message starts with `${what}: ` and names the damaged entry or
  * the truncation, e.g. `cannot load TorchScript model 'x.pt': entry 'x/data/3' is damaged: ...`.
  */
-export function verifyZipArchive(bytes: Buffer, what: string): void {
+export function verifyZipArchive(bytes: Buffer, what: string): Map<string, Buffer> {
+  const contents = new Map<string, Buffer>();
   const fail = (message: string): never => { throw new Error(`${what}: ${message}`); };
   const directory = readDirectory(bytes, fail);
   // Readers find the directory from the end records, so it must end exactly where they begin.
@@ -251,19 +254,21 @@ export function verifyZipArchive(bytes: Buffer, what: string): void {
   const limit = directory.offset + directory.size;
   for (let index = 0; index < directory.entries; index++) {
     const entry = readEntry(bytes, at, limit, index, fail);
-    verifyEntry(bytes, entry, directory.offset, fail);
+    if (contents.has(entry.name)) fail(`the archive has two entries named '${entry.name}'`);
+    contents.set(entry.name, verifyEntry(bytes, entry, directory.offset, fail));
     at += entry.length;
   }
   if (at !== limit) {
     fail(`the central directory is damaged: it records ${directory.entries} entries in ${directory.size} bytes, but they take ${at - directory.offset}`);
   }
+  return contents;
 }
 
 /**
  * Reads the zip archive at `path` (a TorchScript file or a torch.save file) and checks it
  * with `verifyZipArchive` before LibTorch sees a byte of it. Errors start with `${what}: `.
  */
-export function readArchive(path: string, what: string): Buffer {
+export function readArchive(path: string, what: string): { bytes: Buffer; entries: Map<string, Buffer> } {
   let bytes: Buffer;
   try {
     const stats = fs.statSync(path);
@@ -274,8 +279,7 @@ export function readArchive(path: string, what: string): Buffer {
     const failure = error as NodeJS.ErrnoException;
     throw new Error(`${what}: ${failure.code === 'ENOENT' ? 'no such file' : failure.message}`);
   }
-  verifyZipArchive(bytes, what);
-  return bytes;
+  return { bytes, entries: verifyZipArchive(bytes, what) };
 }
 
 /** LibTorch's words for "the data made no sense to me", which say nothing to a user. */

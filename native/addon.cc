@@ -33,6 +33,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeScriptModule", scriptModule);
   exports.Set("NativeNnModule", nnModule);
   exports.Set("fromTypedArray", Napi::Function::New(env, Guarded<TensorFromTypedArray>));
+  exports.Set("fromBytes", Napi::Function::New(env, Guarded<TensorFromBytes>));
   exports.Set("callOp", Napi::Function::New(env, CallOp));
   exports.Set("loadScriptModule", Napi::Function::New(env, LoadScriptModule));
   exports.Set("createNnModule", Napi::Function::New(env, CreateNnModule));

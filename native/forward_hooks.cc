@@ -28,7 +28,7 @@ torch::jit::RegisterOperators registerTap({torch::jit::Operator(
 // later operation of the forward (which reads that same tensor) computes only those.
 void LeaveEarly(ForwardContext& context, int64_t hookId, const at::Tensor& meeting, const c10::IValue& exitOutput,
                 const c10::IValue& moduleOutput) {
-  at::NoGradGuard noGrad;
+  c10::NoGradGuard noGrad;
   at::Tensor leaving = meeting.nonzero().squeeze(1);
   at::Tensor staying = meeting.logical_not().nonzero().squeeze(1);
   if (!context.remaining.defined()) context.remaining = at::arange(meeting.size(0), at::kLong).to(meeting.device());

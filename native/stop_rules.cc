@@ -13,7 +13,7 @@ StopRule::Kind ParseStopRuleKind(const std::string& name) {
 }
 
 at::Tensor SamplesMeeting(const StopRule& rule, const at::Tensor& output, PatienceState& patience) {
-  at::NoGradGuard noGrad;
+  c10::NoGradGuard noGrad;
   at::Tensor logits = output.dim() == 1 ? output.unsqueeze(0) : output;
   if (logits.dim() != 2) throw std::invalid_argument("a stop rule needs exit outputs of shape [N, classes]");
   switch (rule.kind) {

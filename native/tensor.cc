@@ -81,6 +81,7 @@ Napi::Function Tensor::Define(Napi::Env env) {
                          TEE_METHOD(Tensor, "setGrad", SetGrad),
                          TEE_METHOD(Tensor, "isLeaf", IsLeaf),
                          TEE_METHOD(Tensor, "data", Data),
+                         TEE_METHOD(Tensor, "bytes", Bytes),
                          TEE_METHOD(Tensor, "item", Item),
                          TEE_METHOD(Tensor, "backward", Backward),
                          TEE_METHOD(Tensor, "dispose", Dispose),
@@ -184,6 +185,13 @@ Napi::Value Tensor::IsLeaf(const Napi::CallbackInfo& info) {
 
 Napi::Value Tensor::Data(const Napi::CallbackInfo& info) { return CopyToTypedArray(info.Env(), Get(info.Env())); }
 
+// The elements' raw bytes in row-major order and the tensor's own dtype (half and bfloat16
+// included), as torch.save stores a storage.
+Napi::Value Tensor::Bytes(const Napi::CallbackInfo& info) {
+  at::Tensor tensor = Get(info.Env()).detach().to(c10::kCPU).contiguous();
+  return Napi::Buffer<char>::Copy(info.Env(), static_cast<const char*>(tensor.data_ptr()), tensor.nbytes());
+}
+
 Napi::Value Tensor::Item(const Napi::CallbackInfo& info) {
   c10::Scalar value = Get(info.Env()).item();
   if (value.isBoolean()) return Napi::Boolean::New(info.Env(), value.toBool());
@@ -227,6 +235,20 @@ Napi::Value TensorFromTypedArray(const Napi::CallbackInfo& info) {
   at::Tensor tensor = at::empty(shape, at::TensorOptions().dtype(source));
   if (array.ByteLength() > 0) std::memcpy(tensor.data_ptr(), bytes, array.ByteLength());
   return Tensor::Wrap(env, target == source ? tensor : tensor.to(target));
+}
+
+Napi::Value TensorFromBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsBuffer() || !info[1].IsString()) ThrowTypeError(env, "fromBytes(bytes: Buffer, dtype: string)");
+  Napi::Buffer<char> bytes = info[0].As<Napi::Buffer<char>>();
+  c10::ScalarType dtype = ParseDtype(info[1].As<Napi::String>());
+  size_t element = c10::elementSize(dtype);
+  if (bytes.Length() % element != 0) {
+    ThrowError(env, std::to_string(bytes.Length()) + " bytes are not a whole number of " + DtypeName(dtype) + " elements");
+  }
+  at::Tensor tensor = at::empty({static_cast<int64_t>(bytes.Length() / element)}, at::TensorOptions().dtype(dtype));
+  if (bytes.Length() > 0) std::memcpy(tensor.data_ptr(), bytes.Data(), bytes.Length());
+  return Tensor::Wrap(env, tensor);
 }
 
 }  // namespace tee

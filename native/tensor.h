@@ -37,6 +37,7 @@ class Tensor : public GuardedWrap<Tensor> {
   Napi::Value SetGrad(const Napi::CallbackInfo& info);
   Napi::Value IsLeaf(const Napi::CallbackInfo& info);
   Napi::Value Data(const Napi::CallbackInfo& info);
+  Napi::Value Bytes(const Napi::CallbackInfo& info);
   Napi::Value Item(const Napi::CallbackInfo& info);
   Napi::Value Backward(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
@@ -50,5 +51,8 @@ class Tensor : public GuardedWrap<Tensor> {
 
 // Creates a tensor from a TypedArray copy: fromTypedArray(array, shape, dtype).
 Napi::Value TensorFromTypedArray(const Napi::CallbackInfo& info);
+// A 1-D tensor of `dtype` over a copy of the raw little-endian bytes of a Buffer:
+// fromBytes(buffer, dtype). The storages of torch.save files are read this way.
+Napi::Value TensorFromBytes(const Napi::CallbackInfo& info);
 
 }  // namespace tee

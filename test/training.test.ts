@@ -302,8 +302,12 @@ print(json.dumps({"bias": branch[2].bias.tolist(), "fc": backbone.fc.bias.tolist
     python(`import torch; torch.save({"a": torch.arange(4).reshape(2, 2).float(), "b": torch.ones(1)}, ${JSON.stringify(fromPython)})`);
     expect(torch.load(fromPython).a.toArray()).toEqual([[0, 1], [2, 3]]);
     const stateDict = path.join(tmpdir(), 'sd.pt');
-    python(`import torch; torch.save(torch.nn.Linear(3, 2).state_dict(), ${JSON.stringify(stateDict)})`);
-    expect(() => torch.load(stateDict)).toThrow(/save dict\(state_dict\) rather than the OrderedDict/);
+    // The form every PyTorch tutorial writes: an OrderedDict with _metadata.
+    const weights = JSON.parse(python(`import torch, json; torch.manual_seed(0); m = torch.nn.Linear(3, 2); ` +
+      `torch.save(m.state_dict(), ${JSON.stringify(stateDict)}); print(json.dumps(m.weight.tolist()))`));
+    const loaded = torch.load(stateDict);
+    expect(Object.keys(loaded)).toEqual(['weight', 'bias']);
+    expect(loaded.weight.toArray()).toEqual(weights);
     expect(() => torch.load('/no/such.pt')).toThrow("torch.load: no such file '/no/such.pt'");
     expect(() => loadCheckpoint(tmpdir())).toThrow(/checkpoint.json is missing/);
   });
