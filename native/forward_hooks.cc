@@ -1,5 +1,6 @@
 #include "forward_hooks.h"
 
+#include <c10/core/GradMode.h>
 #include <torch/csrc/jit/runtime/custom_operator.h>
 
 #include <stdexcept>

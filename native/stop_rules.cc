@@ -1,5 +1,7 @@
 #include "stop_rules.h"
 
+#include <c10/core/GradMode.h>
+
 #include <stdexcept>
 
 namespace tee {

@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# Runs torch-early-exit's build and tests against LibTorch 2.6 on a host that has
+# LibTorch 1.13 (Debian 12): inside a Debian 13 (trixie) root file system that has
+# Debian's libtorch-dev 2.6 and python3-torch 2.6.
+#
+#   bash scripts/libtorch2-env.sh build        make the root (once; later calls reuse it)
+#   bash scripts/libtorch2-env.sh run 'CMD'    run CMD in a copy of this repository inside the root
+#   bash scripts/libtorch2-env.sh test         = run 'bash scripts/setup.sh && npm test'
+#
+# Environment:
+#   TEE_TRIXIE_ROOT       where the root lives (default /var/cache/torch-early-exit/trixie),
+#                         outside the repository so that git, npm pack and jest never see it.
+#   TEE_TRIXIE_MIRROR     the Debian mirror (default: the first URIs: in the host's
+#                         /etc/apt/sources.list.d/debian.sources).
+#   TEE_TRIXIE_COPY_BACK  space-separated paths, relative to the repository, to copy from the
+#                         copy inside the root back into this checkout after CMD succeeded,
+#                         e.g. "prebuilds". Copied without --delete: the host's own files
+#                         (the 1.13 binary) stay.
+#
+# Needs root (chroot, mount). Two calls at once are serialised with a lock.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=${TEE_TRIXIE_ROOT:-/var/cache/torch-early-exit/trixie}
+ROOT=${ROOT%/}
+PARTIAL="$ROOT.partial"
+# Inside the root the repository is a persistent copy, not a bind mount of this checkout:
+# node_modules/, build/, dist/, test/fixtures/ and prebuilds/ made there (by Node, LibTorch
+# 2.6 and PyTorch 2.6) must not overwrite the host's 1.13 ones, and are reused between runs.
+COPY_IN_ROOT=/work/repo
+# The list of files the last sync copied, to delete in the copy what was deleted here.
+SYNC_LIST_IN_ROOT=/work/.repo-files
+GUEST_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+
+# What the root needs, each for a reason:
+#   libtorch-dev, libopenblas0-pthread   LibTorch 2.6 to build against; OpenBLAS explicitly,
+#                                        since without recommends libtorch's BLAS dependency
+#                                        could be met by the slow reference BLAS
+#   python3-torch                        PyTorch 2.6 makes test/fixtures (scripts/fixtures.js)
+#   python3-torchvision                  scripts/setup.sh checks for it; without it setup.sh
+#                                        would run apt-get inside on every test run
+#   nodejs, npm                          npm ci / build / jest (trixie: Node 20)
+#   g++, cmake, make                     cmake-js builds the addon
+#   ninja-build                          cmake-js picks Ninja when it is there, as on the host
+#   ca-certificates                      TLS for npm and python inside (/etc/ssl/certs)
+# git is not needed: the file list is taken on the host, and npm pack does not use git.
+PACKAGES=(libtorch-dev libopenblas0-pthread python3-torch python3-torchvision
+  nodejs npm g++ cmake make ninja-build ca-certificates)
+
+log() { echo "[libtorch2-env] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---- timings: each phase's time is printed when it ends, and all of them at exit ----
+TIMINGS=()
+PHASE=""
+PHASE_START=0
+now() { date +%s.%N; }
+phase_begin() { PHASE=$1; PHASE_START=$(now); log "phase $PHASE ..."; }
+phase_end() {
+  local took
+  took=$(awk -v a="$PHASE_START" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+  TIMINGS+=("$(printf '%-24s %8ss%s' "$PHASE" "$took" "${1:+  ($1)}")")
+  log "phase $PHASE: ${took}s${1:+ ($1)}"
+  PHASE=""
+}
+
+# ---- mounts: every mount this script makes is recorded and undone in reverse order ----
+MOUNTED=()
+bind_mount() { # SRC DST
+  mkdir -p "$2"
+  mount --bind "$1" "$2"
+  MOUNTED+=("$2")
+}
+unmount_recorded() {
+  local i
+  for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
+    umount "${MOUNTED[i]}" 2>/dev/null || umount -l "${MOUNTED[i]}" ||
+      log "warning: could not unmount ${MOUNTED[i]}"
+  done
+  MOUNTED=()
+}
+# Mounts left under DIR by an earlier call that was killed outright (kill -9, power loss):
+# unmount them, deepest first, before DIR is reused or deleted (deleting a root that still
+# has the host's /dev bound inside would delete the host's /dev).
+unmount_stale_under() { # DIR
+  local dir=$1 m
+  awk -v p="$dir" '$5 == p || index($5, p "/") == 1 { print $5 }' /proc/self/mountinfo |
+    sort -r | while read -r m; do
+      log "unmounting stale $m"
+      umount "$m" 2>/dev/null || umount -l "$m"
+    done
+}
+# The kernel's and the host's devices and DNS/TLS settings, for apt, npm, python and jest.
+enter_mounts() { # ROOTDIR
+  local r=$1
+  unmount_stale_under "$r"
+  bind_mount /proc "$r/proc"
+  bind_mount /sys "$r/sys"
+  bind_mount /dev "$r/dev"
+  bind_mount /dev/pts "$r/dev/pts"
+  # Not recursive, so /dev/shm (POSIX shared memory: torch, node workers) is bound on its own.
+  if mountpoint -q /dev/shm; then bind_mount /dev/shm "$r/dev/shm"; fi
+  cp -L --remove-destination /etc/resolv.conf "$r/etc/resolv.conf"
+  # The host's bundle may hold a proxy's CA that the root's ca-certificates lacks.
+  install -D -m 644 "$CA_BUNDLE" "$r$CA_BUNDLE"
+}
+
+on_exit() {
+  local rc=$?
+  trap - EXIT INT TERM
+  unmount_recorded
+  if [ -n "$PHASE" ]; then phase_end "failed, exit $rc"; fi
+  if [ "${#TIMINGS[@]}" -gt 0 ]; then
+    log "timings:"
+    printf '  %s\n' "${TIMINGS[@]}" >&2
+  fi
+  exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Runs ARGS inside ROOTDIR with a clean environment (nothing of the host's leaks in).
+in_root() { # ROOTDIR ARGS...
+  local r=$1
+  shift
+  chroot "$r" /usr/bin/env -i HOME=/root PATH="$GUEST_PATH" LANG=C.UTF-8 TERM="${TERM:-dumb}" \
+    NODE_EXTRA_CA_CERTS="$CA_BUNDLE" CI="${CI:-}" DEBIAN_FRONTEND=noninteractive "$@"
+}
+
+# A host package, installed when its command is missing; apt-get update only when the
+# install fails without it (stale or empty lists).
+ensure_host_tool() { # COMMAND PACKAGE
+  command -v "$1" >/dev/null 2>&1 && return 0
+  log "installing $2 on the host"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }
+}
+
+mirror() {
+  if [ -n "${TEE_TRIXIE_MIRROR:-}" ]; then echo "$TEE_TRIXIE_MIRROR"; return; fi
+  local m=""
+  [ -f /etc/apt/sources.list.d/debian.sources ] &&
+    m=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+# ---- 1. the root: made once in $ROOT.partial, renamed to $ROOT only when complete ----
+ensure_root() {
+  if [ -e "$ROOT/.ready" ]; then
+    log "reusing $ROOT"
+    return 0
+  fi
+  # $ROOT without .ready was not made by this script (it renames only complete roots):
+  # refuse rather than delete someone's directory.
+  [ -e "$ROOT" ] && die "$ROOT exists but has no .ready; remove it (rm -rf --one-file-system) or set TEE_TRIXIE_ROOT"
+
+  # An interrupted build is started over, never reused half-made.
+  if [ -e "$PARTIAL" ]; then
+    [ -e "$PARTIAL/.torch-early-exit-partial" ] || die "$PARTIAL exists and was not made by this script; remove it"
+    log "removing the interrupted build $PARTIAL"
+    unmount_stale_under "$PARTIAL"
+    rm -rf --one-file-system "$PARTIAL"
+  fi
+
+  phase_begin "host tools"
+  ensure_host_tool debootstrap debootstrap
+  phase_end
+
+  phase_begin "debootstrap"
+  mkdir -p "$PARTIAL"
+  touch "$PARTIAL/.torch-early-exit-partial"
+  local m
+  m=$(mirror)
+  log "debootstrap --variant=minbase trixie $PARTIAL $m"
+  debootstrap --variant=minbase trixie "$PARTIAL" "$m" >"$PARTIAL.debootstrap.log" 2>&1 ||
+    { tail -30 "$PARTIAL.debootstrap.log" >&2; die "debootstrap failed; log: $PARTIAL.debootstrap.log"; }
+  phase_end
+
+  phase_begin "package install"
+  enter_mounts "$PARTIAL"
+  in_root "$PARTIAL" apt-get update -qq
+  in_root "$PARTIAL" apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >"$PARTIAL.apt.log" 2>&1 ||
+    { tail -30 "$PARTIAL.apt.log" >&2; die "apt-get install failed; log: $PARTIAL.apt.log"; }
+  in_root "$PARTIAL" apt-get clean
+  unmount_recorded
+  phase_end
+
+  rm -f "$PARTIAL/.torch-early-exit-partial" "$PARTIAL.debootstrap.log" "$PARTIAL.apt.log"
+  touch "$PARTIAL/.ready"
+  # The rename is what marks the root complete: .ready is only ever seen at $ROOT together
+  # with everything above.
+  mv "$PARTIAL" "$ROOT"
+  log "made $ROOT ($(du -sh --one-file-system "$ROOT" | cut -f1))"
+}
+
+# ---- 2. the repository: synced into the root's persistent copy ----
+sync_repo() {
+  phase_begin "sync repository"
+  ensure_host_tool rsync rsync
+  local copy="$ROOT$COPY_IN_ROOT" list="$ROOT$SYNC_LIST_IN_ROOT"
+  mkdir -p "$copy"
+  # Tracked and untracked-not-ignored files: what a fresh clone plus the work in progress
+  # has; never node_modules/, build/, dist/, test/fixtures/ or prebuilds/ (all ignored).
+  git -C "$REPO" ls-files -co --exclude-standard -z | sort -zu >"$list.new"
+  # --delete-missing-args: a tracked file deleted in the work tree is still listed; delete
+  # it in the copy too.
+  rsync -a --from0 --files-from="$list.new" --delete-missing-args "$REPO/" "$copy/"
+  # Files the previous sync copied that are gone from the list now (git rm, deleted
+  # untracked files): delete them in the copy. Paths that are ignored now are left alone,
+  # since the build inside may own them.
+  if [ -f "$list" ]; then
+    local path n=0
+    while IFS= read -r -d '' path; do
+      git -C "$REPO" check-ignore -q --no-index -- "$path" && continue
+      [ -d "$copy/$path" ] && [ ! -L "$copy/$path" ] && continue
+      rm -f -- "$copy/$path"
+      n=$((n + 1))
+      if [ "$(dirname -- "$path")" != . ]; then
+        (cd "$copy" && rmdir -p --ignore-fail-on-non-empty -- "$(dirname -- "$path")" 2>/dev/null) || true
+      fi
+    done < <(comm -z -23 "$list" "$list.new")
+    if [ "$n" -gt 0 ]; then log "deleted $n file(s) in the copy that are gone here"; fi
+  fi
+  mv "$list.new" "$list"
+  phase_end "$(tr -cd '\0' <"$list" | wc -c) files"
+}
+
+copy_back() {
+  [ -n "${TEE_TRIXIE_COPY_BACK:-}" ] || return 0
+  phase_begin "copy back"
+  local path owner
+  owner=$(stat -c %u:%g "$REPO")
+  for path in $TEE_TRIXIE_COPY_BACK; do
+    path=${path%/}
+    case "/$path/" in
+      */../* | //*) die "TEE_TRIXIE_COPY_BACK: $path must be a path inside the repository" ;;
+    esac
+    if [ ! -e "$ROOT$COPY_IN_ROOT/$path" ]; then
+      log "copy back: $path does not exist inside, skipped"
+      continue
+    fi
+    # -R with /./: recreate $path under the checkout; no --delete, so host files stay.
+    rsync -aR --chown="$owner" "$ROOT$COPY_IN_ROOT/./$path" "$REPO/"
+    log "copied back $path"
+  done
+  phase_end
+}
+
+run_in_root() { # CMD
+  local cmd=$1
+  sync_repo
+  phase_begin "run"
+  enter_mounts "$ROOT"
+  log "in $ROOT:$COPY_IN_ROOT: $cmd"
+  # set -e ends the script here when CMD fails: on_exit unmounts and prints timings, and
+  # nothing is copied back from a failed run.
+  in_root "$ROOT" bash -lc "cd $COPY_IN_ROOT && $cmd"
+  unmount_recorded
+  phase_end
+  copy_back
+}
+
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed -n 's/^# \{0,1\}//p' >&2
+  exit 2
+}
+
+[ "$(id -u)" -eq 0 ] || die "needs root (chroot, mount): sudo bash $0 $*"
+[ $# -ge 1 ] || usage
+
+# One call at a time per root: two would mount over each other and race in the copy.
+mkdir -p "$(dirname "$ROOT")"
+exec 9>"$ROOT.lock"
+flock -n 9 || { log "waiting for another call on $ROOT"; flock 9; }
+
+case "$1" in
+  build) ensure_root ;;
+  run)
+    [ $# -eq 2 ] || usage
+    ensure_root
+    run_in_root "$2"
+    ;;
+  test)
+    ensure_root
+    run_in_root 'bash scripts/setup.sh && npm test'
+    ;;
+  *) usage ;;
+esac
