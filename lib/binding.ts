@@ -91,9 +91,8 @@ export interface Binding {
   /** Loads a TorchScript archive from its bytes; `name` (the file) is for error messages. */
   loadScriptModule(bytes: Buffer, name: string, device?: string): NativeScriptModule;
   createNnModule(kind: string, options: Record<string, unknown>, children?: NativeNnModule[]): NativeNnModule;
-  /** Bytes in torch.save's format (Python's torch.load reads them). */
+  /** Bytes in the torch.save format of LibTorch's own pickler (what torch.save wrote before 0.2; tests only). */
   pickleSave(value: NativeValue): Buffer;
-  pickleLoad(bytes: Buffer): NativeValue;
   setNumThreads(threads: number): void;
   getNumThreads(): number;
   manualSeed(seed: number): void;

@@ -7,7 +7,7 @@
  * dicts with their `_metadata` included, and refuses any other global as `weights_only` does.
  */
 
-/** A Python global the reader does not know: the caller may hand the file to LibTorch instead. */
+/** A Python global or opcode the reader does not take, as torch.load with weights_only refuses it. */
 export class UnsupportedPickle extends Error {}
 
 /** What a storage of a torch.save file is: its dtype and its bytes, found by key. */
@@ -137,8 +137,15 @@ export function unpickle(bytes: Buffer, storage: StorageResolver, tensor: Tensor
       case 'torch._utils._rebuild_parameter':
       case 'torch._utils._rebuild_parameter_with_state':
         return (data: { requiresGrad: boolean }, requiresGrad: boolean) => { data.requiresGrad = Boolean(requiresGrad); return data; };
-      // What LibTorch's own pickler wraps typed containers in.
-      case 'torch.jit._pickle.restore_type_tag': return (value: unknown) => value;
+      // What LibTorch's own pickler (this library's torch.save before 0.2) wraps typed
+      // containers and lists in.
+      case 'torch.jit._pickle.restore_type_tag':
+      case 'torch.jit._pickle.build_intlist':
+      case 'torch.jit._pickle.build_doublelist':
+      case 'torch.jit._pickle.build_boollist':
+      case 'torch.jit._pickle.build_tensorlist':
+      case 'torch.jit._pickle.build_genericlist':
+        return (value: unknown) => value;
       default: throw new UnsupportedPickle(`the pickle needs the Python global ${qualified}, which torch.load with weights_only does not allow`);
     }
   }

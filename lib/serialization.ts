@@ -7,8 +7,8 @@ import { writeFileAtomic } from './atomic-write';
 import { binding } from './binding';
 import { checkString } from './check';
 import { PickleWriter, STORAGE_DTYPES, UnsupportedPickle, unpickle } from './pickle';
-import { Tensor, callOp, fromNative } from './tensor';
-import { contentError, readArchive } from './zip-integrity';
+import { Tensor, callOp } from './tensor';
+import { readArchive } from './zip-integrity';
 import { zipStored } from './zip-writer';
 
 /**
@@ -183,25 +183,17 @@ export function load(path: string): any {
   checkString(path, 'torch.load: path');
   if (!fs.existsSync(path)) throw new Error(`torch.load: no such file '${path}'`);
   const what = `torch.load: cannot read '${path}'`;
-  const { bytes, entries } = readArchive(path, what);
-  let unsupported: UnsupportedPickle;
+  const { entries } = readArchive(path, what);
+  // Not LibTorch's unpickler: it loops without end on some damaged pickles (1.13 and 2.6).
   try {
     return decodeTorchSave(entries, what);
   } catch (error) {
-    if (!(error instanceof UnsupportedPickle)) {
-      const message = (error as Error).message;
-      throw message.startsWith(what) ? error : new Error(`${what}: its pickled data is damaged: ${message}`);
+    const message = (error as Error).message;
+    if (message.startsWith(what)) throw error;
+    if (error instanceof UnsupportedPickle) {
+      throw new Error(`${what}: ${message}. torch.load reads what Python's torch.load reads with weights_only=True: ` +
+        'tensors, numbers, strings, booleans, None, lists, tuples, dicts and OrderedDicts.');
     }
-    unsupported = error;
-  }
-  // Files that need more than a dict of tensors and values (older files of this library,
-  // written by LibTorch's own pickler) go to LibTorch's unpickler.
-  try {
-    return fromNative(binding.pickleLoad(bytes));
-  } catch (error) {
-    const libtorch = contentError(what, error, 'pickled data').message.slice(what.length + 2).split('\n')[0];
-    throw new Error(`${what}: ${unsupported.message.startsWith(what) ? unsupported.message.slice(what.length + 2) : unsupported.message} ` +
-      `(LibTorch's unpickler cannot read it either: ${libtorch}). torch.load reads what Python's torch.load reads with ` +
-      'weights_only=True: tensors, numbers, strings, booleans, None, lists, tuples, dicts and OrderedDicts.');
+    throw new Error(`${what}: its pickled data is damaged: ${message}`);
   }
 }

@@ -108,6 +108,11 @@ function readDirectory(bytes: Buffer, fail: (message: string) => never): Directo
     fail(`the zip64 end-of-central-directory record at byte ${record} lies past the zip64 locator at byte ${locator}`);
   }
   if (bytes.readUInt32LE(record) !== ZIP64_EOCD_SIGNATURE) fail(`no zip64 end-of-central-directory record at byte ${record}`);
+  // Its size field counts the bytes after itself: the record must end at the locator.
+  const recordSize = readUint64(bytes, record + 4, fail, 'the zip64 end-of-central-directory record size');
+  if (record + 12 + recordSize !== locator) {
+    fail(`the zip64 end-of-central-directory record is damaged: it says it has ${recordSize} more bytes, but the locator follows after ${locator - record - 12}`);
+  }
   const zip64 = {
     entries: readUint64(bytes, record + 32, fail, 'the zip64 entry count'),
     size: readUint64(bytes, record + 40, fail, 'the zip64 central directory size'),

@@ -38,7 +38,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadScriptModule", Napi::Function::New(env, LoadScriptModule));
   exports.Set("createNnModule", Napi::Function::New(env, CreateNnModule));
   exports.Set("pickleSave", Napi::Function::New(env, Guarded<PickleSave>));
-  exports.Set("pickleLoad", Napi::Function::New(env, Guarded<PickleLoad>));
   ExportRuntime(env, exports);
   return exports;
 }

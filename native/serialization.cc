@@ -16,12 +16,4 @@ Napi::Value PickleSave(const Napi::CallbackInfo& info) {
   return Napi::Buffer<char>::Copy(env, bytes.data(), bytes.size());
 }
 
-Napi::Value PickleLoad(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!info[0].IsBuffer()) ThrowTypeError(env, "pickleLoad needs a Buffer");
-  Napi::Buffer<char> buffer = info[0].As<Napi::Buffer<char>>();
-  std::vector<char> bytes(buffer.Data(), buffer.Data() + buffer.Length());
-  return FromIValue(env, torch::jit::pickle_load(bytes));
-}
-
 }  // namespace tee

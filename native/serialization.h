@@ -1,4 +1,5 @@
-// Files that Python's torch.load reads and writes (torch.save's zip format).
+// LibTorch's own pickler: the torch.save files this library wrote before it wrote Python's
+// format itself (lib/pickle.ts). Kept so that tests can make such files and check they load.
 #pragma once
 
 #include <napi.h>
@@ -7,7 +8,5 @@ namespace tee {
 
 // pickleSave(value) -> Buffer, for a dict of tensors and other TorchScript values.
 Napi::Value PickleSave(const Napi::CallbackInfo& info);
-// pickleLoad(buffer) -> value.
-Napi::Value PickleLoad(const Napi::CallbackInfo& info);
 
 }  // namespace tee

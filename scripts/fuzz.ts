@@ -11,7 +11,7 @@
  *   writes    saves that fail on a full disk (a small tmpfs; root only), over good files
  *
  *   npm run build:ts && node dist/scripts/fuzz.js [--seed N] [--files 1000] [--inputs 300]
- *     [--workers 100] [--writes 24] [--json out.json] [--replay files:17]
+ *     [--workers 100] [--writes 24] [--json out.json] [--replay files:17] [--keep DIR]
  *
  * Exit code 1 when any case crashed, hung, damaged a previous file or loaded a damaged file
  * silently. Every case is replayable alone from the seed and its id (--replay KIND:ID).
@@ -41,6 +41,8 @@ interface Outcome {
 
 interface Options {
   seed: number;
+  /** A folder to keep the damaged files in, for a replay to look at. */
+  keep?: string;
   counts: Record<Kind, number>;
   json?: string;
   replay?: { kind: Kind; id: number };
@@ -334,6 +336,10 @@ async function fuzzFiles(options: Options, scratch: string, ids: number[]): Prom
       { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 })) as Record<string, { path: string; mutation: string; damaged: boolean }>;
     const cases = job.cases.map((c) => ({ ...c, ...made[String(c.id)] }));
     outcomes.push(...await runCases('files', options.seed, cases, scratch));
+    if (options.keep) {
+      fs.mkdirSync(options.keep, { recursive: true });
+      for (const c of cases) fs.copyFileSync(c.path, path.join(options.keep, `${path.basename(c.path, '.pt')}-${c.mutation.replace(/[^\w.-]+/g, '_')}.pt`));
+    }
     fs.rmSync(folder, { recursive: true, force: true });
   }
   return outcomes;
@@ -410,6 +416,7 @@ function parseArgs(args: string[]): Options {
     if (KINDS.includes(kind)) options.counts[kind] = value === '0' ? 0 : positiveInt(flag, value);
     else if (flag === '--seed') options.seed = positiveInt(flag, value);
     else if (flag === '--json') options.json = jsonFile(value);
+    else if (flag === '--keep') options.keep = value;
     else if (flag === '--replay') {
       const [replayKind, id] = (value ?? '').split(':');
       if (!KINDS.includes(replayKind as Kind)) throw new Error(`--replay needs KIND:ID with KIND one of ${KINDS.join(', ')}`);

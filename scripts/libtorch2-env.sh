@@ -6,6 +6,7 @@
 #   bash scripts/libtorch2-env.sh build        make the root (once; later calls reuse it)
 #   bash scripts/libtorch2-env.sh run 'CMD'    run CMD in a copy of this repository inside the root
 #   bash scripts/libtorch2-env.sh test         = run 'bash scripts/setup.sh && npm test'
+#   bash scripts/libtorch2-env.sh exchange     fixtures and prebuilt binaries, each side to the other
 #
 # Environment:
 #   TEE_TRIXIE_ROOT       where the root lives (default /var/cache/torch-early-exit/trixie),
@@ -262,6 +263,30 @@ run_in_root() { # CMD
   copy_back
 }
 
+# ---- 3. what the two LibTorch versions give each other ----
+# The fixtures each PyTorch made (a scripted and a traced ResNet-20 with their references, a
+# state dict saved by Python's torch.save) go to the other side's test/fixtures/torch-<version>/
+# for test/cross-version.test.ts, and each side's prebuilt binary goes to the other's
+# prebuilds/, so that npm pack on either side carries both.
+exchange() {
+  phase_begin "exchange"
+  local host="$REPO" guest="$ROOT$COPY_IN_ROOT" from to version
+  for pair in "$host:$guest" "$guest:$host"; do
+    from=${pair%%:*}
+    to=${pair#*:}
+    [ -f "$from/test/fixtures/TORCH_VERSION" ] || die "no fixtures in $from/test/fixtures: run scripts/setup.sh there first"
+    version=$(cat "$from/test/fixtures/TORCH_VERSION")
+    rm -rf "$to/test/fixtures/torch-$version"
+    mkdir -p "$to/test/fixtures/torch-$version"
+    cp "$from/test/fixtures/"{resnet20_scripted.pt,resnet20_traced.pt,resnet20_reference.json,branch_state_dict.pt,TORCH_VERSION} \
+      "$to/test/fixtures/torch-$version/"
+    mkdir -p "$to/prebuilds"
+    cp -r "$from/prebuilds/." "$to/prebuilds/"
+    log "fixtures of PyTorch $version and the prebuilt binaries of $from -> $to"
+  done
+  phase_end
+}
+
 usage() {
   sed -n '2,/^set -euo/p' "$0" | sed -n 's/^# \{0,1\}//p' >&2
   exit 2
@@ -285,6 +310,10 @@ case "$1" in
   test)
     ensure_root
     run_in_root 'bash scripts/setup.sh && npm test'
+    ;;
+  exchange)
+    ensure_root
+    exchange
     ;;
   *) usage ;;
 esac

@@ -260,6 +260,9 @@ def make_resnet(w):
     w.jit("resnet20_frozen.pt", frozen)
     with open(w.path("resnet20_scripted.pt"), "rb") as f:
         w.bytes("corrupt.pt", f.read(3000))
+    # As every PyTorch tutorial saves weights: the OrderedDict, _metadata and all.
+    torch.save(branch.state_dict(), w.path("branch_state_dict.pt"))
+    w.done("branch_state_dict.pt")
 
     # What the JS side sees is the reloaded archive; check it round-trips.
     with torch.no_grad():
@@ -538,6 +541,9 @@ def main(outdir):
     make_mnist_cnn(w)
     make_distiller_stats(w)
 
+    # Which PyTorch made these: the other LibTorch's tests read them from torch-<version>/.
+    with open(os.path.join(outdir, "TORCH_VERSION"), "w") as f:
+        f.write(torch.__version__.split("+")[0] + "\n")
     with open(stamp, "w") as f:
         f.write(digest + "\n")
     print("wrote %s" % stamp)

@@ -34,6 +34,16 @@ describe('the npm package', () => {
     expect(files.filter((f) => /^(test|build|lib|examples)\//.test(f) || f.startsWith('dist/scripts') || f.endsWith('.map'))).toEqual([]);
   });
 
+  // CI builds a binary in each LibTorch environment and gives each to the other
+  // (scripts/libtorch2-env.sh exchange): the tarball must carry every one it names.
+  const required = (process.env.TEE_PACK_LIBTORCH ?? '').split(',').filter(Boolean);
+  (required.length > 0 ? it : it.skip)(`carries the prebuilt binary of every LibTorch in TEE_PACK_LIBTORCH (${required.join(', ') || 'unset'})`, () => {
+    const files: string[] = (globalThis as any).packedFiles;
+    for (const version of required) {
+      expect(files).toContain(`prebuilds/${process.platform}-${os.arch()}/torch-early-exit.libtorch-${version}.cpu.node`);
+    }
+  });
+
   it('installs with no build step and runs: require, load a model, attach an exit, forward; and ESM import', () => {
     const project = path.join(work, 'app');
     fs.mkdirSync(project);

@@ -4,6 +4,7 @@
  * weights_only=True where this PyTorch's safe unpickler can: 1.13's lacks floats), and
  * what Python writes (OrderedDict state dicts, tuples, views, parameters) reads here.
  */
+import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -88,6 +89,20 @@ torch.save({'row': base[1], 't': base.t(), 'slice': base[:, 1:3], 'pair': (1, 't
     expect(loaded.h.dtype).toBe('float16');
   });
 
+  it('a damaged pickle is an Error at once (LibTorch\'s unpickler, 1.13 and 2.6, loops without end on this one)', () => {
+    // Found by the fuzz suite (npm run fuzz -- --seed 5 --replay files:365): bytes inserted
+    // into the data.pkl of the fuzz's torch.save file, the archive rewritten with right CRCs.
+    const base = file('fuzz-base.pt');
+    torch.manualSeed(5);
+    torch.save({ weight: torch.randn([64, 32]), bias: torch.arange(32, undefined, 1, { dtype: 'float32' }) }, base);
+    const job = file('fuzz-job.json');
+    fs.writeFileSync(job, JSON.stringify({ seed: 5, out: folder, cases: [{ id: 365, base, family: 'content' }] }));
+    const made = JSON.parse(execFileSync('/usr/bin/python3', [path.join(__dirname, '..', 'scripts', 'fuzz_files.py'), job], { encoding: 'utf8' }))['365'];
+    expect(made.mutation).toBe('content-insert:archive/data.pkl');
+    expect(made.damaged).toBe(false);
+    expect(() => torch.load(made.path)).toThrow(new RegExp(`^torch\\.load: cannot read '${made.path}': pickle opcode 0x6f at byte \\d+ is not one torch\\.save files use`));
+  });
+
   it('refuses what weights_only refuses, naming the global', () => {
     const target = file('class.pt');
     python(`import torch, collections; torch.save({'c': collections.Counter('aab')}, ${JSON.stringify(target)})`);
@@ -98,9 +113,11 @@ torch.save({'row': base[1], 't': base.t(), 'slice': base[:, 1:3], 'pair': (1, 't
 describe('files of earlier versions', () => {
   it("LibTorch's own pickler's files (what torch.save wrote before) still load", () => {
     const target = file('libtorch.pt');
-    fs.writeFileSync(target, binding.pickleSave({ w: torch.tensor([1, 2], { dtype: 'float32' }).native, n: 3 }));
+    fs.writeFileSync(target, binding.pickleSave({ w: torch.tensor([1, 2], { dtype: 'float32' }).native, n: 3, ints: [1, 2], floats: [0.5], flags: [true], nested: { t: [torch.ones([2]).native] } }));
     const loaded = torch.load(target);
     expect(loaded.w.toArray()).toEqual([1, 2]);
     expect(loaded.n).toBe(3);
+    expect([loaded.ints, loaded.floats, loaded.flags]).toEqual([[1, 2], [0.5], [true]]);
+    expect(loaded.nested.t[0].toArray()).toEqual([1, 1]);
   });
 });
