@@ -107,6 +107,16 @@ export interface Binding {
   builtWithCuda: boolean;
 }
 
+/** The addon binary this process loaded, and why it was the one. */
+export interface LoadedBinary {
+  file: string;
+  reason: string;
+  /** The binaries looked at and passed over, each with why. */
+  passedOver: string[];
+}
+
+let loadedBinary: LoadedBinary | undefined;
+
 function loadBinding(): Binding {
   const root = packageRoot();
   const { found, tried } = findRuntimeLibTorch();
@@ -118,6 +128,8 @@ function loadBinding(): Binding {
       `LibTorch at run time: ${found ? `${found.version} (${found.flavour}, ${found.kind} at ${found.libDir})` : `none found (${tried.join('; ')})`}\n${fix}`);
   }
   if (found) preloadLibTorch(found);
+  loadedBinary = { file: choice.file, reason: choice.reason, passedOver: choice.refused.filter((line) => !line.endsWith(': not built')) };
+  if (process.env.TORCH_EARLY_EXIT_VERBOSE) console.error(`torch-early-exit: loading ${choice.file}: ${choice.reason}`);
   let loaded: Binding;
   try {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
@@ -136,3 +148,6 @@ function loadBinding(): Binding {
 
 /** The loaded native addon. */
 export const binding: Binding = loadBinding();
+
+/** Which addon binary was loaded and why (also printed at load with TORCH_EARLY_EXIT_VERBOSE=1). */
+export const binary: LoadedBinary = loadedBinary!;

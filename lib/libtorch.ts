@@ -112,6 +112,8 @@ export interface BinaryChoice {
   file: string | null;
   /** What was looked at and why it was not taken, for the error message. */
   refused: string[];
+  /** Why `file` was taken (empty when none was). */
+  reason: string;
 }
 
 /**
@@ -125,20 +127,27 @@ export function chooseBinary(root: string, runtime: RuntimeLibTorch | null, plat
   const refused: string[] = [];
   for (const local of ['Release', 'Debug']) {
     const file = path.join(root, 'build', local, 'torch_early_exit.node');
-    if (fs.existsSync(file)) return { file, refused };
+    if (fs.existsSync(file)) return { file, refused, reason: `a local build (build/${local}) comes before prebuilt binaries` };
     refused.push(`build/${local}/torch_early_exit.node: not built`);
   }
   const folder = path.join(root, 'prebuilds', platform);
   const prebuilt = fs.existsSync(folder) ? fs.readdirSync(folder).map(parsePrebuildName).filter((t): t is PrebuildTag => t !== null) : [];
+  let chosen: PrebuildTag | undefined;
   for (const tag of prebuilt) {
-    if (runtime && tag.version === runtime.version && tag.flavour === runtime.flavour) {
-      return { file: path.join(folder, tag.file), refused };
+    if (!chosen && runtime && tag.version === runtime.version && tag.flavour === runtime.flavour) {
+      chosen = tag;
+      continue;
     }
     refused.push(`prebuilds/${platform}/${tag.file}: built for LibTorch ${tag.version} (${tag.flavour}), ` +
       (runtime ? `but the LibTorch found is ${runtime.version} (${runtime.flavour}, ${runtime.kind} at ${runtime.libDir})` : 'but no LibTorch was found'));
   }
+  if (chosen && runtime) {
+    const reason = `the prebuilt binary for LibTorch ${chosen.version} (${chosen.flavour}) matches the LibTorch found: ` +
+      `${runtime.version} (${runtime.flavour}, ${runtime.kind} at ${runtime.libDir})`;
+    return { file: path.join(folder, chosen.file), refused, reason };
+  }
   if (prebuilt.length === 0) refused.push(`prebuilds/${platform}/: no prebuilt binary`);
-  return { file: null, refused };
+  return { file: null, refused, reason: '' };
 }
 
 /**

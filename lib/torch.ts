@@ -2,7 +2,7 @@
  * The `torch` namespace: tensor creation, the functions PyTorch keeps at top level,
  * threads, seeds, grad mode, devices and versions.
  */
-import { binding } from './binding';
+import { binary, binding } from './binding';
 import { checkInteger, describeValue } from './check';
 import { DType, Device, TYPED_ARRAY_DTYPE } from './dtype';
 import { keep, tidy } from './scope';
@@ -155,8 +155,8 @@ export const cuda = {
 
 /**
  * The LibTorch version the addon was built against, the version loaded in this process,
- * and whether the build has CUDA.
+ * whether the build has CUDA, and which addon binary was loaded and why.
  */
-export const version = { libtorch: binding.libtorchVersion, loaded: binding.loadedLibtorchVersion, cuda: binding.builtWithCuda };
+export const version = { libtorch: binding.libtorchVersion, loaded: binding.loadedLibtorchVersion, cuda: binding.builtWithCuda, binary };
 
 export type { DType, Device };

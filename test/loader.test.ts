@@ -48,6 +48,22 @@ describe('finding LibTorch and the binary that fits it', () => {
     expect(chooseBinary(root, found).file).toBe(path.join(root, 'prebuilds', platform, name));
   });
 
+  it('says which binary it took and why, and which it passed over', () => {
+    const { found } = findRuntimeLibTorch();
+    const platform = `${process.platform}-${os.arch()}`;
+    const name = prebuildName(found!.version, found!.flavour);
+    const root = fakePackage({ [`prebuilds/${platform}/${prebuildName('9.9.0', 'cpu')}`]: realBinary(), [`prebuilds/${platform}/${name}`]: realBinary() });
+    const choice = chooseBinary(root, found);
+    expect(choice.file).toBe(path.join(root, 'prebuilds', platform, name));
+    expect(choice.reason).toBe(`the prebuilt binary for LibTorch ${found!.version} (${found!.flavour}) matches the LibTorch found: ` +
+      `${found!.version} (${found!.flavour}, ${found!.kind} at ${found!.libDir})`);
+    expect(choice.refused).toContain(`prebuilds/${platform}/torch-early-exit.libtorch-9.9.0.cpu.node: built for LibTorch 9.9.0 (cpu), ` +
+      `but the LibTorch found is ${found!.version} (${found!.flavour}, ${found!.kind} at ${found!.libDir})`);
+    // This process loaded the local build, and says so.
+    expect(torch.version.binary.file).toBe(path.join(ROOT, 'build', 'Release', 'torch_early_exit.node'));
+    expect(torch.version.binary.reason).toBe('a local build (build/Release) comes before prebuilt binaries');
+  });
+
   it('refuses a prebuilt binary tagged for another LibTorch version, with the reason and the fix', () => {
     const { found } = findRuntimeLibTorch();
     const platform = `${process.platform}-${os.arch()}`;
