@@ -154,14 +154,8 @@ export class ScriptModule extends ParameterOwner implements HookModule {
   async callWithHooksAsync(method: string, inputs: unknown[], stopRules?: NativeStopRule[]): Promise<CallWithHooks> {
     checkString(method, 'callMethodAsync: method');
     let result: NativeCallResult;
-    let pending: Promise<NativeCallResult>;
     try {
-      pending = this.native.runMethodAsync(method, inputs.map(toNative), stopRules);
-    } catch (error) {
-      throw clarify(error, method, this.where, inputs);
-    }
-    try {
-      result = await pending;
+      result = await this.native.runMethodAsync(method, inputs.map(toNative), stopRules);
     } catch (error) {
       throw clarify(error, method, this.where, inputs);
     }
