@@ -3,7 +3,7 @@
  * the `.node` binary, and the declaration of everything it exports.
  */
 import * as path from 'path';
-import { baseVersion, chooseBinary, findRuntimeLibTorch, preloadLibTorch } from './libtorch';
+import { baseVersion, chooseBinary, findRuntimeLibTorch, missingLibraryRemedy, preloadLibTorch } from './libtorch';
 import { packageRoot } from './package-root';
 
 /** A JS value that crosses into TorchScript: tensors, numbers, strings, nested arrays and dicts. */
@@ -136,8 +136,10 @@ function loadBinding(): Binding {
     const bindings = require('bindings') as (options: { bindings: string; module_root: string; try: string[][] }) => Binding;
     loaded = bindings({ bindings: path.basename(choice.file), module_root: path.dirname(choice.file), try: [['module_root', 'bindings']] });
   } catch (error) {
-    throw new Error(`torch-early-exit: cannot load ${choice.file}: ${(error as Error).message}\n` +
-      `LibTorch at run time: ${found ? `${found.version} (${found.kind} at ${found.libDir})` : `none found (${tried.join('; ')})`}\n${fix}`);
+    const message = (error as Error).message;
+    const remedy = missingLibraryRemedy(message) ?? fix;
+    throw new Error(`torch-early-exit: cannot load ${choice.file}: ${message}\n` +
+      `LibTorch at run time: ${found ? `${found.version} (${found.flavour}, ${found.kind} at ${found.libDir})` : `none found (${tried.join('; ')})`}\n${remedy}`);
   }
   if (found && loaded.loadedLibtorchVersion && baseVersion(loaded.loadedLibtorchVersion) !== baseVersion(loaded.libtorchVersion)) {
     throw new Error(`torch-early-exit: ${choice.file} was compiled against LibTorch ${loaded.libtorchVersion} ` +

@@ -47,8 +47,17 @@ export function baseVersion(version: string): string {
   return `${match[1]}.${match[2]}.${match[3] ?? '0'}`;
 }
 
+/** `libtorch.so` itself, or a versioned `libtorch.so.X.Y` of a runtime package with no -dev package beside it. */
+function findLibrary(libDir: string, name: string): string | null {
+  if (fs.existsSync(path.join(libDir, name))) return path.join(libDir, name);
+  if (!fs.existsSync(libDir)) return null;
+  const versioned = fs.readdirSync(libDir).filter((file) => file.startsWith(`${name}.`) && /^\.\d+(\.\d+)*$/.test(file.slice(name.length)));
+  versioned.sort((a, b) => a.length - b.length);
+  return versioned.length > 0 ? path.join(libDir, versioned[0]) : null;
+}
+
 function flavourOf(libDir: string): Flavour {
-  return fs.existsSync(path.join(libDir, 'libtorch_cuda.so')) ? 'cuda' : 'cpu';
+  return findLibrary(libDir, 'libtorch_cuda.so') ? 'cuda' : 'cpu';
 }
 
 function fromLibtorchEnv(dir: string, tried: string[]): RuntimeLibTorch | null {
@@ -68,8 +77,8 @@ function fromLibtorchEnv(dir: string, tried: string[]): RuntimeLibTorch | null {
 function fromSystem(tried: string[]): RuntimeLibTorch | null {
   const dirs = [`/usr/lib/${MULTIARCH[os.arch()] ?? ''}`, '/usr/lib', '/usr/local/lib'];
   for (const libDir of dirs) {
-    const library = path.join(libDir, 'libtorch.so');
-    if (!fs.existsSync(library)) continue;
+    const library = findLibrary(libDir, 'libtorch.so');
+    if (!library) continue;
     // Debian's libtorch.so links to libtorch.so.1.13 and on to libtorch.so.1.13.0.
     const real = path.basename(fs.realpathSync(library));
     const match = /libtorch\.so\.(\d+\.\d+(?:\.\d+)?)$/.exec(real);
@@ -132,18 +141,23 @@ export function chooseBinary(root: string, runtime: RuntimeLibTorch | null, plat
   }
   const folder = path.join(root, 'prebuilds', platform);
   const prebuilt = fs.existsSync(folder) ? fs.readdirSync(folder).map(parsePrebuildName).filter((t): t is PrebuildTag => t !== null) : [];
-  let chosen: PrebuildTag | undefined;
+  // A CPU binary serves a CUDA LibTorch of the same version: the addon's code is
+  // device-agnostic, it needs only libtorch, libtorch_cpu and libc10, which both flavours
+  // export alike, and CUDA comes in with libtorch.so. An exact match still comes first.
+  const exact = prebuilt.find((tag) => runtime && tag.version === runtime.version && tag.flavour === runtime.flavour);
+  const cpuForCuda = prebuilt.find((tag) => runtime?.flavour === 'cuda' && tag.version === runtime.version && tag.flavour === 'cpu');
+  const chosen = exact ?? cpuForCuda;
   for (const tag of prebuilt) {
-    if (!chosen && runtime && tag.version === runtime.version && tag.flavour === runtime.flavour) {
-      chosen = tag;
-      continue;
-    }
+    if (tag === chosen) continue;
     refused.push(`prebuilds/${platform}/${tag.file}: built for LibTorch ${tag.version} (${tag.flavour}), ` +
       (runtime ? `but the LibTorch found is ${runtime.version} (${runtime.flavour}, ${runtime.kind} at ${runtime.libDir})` : 'but no LibTorch was found'));
   }
   if (chosen && runtime) {
-    const reason = `the prebuilt binary for LibTorch ${chosen.version} (${chosen.flavour}) matches the LibTorch found: ` +
-      `${runtime.version} (${runtime.flavour}, ${runtime.kind} at ${runtime.libDir})`;
+    const found = `${runtime.version} (${runtime.flavour}, ${runtime.kind} at ${runtime.libDir})`;
+    const reason = chosen === exact
+      ? `the prebuilt binary for LibTorch ${chosen.version} (${chosen.flavour}) matches the LibTorch found: ${found}`
+      : `the CPU binary of LibTorch ${chosen.version} serves the CUDA LibTorch of the same version (its code is device-agnostic ` +
+        `and every symbol it needs is in libtorch, libtorch_cpu and libc10, which both export); the LibTorch found: ${found}`;
     return { file: path.join(folder, chosen.file), refused, reason };
   }
   if (prebuilt.length === 0) refused.push(`prebuilds/${platform}/: no prebuilt binary`);
@@ -167,4 +181,17 @@ export function preloadLibTorch(runtime: RuntimeLibTorch): void {
       if (!/self-register|did not self-register|Module did not/.test((error as Error).message)) throw error;
     }
   }
+}
+
+/**
+ * What to do when the addon could not be loaded because a library LibTorch needs is missing
+ * (the dynamic loader's "X: cannot open shared object file"): no build of the addon helps
+ * then. Null for any other failure.
+ */
+export function missingLibraryRemedy(loadError: string): string | null {
+  const missing = /([\w.+-]+\.so[.\d]*): cannot open shared object file/.exec(loadError)?.[1];
+  if (!missing || /torch_early_exit|torch-early-exit/.test(missing)) return null;
+  return `LibTorch needs ${missing}, which is not installed: install it` +
+    (missing.startsWith('libcudnn') ? " (Debian's CUDA LibTorch takes cuDNN from the nvidia-cudnn package, which downloads it from NVIDIA)" : '') +
+    ', or use a CPU LibTorch.';
 }

@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { torch } from '../lib';
-import { baseVersion, chooseBinary, findRuntimeLibTorch, parsePrebuildName, prebuildName } from '../lib/libtorch';
+import { baseVersion, chooseBinary, findRuntimeLibTorch, missingLibraryRemedy, parsePrebuildName, prebuildName } from '../lib/libtorch';
 
 const ROOT = path.join(__dirname, '..');
 
@@ -62,6 +62,31 @@ describe('finding LibTorch and the binary that fits it', () => {
     // This process loaded the local build, and says so.
     expect(torch.version.binary.file).toBe(path.join(ROOT, 'build', 'Release', 'torch_early_exit.node'));
     expect(torch.version.binary.reason).toBe('a local build (build/Release) comes before prebuilt binaries');
+  });
+
+  it("takes the CPU binary of the same version for a CUDA LibTorch, and says why; an exact match comes first", () => {
+    const { found } = findRuntimeLibTorch();
+    const cuda = { ...found!, flavour: 'cuda' as const };
+    const platform = `${process.platform}-${os.arch()}`;
+    const cpuName = prebuildName(found!.version, 'cpu');
+    const root = fakePackage({ [`prebuilds/${platform}/${cpuName}`]: realBinary() });
+    const choice = chooseBinary(root, cuda);
+    expect(choice.file).toBe(path.join(root, 'prebuilds', platform, cpuName));
+    expect(choice.reason).toMatch(new RegExp(`^the CPU binary of LibTorch ${found!.version.replace(/\./g, '\\.')} serves the CUDA LibTorch of the same version`));
+    const both = fakePackage({ [`prebuilds/${platform}/${cpuName}`]: realBinary(), [`prebuilds/${platform}/${prebuildName(found!.version, 'cuda')}`]: realBinary() });
+    expect(chooseBinary(both, cuda).file).toBe(path.join(both, 'prebuilds', platform, prebuildName(found!.version, 'cuda')));
+    expect(chooseBinary(both, cuda).refused).toContain(`prebuilds/${platform}/${cpuName}: built for LibTorch ${found!.version} (cpu), ` +
+      `but the LibTorch found is ${found!.version} (cuda, ${found!.kind} at ${found!.libDir})`);
+  });
+
+  it('names a library LibTorch needs and lacks (as with Debian\'s CUDA LibTorch without cuDNN)', () => {
+    // The dynamic loader's words, as Node reported them for the 2.6 binary in a Debian 13 root
+    // with libtorch-cuda-2.6 and no cuDNN.
+    expect(missingLibraryRemedy('libcudnn.so.9: cannot open shared object file: No such file or directory')).toBe(
+      "LibTorch needs libcudnn.so.9, which is not installed: install it (Debian's CUDA LibTorch takes cuDNN from the nvidia-cudnn " +
+      'package, which downloads it from NVIDIA), or use a CPU LibTorch.');
+    expect(missingLibraryRemedy('/x/torch_early_exit.node: cannot open shared object file: No such file or directory')).toBeNull();
+    expect(missingLibraryRemedy('undefined symbol: _ZN3c105ErrorC2E')).toBeNull();
   });
 
   it('refuses a prebuilt binary tagged for another LibTorch version, with the reason and the fix', () => {
