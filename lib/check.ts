@@ -43,14 +43,6 @@ export function checkInteger(value: unknown, name: string, min = Number.MIN_SAFE
   return value as number;
 }
 
-/** One of the listed strings. */
-export function checkOneOf<T extends string>(value: unknown, allowed: readonly T[], name: string): T {
-  if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) {
-    fail(name, `one of ${allowed.map((option) => `'${option}'`).join(', ')}`, value);
-  }
-  return value as T;
-}
-
 /** An options object (or undefined) whose keys are all among `allowed`. */
 export function checkOptions(value: unknown, allowed: readonly string[], name: string): void {
   if (value === undefined) return;

@@ -7,7 +7,7 @@ import { binding, NativeCallResult, NativeScriptModule, NativeStopRule } from '.
 import { Device } from './dtype';
 import { checkOptions, checkString } from './check';
 import { closestNames } from './names';
-import { contentError, readArchive } from './zip-integrity';
+import { readArchive } from './zip-integrity';
 import { ParameterOwner } from './parameters';
 import { Tensor, fromNative, toNative } from './tensor';
 
@@ -44,6 +44,22 @@ class LoadedModel {
   /** The latest output of each native hook, kept until deleted (as Distiller's BranchPoint.output). */
   readonly hookOutputs = new Map<number, unknown>();
   constructor(readonly path: string) {}
+}
+
+/** LibTorch's words for "the data made no sense to me", which say nothing to a user. */
+const INTERNAL_FAILURE = /INTERNAL ASSERT FAILED|please report a bug|_M_range_check|was not in the map|^\s*$|without a message/;
+
+/**
+ * The error to give when LibTorch cannot read a model whose archive checksums are all right:
+ * its own message when that says something, else what it means, with LibTorch's words kept.
+ */
+function contentError(what: string, error: unknown): Error {
+  const message = (error as Error | undefined)?.message ?? String(error);
+  const reason = message.startsWith(`${what}: `) ? message.slice(what.length + 2) : message;
+  const first = reason.split('\n')[0];
+  if (!INTERNAL_FAILURE.test(first)) return new Error(`${what}: ${reason}`);
+  return new Error(`${what}: the archive is whole but its TorchScript code or pickled data is damaged or was written by an incompatible PyTorch ` +
+    `(LibTorch: ${first.trim() || 'no message'})${reason.includes('\n') ? `\n${reason}` : ''}`);
 }
 
 /** `[1, 3, 32, 32] float32` for a tensor, the type of anything else. */
@@ -311,7 +327,7 @@ export function load(path: string, options: LoadOptions = {}): ScriptModule {
   try {
     native = binding.loadScriptModule(bytes, path, options.device);
   } catch (error) {
-    throw contentError(what, error, 'TorchScript code or pickled data');
+    throw contentError(what, error);
   }
   return new ScriptModule(native, new LoadedModel(path), '');
 }

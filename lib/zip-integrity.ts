@@ -286,19 +286,3 @@ export function readArchive(path: string, what: string): { bytes: Buffer; entrie
   }
   return { bytes, entries: verifyZipArchive(bytes, what) };
 }
-
-/** LibTorch's words for "the data made no sense to me", which say nothing to a user. */
-const INTERNAL_FAILURE = /INTERNAL ASSERT FAILED|please report a bug|_M_range_check|was not in the map|^\s*$|without a message/;
-
-/**
- * The error to give when LibTorch cannot read an archive whose checksums are all right:
- * its own message when that says something, else what it means, with LibTorch's words kept.
- */
-export function contentError(what: string, error: unknown, content: string): Error {
-  const message = (error as Error | undefined)?.message ?? String(error);
-  const reason = message.startsWith(`${what}: `) ? message.slice(what.length + 2) : message;
-  const first = reason.split('\n')[0];
-  if (!INTERNAL_FAILURE.test(first)) return new Error(`${what}: ${reason}`);
-  return new Error(`${what}: the archive is whole but its ${content} is damaged or was written by an incompatible PyTorch ` +
-    `(LibTorch: ${first.trim() || 'no message'})${reason.includes('\n') ? `\n${reason}` : ''}`);
-}

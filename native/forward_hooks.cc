@@ -80,9 +80,9 @@ ForwardScope::ForwardScope(ForwardContext* context) : previous_(currentContext) 
 
 ForwardScope::~ForwardScope() { currentContext = previous_; }
 
-namespace {
+std::string HookedModuleName(const Hook& hook) { return hook.module.empty() ? "the root module" : "'" + hook.module + "'"; }
 
-std::string DisplayName(const Hook& hook) { return hook.module.empty() ? "the root module" : "'" + hook.module + "'"; }
+namespace {
 
 std::string ShapeOf(const c10::IValue& value) {
   if (value.isTensor()) {
@@ -98,7 +98,7 @@ class Running {
   Running(ForwardContext& context, const Hook& hook) : context_(context) {
     for (const Hook* other : context.running) {
       if (other == &hook) {
-        throw std::runtime_error("the branch hooked on " + DisplayName(hook) +
+        throw std::runtime_error("the branch hooked on " + HookedModuleName(hook) +
                                  " reached that module again: a branch must not contain the module it is attached to");
       }
     }
@@ -121,7 +121,7 @@ c10::IValue RunBranch(ForwardContext& context, const Hook& hook, const c10::IVal
     // A branch that failed inside a nested branch already says where.
     if (message.rfind("the branch hooked on ", 0) == 0) throw;
     const auto* c10Error = dynamic_cast<const c10::Error*>(&error);
-    throw std::runtime_error("the branch hooked on " + DisplayName(hook) + " failed on its input of shape " +
+    throw std::runtime_error("the branch hooked on " + HookedModuleName(hook) + " failed on its input of shape " +
                              ShapeOf(output) + ": " + (c10Error ? c10Error->what_without_backtrace() : message));
   }
 }

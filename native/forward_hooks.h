@@ -32,6 +32,9 @@ struct Hook {
   std::shared_ptr<Napi::FunctionReference> js;
 };
 
+// How messages name a hook's module: 'layer1.0.relu2', or the root module.
+std::string HookedModuleName(const Hook& hook);
+
 using HookMap = std::unordered_map<const c10::ivalue::Object*, std::vector<std::shared_ptr<const Hook>>>;
 
 // The hooks of one model. Copy-on-write: a forward takes a snapshot when it starts, so

@@ -13,7 +13,7 @@ namespace {
 std::string CallOnMainThread(Napi::Env env, const Hook& hook, const c10::IValue& inputs, const c10::IValue& output,
                              PendingJsError& pending) {
   Napi::HandleScope scope(env);
-  std::string where = hook.module.empty() ? "the root module" : "'" + hook.module + "'";
+  std::string where = HookedModuleName(hook);
   Napi::Value result;
   try {
     result = hook.js->Call({FromIValue(env, inputs), FromIValue(env, output)});
