@@ -203,6 +203,13 @@ async function workerCase(_lib: typeof Lib, seed: number, job: Record<string, un
     const x = torch.randn([16, 3, 32, 32]);
     const mode = ${JSON.stringify(mode)};
     if (mode === 'hookAsync') model.getModule('layer1').registerForwardHook(() => {});
+    // A timer cannot fire inside a sync forward: it arms the exit, and the forward's own hook
+    // on 'layer1' calls process.exit in the middle of native work.
+    let armed = false;
+    if (mode === 'exit') {
+      setTimeout(() => { armed = true; }, 3);
+      model.getModule('layer1').registerForwardHook(() => { if (armed) process.exit(0); });
+    }
     parentPort.postMessage('ready');
     (async () => {
       for (;;) {
@@ -210,7 +217,7 @@ async function workerCase(_lib: typeof Lib, seed: number, job: Record<string, un
         else if (mode === 'earlyExitAsync') await ee.forwardEarlyExitAsync(x, { criterion: 'entropy', thresholds: [0.5], perSample: true });
         else if (mode === 'sync') model.forward(x);
         else if (mode === 'load') jit.load(${model});
-        else if (mode === 'exit') { setTimeout(() => process.exit(0), 3); model.forward(x); await new Promise((r) => setTimeout(r, 10)); }
+        else if (mode === 'exit') { model.forward(x); await new Promise((r) => setImmediate(r)); }
         else { const data = model.forward(x).data(); parentPort.postMessage(data.buffer, [data.buffer]); }
       }
     })();`, { eval: true });
