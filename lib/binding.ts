@@ -43,8 +43,9 @@ export type NativeCallResult = [NativeValue, Array<[number, NativeValue]>, numbe
 export type NativeStopRule = [number, 'entropy' | 'maxProbability' | 'margin' | 'patience', number, boolean?];
 
 export interface NativeScriptModule {
-  runMethod(method: string, inputs: NativeValue[], stopRules?: NativeStopRule[]): NativeCallResult;
-  runMethodAsync(method: string, inputs: NativeValue[], stopRules?: NativeStopRule[]): Promise<NativeCallResult>;
+  /** With `inference`, the root's forward runs the model compiled by `compileForInference`. */
+  runMethod(method: string, inputs: NativeValue[], stopRules?: NativeStopRule[], inference?: boolean): NativeCallResult;
+  runMethodAsync(method: string, inputs: NativeValue[], stopRules?: NativeStopRule[], inference?: boolean): Promise<NativeCallResult>;
   namedModules(): Array<[string, NativeScriptModule]>;
   namedChildren(): Array<[string, NativeScriptModule]>;
   namedParameters(recurse: boolean): Array<[string, NativeTensor]>;
@@ -60,6 +61,14 @@ export interface NativeScriptModule {
   isBatchBoundary(): boolean;
   registerHook(hook: NativeHook): number;
   removeHook(id: number): boolean;
+  /**
+   * Compiles the root for inference (frozen; with `optimize`, oneDNN and fusions too) with
+   * the hooks of `points` kept as exit points; per point, whether it is a batch boundary.
+   */
+  compileForInference(points: string[], optimize: boolean): boolean[];
+  dropInference(): void;
+  /** A new model: this one frozen (and optimized) without hooks, as torch.jit.optimize_for_inference. */
+  optimizedCopy(optimize: boolean): NativeScriptModule;
   dispose(): void;
   isDisposed(): boolean;
 }

@@ -19,7 +19,7 @@ export { Tensor } from './tensor';
 export type { NestedArray, TensorOptions, TypedArray } from './tensor';
 export type { DType, Device } from './dtype';
 export { ScriptModule } from './jit';
-export type { ForwardHook, RemovableHandle, LoadOptions } from './jit';
+export type { ForwardHook, RemovableHandle, LoadOptions, InferenceOptions } from './jit';
 export { EarlyExitMgr } from './early-exit/exit-mgr';
 export type { ExitBranch, ExitsDef } from './early-exit/exit-mgr';
 export { EarlyExitModel } from './early-exit/model';

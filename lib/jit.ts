@@ -155,11 +155,11 @@ export class ScriptModule extends ParameterOwner implements HookModule {
    * @internal Runs a method and returns what its native hooks produced too. A stop rule
    * ends the call at its hook when every sample meets it.
    */
-  callWithHooks(method: string, inputs: unknown[], stopRules?: NativeStopRule[]): CallWithHooks {
+  callWithHooks(method: string, inputs: unknown[], stopRules?: NativeStopRule[], inference = false): CallWithHooks {
     checkString(method, 'callMethod: method');
     let result: NativeCallResult;
     try {
-      result = this.native.runMethod(method, inputs.map(toNative), stopRules);
+      result = this.native.runMethod(method, inputs.map(toNative), stopRules, inference);
     } catch (error) {
       throw clarify(error, method, this.where, inputs);
     }
@@ -167,11 +167,11 @@ export class ScriptModule extends ParameterOwner implements HookModule {
   }
 
   /** @internal */
-  async callWithHooksAsync(method: string, inputs: unknown[], stopRules?: NativeStopRule[]): Promise<CallWithHooks> {
+  async callWithHooksAsync(method: string, inputs: unknown[], stopRules?: NativeStopRule[], inference = false): Promise<CallWithHooks> {
     checkString(method, 'callMethodAsync: method');
     let result: NativeCallResult;
     try {
-      result = await this.native.runMethodAsync(method, inputs.map(toNative), stopRules);
+      result = await this.native.runMethodAsync(method, inputs.map(toNative), stopRules, inference);
     } catch (error) {
       throw clarify(error, method, this.where, inputs);
     }
@@ -308,6 +308,42 @@ export class ScriptModule extends ParameterOwner implements HookModule {
     const qualified = this.qualifiedName === '' ? name : name === '' ? this.qualifiedName : `${this.qualifiedName}.${name}`;
     return new ScriptModule(native, this.model, qualified);
   }
+}
+
+/** Options of `jit.optimizeForInference` and `EarlyExitModel.optimizeForInference`. */
+export interface InferenceOptions {
+  /**
+   * After freezing (weights as constants, batch norm folded into convolutions), also run
+   * LibTorch's `optimize_for_inference` passes: oneDNN prepacked convolutions and fused
+   * convolution-add-ReLU. Default true; false keeps the frozen graph on ATen's kernels.
+   */
+  optimize?: boolean;
+}
+
+/** @internal */
+export function checkInferenceOptions(options: InferenceOptions, what: string): boolean {
+  checkOptions(options, ['optimize'], what);
+  if (options.optimize !== undefined && typeof options.optimize !== 'boolean') {
+    throw new TypeError(`${what}.optimize must be a boolean, got ${typeof options.optimize}`);
+  }
+  return options.optimize ?? true;
+}
+
+/**
+ * A new module: `module` frozen and optimized for inference, as PyTorch's
+ * `torch.jit.optimize_for_inference`. Its submodules are inlined, so it takes no hooks; it
+ * runs in eval mode without gradients. `module` must be in eval mode and is left as it is.
+ */
+export function optimizeForInference(module: ScriptModule, options: InferenceOptions = {}): ScriptModule {
+  if (!(module instanceof ScriptModule)) throw new TypeError('jit.optimizeForInference: module must be a ScriptModule');
+  const optimize = checkInferenceOptions(options, 'jit.optimizeForInference: options');
+  let native: NativeScriptModule;
+  try {
+    native = module.native.optimizedCopy(optimize);
+  } catch (error) {
+    throw new Error(`jit.optimizeForInference: cannot compile model '${module.model.path}': ${(error as Error).message}`);
+  }
+  return new ScriptModule(native, new LoadedModel(`${module.model.path} (optimized for inference)`), '');
 }
 
 /** Options of `jit.load`. */

@@ -8,6 +8,7 @@
 namespace tee {
 
 const char* const kTapOperator = "earlyexit::tap";
+const char* const kExitPointOperator = "earlyexit::exit_point";
 
 namespace {
 
@@ -20,9 +21,26 @@ void Tap(torch::jit::Stack& stack) {
   RunHooks(module, inputs, output);
 }
 
-// CONSERVATIVE alias analysis makes the node a side effect, so no pass removes it.
-torch::jit::RegisterOperators registerTap({torch::jit::Operator(
-    "earlyexit::tap(Any module, Any inputs, Any output) -> ()", Tap, c10::AliasAnalysisKind::CONSERVATIVE)});
+void RunHooksAt(const c10::ivalue::Object* module, const c10::IValue& inputs, const c10::IValue& output);
+
+void ExitPoint(torch::jit::Stack& stack) {
+  c10::IValue output = torch::jit::pop(stack);
+  int64_t point = torch::jit::pop(stack).toInt();
+  ForwardContext* context = currentContext;
+  if (context != nullptr && context->exitPoints != nullptr) {
+    RunHooksAt(context->exitPoints->at(point).get(), c10::IValue(), output);
+  }
+  torch::jit::push(stack, std::move(output));
+}
+
+// CONSERVATIVE alias analysis makes the nodes side effects, so no pass removes them or
+// moves work across them.
+torch::jit::RegisterOperators registerTap({
+    torch::jit::Operator("earlyexit::tap(Any module, Any inputs, Any output) -> ()", Tap,
+                         c10::AliasAnalysisKind::CONSERVATIVE),
+    torch::jit::Operator("earlyexit::exit_point(int point, Tensor output) -> Tensor", ExitPoint,
+                         c10::AliasAnalysisKind::CONSERVATIVE),
+});
 
 // Takes the samples that meet a per-sample rule out of the batch: their exit rows are
 // kept, and the hooked module's output shrinks in place to the other samples, so every
@@ -129,9 +147,15 @@ c10::IValue RunBranch(ForwardContext& context, const Hook& hook, const c10::IVal
 }  // namespace
 
 void RunHooks(const c10::IValue& module, const c10::IValue& inputs, const c10::IValue& output) {
+  if (module.isObject()) RunHooksAt(&module.toObjectRef(), inputs, output);
+}
+
+namespace {
+
+void RunHooksAt(const c10::ivalue::Object* module, const c10::IValue& inputs, const c10::IValue& output) {
   ForwardContext* context = currentContext;
-  if (context == nullptr || context->hooks->empty() || !module.isObject()) return;
-  auto found = context->hooks->find(&module.toObjectRef());
+  if (context == nullptr || context->hooks->empty()) return;
+  auto found = context->hooks->find(module);
   if (found == context->hooks->end()) return;
   for (const auto& hook : found->second) {
     if (hook->branch) {
@@ -152,5 +176,7 @@ void RunHooks(const c10::IValue& module, const c10::IValue& inputs, const c10::I
     }
   }
 }
+
+}  // namespace
 
 }  // namespace tee

@@ -28,6 +28,8 @@ struct Hook {
   // A native branch: runs where the forward runs and its result is collected.
   std::function<c10::IValue(const c10::IValue& output)> branch;
   std::shared_ptr<void> branchOwner;
+  // The branch's parameters and buffers: a compiled model watches them for changes.
+  std::vector<at::Tensor> parameters;
   // A JS function (inputs, output) => void, only ever touched on the main thread.
   std::shared_ptr<Napi::FunctionReference> js;
 };
@@ -36,6 +38,9 @@ struct Hook {
 std::string HookedModuleName(const Hook& hook);
 
 using HookMap = std::unordered_map<const c10::ivalue::Object*, std::vector<std::shared_ptr<const Hook>>>;
+
+// The module objects whose hooks the exit points of a compiled model run, by point index.
+using ExitPointTable = std::vector<c10::intrusive_ptr<c10::ivalue::Object>>;
 
 // The hooks of one model. Copy-on-write: a forward takes a snapshot when it starts, so
 // adding or removing hooks never races a forward in flight on a worker thread.
@@ -88,6 +93,8 @@ struct ForwardContext {
   // Hooks running now on this call: a branch that reaches its own hook again would recurse
   // until the stack overflows.
   std::vector<const Hook*> running;
+  // In a compiled model's forward: the module whose hooks each exit point runs.
+  const ExitPointTable* exitPoints = nullptr;
 };
 
 // Thrown by a hook whose stop rule is met. Deliberately not a std::exception: the
@@ -110,7 +117,11 @@ class ForwardScope {
 // Runs the hooks registered for `module` in the current context, as the tap does.
 void RunHooks(const c10::IValue& module, const c10::IValue& inputs, const c10::IValue& output);
 
-// The qualified name of the tap operator.
+// The qualified names of the tap operator, and of the exit point operator that replaces
+// the taps of exit points in a compiled model: earlyexit::exit_point(int point, Tensor
+// output) -> Tensor, which runs the hooks of point `point` and returns the output the rest
+// of the forward reads (fewer rows when samples left there).
 extern const char* const kTapOperator;
+extern const char* const kExitPointOperator;
 
 }  // namespace tee

@@ -78,12 +78,30 @@ void MethodCall::SetStopRules(const Napi::Value& rules) {
   }
 }
 
+void MethodCall::UseInferenceModel(Napi::Env env) {
+  if (method != "forward" || module._ivalue().get() != state->root._ivalue().get()) {
+    ThrowError(env, "only the root module's forward runs compiled for inference");
+  }
+  if (!state->inference) ThrowError(env, "the model was not compiled for inference: call optimizeForInference() first");
+  std::string stale = state->inference->StaleReason(context.hooks, state->generation);
+  if (!stale.empty()) {
+    ThrowError(env, "the model compiled for inference is out of date: " + stale +
+                        " since optimizeForInference(); call optimizeForInference() again");
+  }
+  inference = state->inference;
+  context.exitPoints = &inference->points;
+}
+
 void MethodCall::Run(JsHookCaller* js) {
   c10::AutoGradMode grad(gradEnabled);
   LedgerScope charged(ledger.get());
   context.js = js;
   ForwardScope scope(&context);
   try {
+    if (inference) {
+      result = const_cast<torch::jit::Module&>(inference->module).forward(inputs);
+      return;
+    }
     result = module.get_method(method)(inputs);
   } catch (const ForwardStopped&) {
     result = context.stoppedBy->value;

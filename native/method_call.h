@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "forward_hooks.h"
+#include "inference_compiler.h"
 #include "memory_ledger.h"
 
 namespace tee {
@@ -21,6 +22,10 @@ struct ModelState {
   std::unordered_set<const c10::ClassType*> calledTypes;
   // Async calls queued and not yet settled. Only the main thread reads or writes it.
   int inFlight = 0;
+  // Counts train/eval and device changes, which a compiled model cannot follow.
+  uint64_t generation = 0;
+  // The model compiled for inference with its exit points, once asked for.
+  std::shared_ptr<const InferenceModel> inference;
 };
 
 struct MethodCall {
@@ -30,6 +35,8 @@ struct MethodCall {
   std::vector<c10::IValue> inputs;
   bool gradEnabled = true;
   ForwardContext context;
+  // Set when the call runs the model compiled for inference instead of the model itself.
+  std::shared_ptr<const InferenceModel> inference;
   c10::IValue result;
   // What the call allocates and leaves alive (its outputs and their autograd graph).
   c10::intrusive_ptr<MemoryLedger> ledger = c10::make_intrusive<MemoryLedger>();
@@ -40,6 +47,8 @@ struct MethodCall {
   // Reads [[hookId, kind, threshold, perSample?], ...]: hooks whose output may end the
   // call, or with perSample let the samples that meet the rule leave the batch.
   void SetStopRules(const Napi::Value& rules);
+  // Runs the forward of the compiled model instead; throws when there is none or it is stale.
+  void UseInferenceModel(Napi::Env env);
   // Runs the method on the calling thread; JS hooks go through `js`.
   void Run(JsHookCaller* js);
   // [result, [[hookId, hookOutput], ...], stoppedByHookId | null,

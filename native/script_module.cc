@@ -66,6 +66,8 @@ Hook MakeHook(Napi::Env env, const Napi::Value& hook) {
     made.js = std::make_shared<Napi::FunctionReference>(Napi::Persistent(hook.As<Napi::Function>()));
   } else if (NnModule::IsNnModule(env, hook)) {
     torch::nn::AnyModule branch = NnModule::UnwrapModule(hook)->Get(env);
+    made.parameters = branch.ptr()->parameters();
+    for (const at::Tensor& buffer : branch.ptr()->buffers()) made.parameters.push_back(buffer);
     made.branch = [branch](const c10::IValue& output) mutable -> c10::IValue {
       if (!output.isTensor()) {
         throw std::runtime_error("an nn branch needs a Tensor output from the module it is attached to, got " +
@@ -75,6 +77,8 @@ Hook MakeHook(Napi::Env env, const Napi::Value& hook) {
     };
   } else if (ScriptModule::IsScriptModule(env, hook)) {
     torch::jit::Module branch = ScriptModule::Unwrap(hook.As<Napi::Object>())->Get(env);
+    for (const at::Tensor& parameter : branch.parameters()) made.parameters.push_back(parameter);
+    for (const at::Tensor& buffer : branch.buffers()) made.parameters.push_back(buffer);
     made.branch = [branch](const c10::IValue& output) mutable { return branch.forward({output}); };
   } else {
     ThrowTypeError(env, "a forward hook must be a function, an nn module or a ScriptModule");
@@ -103,6 +107,9 @@ Napi::Function ScriptModule::Define(Napi::Env env) {
                          TEE_METHOD(ScriptModule, "isBatchBoundary", IsBatchBoundary),
                          TEE_METHOD(ScriptModule, "registerHook", RegisterHook),
                          TEE_METHOD(ScriptModule, "removeHook", RemoveHook),
+                         TEE_METHOD(ScriptModule, "compileForInference", CompileForInference),
+                         TEE_METHOD(ScriptModule, "dropInference", DropInference),
+                         TEE_METHOD(ScriptModule, "optimizedCopy", OptimizedCopy),
                          TEE_METHOD(ScriptModule, "dispose", Dispose),
                          TEE_METHOD(ScriptModule, "isDisposed", IsDisposed),
                      });
@@ -147,6 +154,7 @@ std::unique_ptr<MethodCall> ScriptModule::PrepareCall(const Napi::CallbackInfo& 
   if (!info[1].IsArray()) ThrowTypeError(env, "inputs must be an array");
   auto call = std::make_unique<MethodCall>(env, state_, Get(env), info[0].ToString(), info[1].As<Napi::Array>());
   call->SetStopRules(info[2]);
+  if (info[3].ToBoolean()) call->UseInferenceModel(env);
   return call;
 }
 
@@ -199,6 +207,7 @@ Napi::Value ScriptModule::NamedBuffers(const Napi::CallbackInfo& info) {
 Napi::Value ScriptModule::Train(const Napi::CallbackInfo& info) {
   RequireIdle(info.Env(), "change train/eval mode");
   const_cast<torch::jit::Module&>(Get(info.Env())).train(info[0].ToBoolean());
+  state_->generation++;
   return info.Env().Undefined();
 }
 
@@ -209,6 +218,7 @@ Napi::Value ScriptModule::IsTraining(const Napi::CallbackInfo& info) {
 Napi::Value ScriptModule::To(const Napi::CallbackInfo& info) {
   RequireIdle(info.Env(), "move the model");
   const_cast<torch::jit::Module&>(Get(info.Env())).to(ParseDevice(info[0].ToString()));
+  state_->generation++;
   return info.Env().Undefined();
 }
 
@@ -281,6 +291,38 @@ Napi::Value ScriptModule::RemoveHook(const Napi::CallbackInfo& info) {
   Get(info.Env());
   int64_t id = info[0].As<Napi::Number>().Int64Value();
   return Napi::Boolean::New(info.Env(), state_->hooks.Remove(id));
+}
+
+Napi::Value ScriptModule::CompileForInference(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  RequireIdle(env, "compile the model for inference");
+  if (module_._ivalue().get() != state_->root._ivalue().get()) ThrowError(env, "only the root module can be compiled for inference");
+  if (!info[0].IsArray()) ThrowTypeError(env, "compileForInference(points: string[], optimize: boolean)");
+  Napi::Array array = info[0].As<Napi::Array>();
+  std::vector<std::string> points;
+  for (uint32_t i = 0; i < array.Length(); ++i) points.push_back(array.Get(i).ToString());
+  c10::NoGradGuard noGrad;
+  state_->inference =
+      tee::CompileForInference(state_->root, points, state_->hooks.Snapshot(), state_->generation, info[1].ToBoolean());
+  Napi::Array boundaries = Napi::Array::New(env, points.size());
+  for (size_t i = 0; i < points.size(); ++i) boundaries.Set(i, Napi::Boolean::New(env, state_->inference->batchBoundaries[i]));
+  return boundaries;
+}
+
+Napi::Value ScriptModule::DropInference(const Napi::CallbackInfo& info) {
+  RequireIdle(info.Env(), "drop the compiled model");
+  state_->inference.reset();
+  return info.Env().Undefined();
+}
+
+// A new model: this one frozen and optimized without exits, as torch.jit.optimize_for_inference.
+Napi::Value ScriptModule::OptimizedCopy(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  RequireIdle(env, "compile the model for inference");
+  c10::NoGradGuard noGrad;
+  auto state = std::make_shared<ModelState>();
+  state->root = CompilePlainForInference(Get(env), info[0].ToBoolean());
+  return Wrap(env, state, state->root, "");
 }
 
 Napi::Value ScriptModule::Dispose(const Napi::CallbackInfo& info) {

@@ -40,6 +40,9 @@ class ScriptModule : public GuardedWrap<ScriptModule> {
   Napi::Value IsBatchBoundary(const Napi::CallbackInfo& info);
   Napi::Value RegisterHook(const Napi::CallbackInfo& info);
   Napi::Value RemoveHook(const Napi::CallbackInfo& info);
+  Napi::Value CompileForInference(const Napi::CallbackInfo& info);
+  Napi::Value DropInference(const Napi::CallbackInfo& info);
+  Napi::Value OptimizedCopy(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value IsDisposed(const Napi::CallbackInfo& info);
 

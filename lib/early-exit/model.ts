@@ -7,7 +7,7 @@ import { NativeStopRule } from '../binding';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CallWithHooks, LoadOptions, ScriptModule, load } from '../jit';
+import { CallWithHooks, InferenceOptions, LoadOptions, ScriptModule, checkInferenceOptions, load } from '../jit';
 import { Module } from '../nn';
 import { Tensor } from '../tensor';
 import { isGradEnabled, noGrad, setGradEnabled, tidy, zeros } from '../torch';
@@ -46,11 +46,48 @@ export class EarlyExitModel {
   /** Per exit: whether samples can leave the batch there (see `EarlyExitPolicy.perSample`). */
   readonly exitsPerSample: readonly boolean[];
 
+  /** Per exit, whether it is a batch boundary of the compiled model; set while in inference mode. */
+  private inferenceBoundaries?: readonly boolean[];
+
   constructor(backbone: ScriptModule, exitsDef: ExitsDef) {
     this.backbone = backbone;
     this.exitsDef = exitsDef;
     this.eeMgr.attachExits(backbone, exitsDef);
     this.exitsPerSample = exitsDef.map(([point]) => backbone.getModule(point).isBatchBoundary);
+  }
+
+  /**
+   * Compiles the backbone for inference with its exits in place, as PyTorch's
+   * `torch.jit.optimize_for_inference` would compile it without them: frozen (weights as
+   * constants, batch norm folded into convolutions), with oneDNN prepacked convolutions
+   * and fused convolution-add-ReLU (`optimize: false` stops after freezing). Every exit
+   * point still runs its branch and can stop the forward. From then on `forwardEarlyExit`
+   * and `forwardEarlyExitAsync` run the compiled model; `forward()` and training keep the
+   * model itself. The compiled model is a snapshot: once weights, exits, hooks, mode or
+   * device change, `forwardEarlyExit` refuses to run it, saying what changed, until this is
+   * called again (or `leaveInferenceMode()`). The model must be in eval mode.
+   */
+  optimizeForInference(options: InferenceOptions = {}): this {
+    const optimize = checkInferenceOptions(options, 'optimizeForInference: options');
+    if (this.training || this.branches.some((branch) => (branch as Module | ScriptModule).training)) {
+      throw new Error('optimizeForInference: the model is in train mode (the backbone or a branch): call eval() first');
+    }
+    try {
+      this.inferenceBoundaries = noGrad(() => this.backbone.native.compileForInference(this.exitPoints, optimize));
+    } catch (error) {
+      throw new Error(`optimizeForInference: cannot compile model '${this.backbone.model.path}': ${(error as Error).message}`);
+    }
+    return this;
+  }
+
+  /** Whether `forwardEarlyExit` runs the model compiled by `optimizeForInference`. */
+  get inferenceMode(): boolean { return this.inferenceBoundaries !== undefined; }
+
+  /** Drops the compiled model: `forwardEarlyExit` runs the model itself again. */
+  leaveInferenceMode(): this {
+    this.backbone.native.dropInference();
+    this.inferenceBoundaries = undefined;
+    return this;
   }
 
   /** The exit points, in order. */
@@ -82,7 +119,7 @@ export class EarlyExitModel {
    */
   forwardEarlyExit(input: Tensor, policy: EarlyExitPolicy): EarlyExitResult {
     const rules = this.stopRules(policy);
-    return this.exitResult(noGrad(() => this.backbone.callWithHooks('forward', [input], rules)), input.shape[0]);
+    return this.exitResult(noGrad(() => this.backbone.callWithHooks('forward', [input], rules, this.inferenceMode)), input.shape[0]);
   }
 
   /** `forwardEarlyExit` on a worker thread. */
@@ -93,7 +130,7 @@ export class EarlyExitModel {
     setGradEnabled(false);
     let call: Promise<CallWithHooks>;
     try {
-      call = this.backbone.callWithHooksAsync('forward', [input], rules);
+      call = this.backbone.callWithHooksAsync('forward', [input], rules, this.inferenceMode);
     } finally {
       setGradEnabled(previous);
     }
@@ -117,11 +154,15 @@ export class EarlyExitModel {
       throw new Error(`one threshold per exit: ${exits.length} exit(s), ${policy.thresholds.length} threshold(s)`);
     }
     const rules: NativeStopRule[] = [];
+    const boundaries = this.inferenceBoundaries;
     exits.forEach((exit, i) => {
       const threshold = policy.thresholds[i];
-      if (threshold !== null) {
-        rules.push([exit.handle.id, policy.criterion, threshold, Boolean(policy.perSample) && this.exitsPerSample[i]]);
+      if (threshold === null) return;
+      if (boundaries && policy.perSample && !boundaries[i]) {
+        throw new Error(`forwardEarlyExit: samples cannot leave the batch alone at exit '${exit.point}' of the compiled model: ` +
+          'a tensor made before it (a skip connection, the input) is still used after it; give this exit a whole-batch policy or none');
       }
+      rules.push([exit.handle.id, policy.criterion, threshold, Boolean(policy.perSample) && (boundaries ? boundaries[i] : this.exitsPerSample[i])]);
     });
     if (policy.criterion === 'patience' && rules.length !== exits.length) {
       throw new Error('patience counts agreeing exits in a row: give every exit a threshold');

@@ -1,0 +1,49 @@
+// Compiles a loaded model for inference with its exit points in place: the taps of the
+// chosen points are keyed by their index (module objects do not survive freezing, which
+// clones and inlines), every other tap is dropped, then LibTorch's freezing (constants,
+// batch norm folded into convolutions) and, optionally, optimize_for_inference (oneDNN
+// prepacked convolutions, fused conv-add-relu) run over what is left. An exit point stays
+// a side effect that consumes the module's output and returns what the rest of the graph
+// reads, so no pass can move work across it, and a per-sample exit can shrink the batch.
+#pragma once
+
+#include <torch/script.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "forward_hooks.h"
+
+namespace tee {
+
+struct InferenceModel {
+  torch::jit::Module module;
+  // Point i of the compiled graph runs the hooks of this module object of the source model.
+  ExitPointTable points;
+  std::vector<std::string> pointNames;
+  // Per point: whether samples can leave the batch there (the point's output is the only
+  // batch-sized value the rest of the compiled forward reads).
+  std::vector<bool> batchBoundaries;
+
+  // What the compiled model was made from, to refuse to run it once that changed.
+  std::shared_ptr<const HookMap> hooks;
+  uint64_t generation = 0;
+  std::vector<std::pair<std::string, at::Tensor>> watched;
+  std::vector<uint32_t> versions;
+
+  // Why the compiled model no longer computes what the source model does, or "" if it does.
+  std::string StaleReason(const std::shared_ptr<const HookMap>& currentHooks, uint64_t currentGeneration) const;
+};
+
+// Compiles `root` (which must be in eval mode) with exits at `points` (qualified module
+// names). Throws std::runtime_error naming the point when one cannot be kept.
+std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& root, const std::vector<std::string>& points,
+                                                    std::shared_ptr<const HookMap> hooks, uint64_t generation,
+                                                    bool optimize);
+
+// The same without exit points: the plain model frozen and optimized, as
+// torch.jit.optimize_for_inference makes it.
+torch::jit::Module CompilePlainForInference(const torch::jit::Module& root, bool optimize);
+
+}  // namespace tee

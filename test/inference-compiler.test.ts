@@ -1,0 +1,164 @@
+import { EarlyExitModel, Tensor, exitDecisions, exitScores, jit, nn, optim, torch } from '../lib';
+import { fixture, fromRef, maxAbsDiff, reference, seedBranch } from './helpers';
+
+const resnet = () => reference('resnet20_reference.json');
+
+/** ResNet-20 with a pooled linear exit at each point (its channels: 16, 32, 64 by stage). */
+function exitsAt(file: string, points: string[]): EarlyExitModel {
+  torch.manualSeed(0);
+  const channels = (point: string) => ({ layer1: 16, layer2: 32, layer3: 64 } as Record<string, number>)[point.split('.')[0]];
+  const branches: Array<[string, nn.Sequential]> = points.map((point) => [point, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    nn.Linear(channels(point), 10))]);
+  return new EarlyExitModel(jit.load(fixture(file)), branches).eval();
+}
+
+const never = (n: number) => ({ criterion: 'entropy' as const, thresholds: new Array<number | null>(n).fill(null) });
+const stopAt = (n: number, exit: number) => ({ criterion: 'entropy' as const, thresholds: Array.from({ length: n }, (_, i) => (i === exit ? 100 : null)) });
+
+describe('optimizeForInference: the compiled model computes what the model does', () => {
+  it.each([true, false])('ResNet-20 with the seed exit, optimize %s: final and exit outputs equal PyTorch\'s reference', (optimize) => {
+    const model = new EarlyExitModel(jit.load(fixture('resnet20_scripted.pt')), [['layer1.2.relu2', seedBranch()]]).eval();
+    model.optimizeForInference({ optimize });
+    expect(model.inferenceMode).toBe(true);
+    const x = fromRef(resnet().input);
+    const full = model.forwardEarlyExit(x, never(1));
+    expect(full.exit).toBe(1);
+    expect(maxAbsDiff(full.output, resnet().exit.final_output)).toBeLessThanOrEqual(1e-5);
+    const stopped = model.forwardEarlyExit(x, stopAt(1, 0));
+    expect(stopped.exits).toEqual([0, 0]);
+    expect(maxAbsDiff(stopped.output, resnet().exit.exit_output)).toBeLessThanOrEqual(1e-5);
+  });
+
+  it.each(['resnet20_scripted.pt', 'resnet20_traced.pt'])('%s with exits at nested points: every exit and the final output equal the uncompiled model\'s', async (file) => {
+    const points = ['layer1.0.relu1', 'layer1.2', 'layer2.1.bn2', 'layer3'];
+    const model = exitsAt(file, points);
+    torch.manualSeed(3);
+    const x = torch.randn([5, 3, 32, 32]);
+    const expected = torch.noGrad(() => model.forward(x));
+    model.optimizeForInference();
+    expect(maxAbsDiff(model.forwardEarlyExit(x, never(4)).output, expected[4])).toBeLessThanOrEqual(1e-5);
+    for (let exit = 0; exit < points.length; exit++) {
+      const result = model.forwardEarlyExit(x, stopAt(4, exit));
+      expect(result.exit).toBe(exit);
+      expect(maxAbsDiff(result.output, expected[exit])).toBeLessThanOrEqual(1e-5);
+      const asynchronous = await model.forwardEarlyExitAsync(x, stopAt(4, exit));
+      expect(maxAbsDiff(asynchronous.output, result.output)).toBe(0);
+    }
+    // forward() and training keep the model itself: hooks and exit outputs as before.
+    const again = torch.noGrad(() => model.forward(x));
+    expected.forEach((output, i) => expect(maxAbsDiff(again[i], output)).toBe(0));
+  });
+
+  it('a stopped forward runs nothing after its exit: the later exit\'s branch never runs', () => {
+    const model = exitsAt('resnet20_scripted.pt', ['layer1', 'layer3']).optimizeForInference();
+    const x = torch.randn([2, 3, 32, 32]);
+    const [first, second] = model.eeMgr.exitsOf(model.backbone);
+    model.eeMgr.deleteExitsOutputs(model.backbone);
+    model.forwardEarlyExit(x, stopAt(2, 0));
+    expect(model.backbone.hookOutput(first.handle.id)).toBeInstanceOf(Tensor);
+    expect(model.backbone.hookOutput(second.handle.id)).toBeUndefined();
+    model.forwardEarlyExit(x, never(2));
+    expect(model.backbone.hookOutput(second.handle.id)).toBeInstanceOf(Tensor);
+  });
+
+  it('per-sample exits at the compiled model\'s batch boundaries equal each sample run alone', () => {
+    torch.manualSeed(0);
+    const model = new EarlyExitModel(jit.load(fixture('mnist_cnn.pt')), [
+      ['features1', nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(784, 10))],
+      ['features2', nn.Sequential(nn.Flatten(), nn.Linear(3136, 10))],
+    ]).eval();
+    torch.manualSeed(1);
+    const x = torch.randn([16, 1, 28, 28]);
+    const outputs = torch.noGrad(() => model.forward(x));
+    const scores = exitScores(outputs, 'entropy');
+    const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+    const thresholds = [median(scores[0]), median(scores[1])];
+    const expected = exitDecisions(scores, 'entropy', thresholds);
+    expect(new Set(expected).size).toBe(3);
+    model.optimizeForInference();
+    const result = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds, perSample: true });
+    expect(result.exits).toEqual(expected);
+    for (let j = 0; j < 16; j++) {
+      const alone = model.forwardEarlyExit(x.narrow(0, j, 1), { criterion: 'entropy', thresholds, perSample: true });
+      expect(alone.exits).toEqual([expected[j]]);
+      expect(maxAbsDiff(result.output.narrow(0, j, 1), alone.output)).toBeLessThanOrEqual(1e-5);
+      expect(maxAbsDiff(result.output.select(0, j), outputs[expected[j]].select(0, j))).toBeLessThanOrEqual(1e-5);
+    }
+  });
+
+  it('finds batch boundaries through nested calls, and refuses per-sample exits where a skip connection crosses', () => {
+    const model = exitsAt('resnet20_scripted.pt', ['layer1.0.relu1', 'layer1.2.relu2', 'layer2.0']).optimizeForInference();
+    const x = torch.randn([4, 3, 32, 32]);
+    // layer1.0.relu1 is inside a residual block: the block's input is still needed after it.
+    expect(() => model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [1, null, null], perSample: true }))
+      .toThrow(/samples cannot leave the batch alone at exit 'layer1\.0\.relu1' of the compiled model/);
+    // layer1.2.relu2 ends a block nested two calls deep: samples can leave there.
+    const scores = exitScores(torch.noGrad(() => model.forward(x)), 'entropy');
+    const between = [...scores[1]].sort((a, b) => a - b)[1];
+    const result = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [null, between, null], perSample: true });
+    expect(result.exits).toEqual(scores[1].map((s) => (s <= between ? 1 : 3)));
+  });
+
+  it('jit.optimizeForInference gives a frozen copy: equal outputs, no submodules to hook, the original untouched', () => {
+    const plain = jit.load(fixture('resnet20_scripted.pt')).eval();
+    const optimized = jit.optimizeForInference(plain);
+    const x = fromRef(resnet().input);
+    expect(maxAbsDiff(torch.noGrad(() => optimized.forward(x)) as Tensor, resnet().output)).toBeLessThanOrEqual(1e-5);
+    expect(() => optimized.getModule('layer1')).toThrow(/no module named 'layer1'/);
+    expect(maxAbsDiff(torch.noGrad(() => plain.forward(x)) as Tensor, resnet().output)).toBeLessThanOrEqual(1e-5);
+    expect(() => jit.optimizeForInference(jit.load(fixture('resnet20_scripted.pt')).train())).toThrow(/train mode: call eval\(\)/);
+  });
+});
+
+describe('optimizeForInference: a snapshot that refuses to run once the model changed', () => {
+  it('names what changed: weights, mode, hooks; leaveInferenceMode goes back to the model itself', () => {
+    const model = new EarlyExitModel(jit.load(fixture('resnet20_scripted.pt')), [['layer1.2.relu2', seedBranch()]]).eval();
+    const x = fromRef(resnet().input);
+    model.optimizeForInference();
+    const stale = /the model compiled for inference is out of date: (.*) since optimizeForInference\(\); call optimizeForInference\(\) again/;
+
+    // An optimizer step changes the backbone's weights in place.
+    const optimizer = new optim.SGD(model.parameters(), { lr: 1e-3 });
+    const loss = model.forward(x)[1].mean();
+    loss.backward();
+    optimizer.step();
+    expect(() => model.forwardEarlyExit(x, never(1))).toThrow(stale);
+    expect(() => model.forwardEarlyExit(x, never(1))).toThrow(/'conv1\.weight' was changed in place/);
+    model.optimizeForInference();
+    expect(maxAbsDiff(model.forwardEarlyExit(x, never(1)).output, torch.noGrad(() => model.forward(x))[1])).toBeLessThanOrEqual(1e-5);
+
+    // The branch's weights count too.
+    torch.noGrad(() => (model.branches[0] as nn.Sequential).parameters()[0].mul_(2));
+    expect(() => model.forwardEarlyExit(x, never(1))).toThrow(/'the branch at 'layer1\.2\.relu2'' was changed in place/);
+    model.optimizeForInference();
+
+    model.train().eval();
+    expect(() => model.forwardEarlyExit(x, never(1))).toThrow(/mode or device was changed/);
+    model.optimizeForInference();
+    const handle = model.backbone.getModule('layer2').registerForwardHook(() => undefined);
+    expect(() => model.forwardEarlyExit(x, never(1))).toThrow(/hooks or exits were added or removed/);
+    handle.remove();
+    expect(() => model.forwardEarlyExit(x, never(1))).toThrow(/hooks or exits were added or removed/);
+
+    model.leaveInferenceMode();
+    expect(model.inferenceMode).toBe(false);
+    expect(maxAbsDiff(model.forwardEarlyExit(x, never(1)).output, torch.noGrad(() => model.forward(x))[1])).toBe(0);
+  });
+
+  it('refuses what it cannot compile, saying why', () => {
+    const model = new EarlyExitModel(jit.load(fixture('resnet20_scripted.pt')), [['layer1.2.relu2', seedBranch()]]);
+    expect(() => model.optimizeForInference()).toThrow(/optimizeForInference: the model is in train mode \(the backbone or a branch\): call eval\(\) first/);
+    model.eval();
+    const handle = model.backbone.getModule('layer1.2.relu2').registerForwardHook(() => undefined);
+    expect(() => model.optimizeForInference()).toThrow(/a JS forward hook is registered on 'layer1\.2\.relu2'/);
+    handle.remove();
+    expect(() => model.optimizeForInference({ optimize: 'yes' as never })).toThrow(/optimize must be a boolean/);
+    expect(() => model.optimizeForInference({ fast: true } as never)).toThrow(/fast/);
+    // containers_scripted calls `act` twice in one forward.
+    const twice = new EarlyExitModel(jit.load(fixture('containers_scripted.pt')), [['act', nn.Identity()]]).eval();
+    expect(() => twice.optimizeForInference()).toThrow(/exit point 'act' is called 2 times in one forward/);
+    expect(model.inferenceMode).toBe(false);
+    expect(() => model.backbone.callWithHooks('forward', [torch.randn([1, 3, 32, 32])], [], true))
+      .toThrow(/not compiled for inference: call optimizeForInference\(\) first/);
+  });
+});
