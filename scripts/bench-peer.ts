@@ -1,0 +1,214 @@
+/**
+ * This library against onnxruntime-node, the peer a Node developer would use, on the same
+ * models exported from the same PyTorch weights (scripts/peer_models.py): ResNet-20 (CIFAR,
+ * exit after layer1.2.relu2), the demo's MNIST CNN (exit after features1) and torchvision's
+ * MobileNetV2 at 224 px (exit after features.4). Each comparison runs the two sides in two
+ * processes taking turns step by step (scripts/bench-harness.ts), one intra-op thread each,
+ * the same allocator settings, outputs compared first.
+ *
+ * A step is what a caller does: a tensor made from a Float32Array, the forward, the output
+ * read back into a Float32Array. The early-exit paths decide with softmax entropy on both
+ * sides (onnxruntime: computed in JS on the exit's logits, as its user would):
+ *  - stopped: the exit is confident; this library's compiled model stops there, onnxruntime
+ *    runs "prefix + branch" exported as its own model;
+ *  - not stopped: not confident; this library goes on in the same forward, onnxruntime runs
+ *    "prefix + branch, returning the activation too" then "the rest".
+ *
+ *   npm run bench:peer -- [--models resnet20,mnist_cnn,mobilenet_v2] [--allocator tuned|default]
+ *                         [--steps N] [--json out.json]
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { spawnSync } from 'child_process';
+import { EarlyExitModel, Tensor, jit, torch } from '../lib';
+import { parseBranchSpec } from '../lib/cli/branch-spec';
+import { packageRoot } from '../lib/package-root';
+import { Environment, Pair, Side, describeEnvironment, ratioTable, runPairs, serveSide } from './bench-harness';
+import { OrtSession, createSingleThreadSession, loadOnnxRuntimeWithInfo } from './peer-runtime';
+import { positiveInt, jsonFile } from './script-args';
+
+interface PeerModel {
+  exitPoint: string;
+  branch: string[];
+  inputShape: number[];
+  files: Record<'backbone' | 'branchStateDict' | 'full' | 'prefixBranch' | 'prefixBranchScript' | 'prefixExit' | 'rest', string>;
+}
+
+interface Manifest { torchVersion: string; models: Record<string, PeerModel> }
+
+const ALWAYS = 100; // entropy is at most ln(classes): every sample meets it
+const NEVER = -1; // entropy is never negative: no sample meets it
+
+/** The peer models for the PyTorch that `python` has, made once and kept. */
+function peerModels(): { dir: string; manifest: Manifest } {
+  const python = process.env.PYTHON ?? '/usr/bin/python3';
+  const version = spawnSync(python, ['-c', 'import torch; print(torch.__version__)'], { encoding: 'utf8' });
+  if (version.status !== 0) throw new Error(`bench:peer needs PyTorch for ${python} to export the models: ${version.stderr}`);
+  const dir = path.join(packageRoot(), 'build', `peer-models-${version.stdout.trim().replace(/[^\w.+-]/g, '_')}`);
+  if (!fs.existsSync(path.join(dir, 'manifest.json'))) {
+    const made = spawnSync(python, [path.join(packageRoot(), 'scripts', 'peer_models.py'), dir], { stdio: 'inherit' });
+    if (made.status !== 0) throw new Error('scripts/peer_models.py failed');
+  }
+  return { dir, manifest: JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Manifest };
+}
+
+/** The same input on both sides: a seeded normal sample (speed does not depend on the data). */
+function input(shape: number[]): Float32Array {
+  const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+  let state = 0x9e3779b9;
+  const uniform = () => {
+    state ^= state << 13; state ^= state >>> 17; state ^= state << 5;
+    return ((state >>> 0) + 0.5) / 4294967296;
+  };
+  for (let i = 0; i < data.length; i++) data[i] = Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform());
+  return data;
+}
+
+/** Whether every row of `logits` [batch, classes] has softmax entropy at most `threshold`. */
+function allConfident(logits: Float32Array, batch: number, threshold: number): boolean {
+  const classes = logits.length / batch;
+  for (let row = 0; row < batch; row++) {
+    let max = -Infinity;
+    for (let c = 0; c < classes; c++) max = Math.max(max, logits[row * classes + c]);
+    let sum = 0;
+    for (let c = 0; c < classes; c++) sum += Math.exp(logits[row * classes + c] - max);
+    let entropy = 0;
+    for (let c = 0; c < classes; c++) {
+      const p = Math.exp(logits[row * classes + c] - max) / sum;
+      if (p > 0) entropy -= p * Math.log(p);
+    }
+    if (entropy > threshold) return false;
+  }
+  return true;
+}
+
+type LibPath = 'full' | 'eager' | 'stopped' | 'notStopped' | 'handCut';
+type OrtPath = 'full' | 'stopped' | 'notStopped';
+
+interface SideOptions { model: string; batch: number; path: string }
+
+async function librarySide(options: Record<string, unknown>): Promise<Side> {
+  const { model: name, batch, path: which } = options as unknown as SideOptions & { path: LibPath };
+  const { dir, manifest } = peerModels();
+  const model = manifest.models[name];
+  torch.setNumThreads(Number(process.env.OMP_NUM_THREADS ?? 1));
+  const shape = [batch, ...model.inputShape];
+  const data = input(shape);
+  let run: (x: Tensor) => Tensor;
+  if (which === 'full' || which === 'eager' || which === 'handCut') {
+    const file = path.join(dir, which === 'handCut' ? model.files.prefixBranchScript : model.files.backbone);
+    const loaded = jit.load(file).eval();
+    const module = which === 'eager' ? loaded : jit.optimizeForInference(loaded);
+    run = (x) => module.forward(x) as Tensor;
+  } else {
+    const branch = parseBranchSpec(model.branch.join(','));
+    branch.loadStateDict(torch.load(path.join(dir, model.files.branchStateDict)) as Record<string, Tensor>);
+    const early = new EarlyExitModel(jit.load(path.join(dir, model.files.backbone)), [[model.exitPoint, branch]]).eval()
+      .optimizeForInference();
+    const policy = { criterion: 'entropy' as const, thresholds: [which === 'stopped' ? ALWAYS : NEVER] };
+    run = (x) => {
+      const result = early.forwardEarlyExit(x, policy);
+      if (result.exit !== (which === 'stopped' ? 0 : 1)) throw new Error(`expected exit ${which === 'stopped' ? 0 : 1}, took ${result.exit}`);
+      return result.output;
+    };
+  }
+  const once = (): Float32Array => torch.noGrad(() => torch.tidy(() => {
+    const output = run(torch.tensor(data, { shape }));
+    return output.data() as Float32Array;
+  }));
+  return {
+    step: () => { once(); },
+    output: () => Array.from(once()),
+    describe: `torch-early-exit on LibTorch ${torch.version.libtorch}, ${torch.getNumThreads()} thread(s)`,
+  };
+}
+
+async function peerSide(options: Record<string, unknown>): Promise<Side> {
+  const { model: name, batch, path: which } = options as unknown as SideOptions & { path: OrtPath };
+  const { dir, manifest } = peerModels();
+  const model = manifest.models[name];
+  const { ort, version } = await loadOnnxRuntimeWithInfo();
+  const session = (file: string): Promise<OrtSession> => createSingleThreadSession(ort, path.join(dir, file));
+  const shape = [batch, ...model.inputShape];
+  const data = input(shape);
+  let run: () => Promise<Float32Array>;
+  if (which === 'full') {
+    const full = await session(model.files.full);
+    run = async () => (await full.run({ input: new ort.Tensor('float32', data, shape) })).output.data as Float32Array;
+  } else if (which === 'stopped') {
+    const prefix = await session(model.files.prefixBranch);
+    run = async () => {
+      const exit = (await prefix.run({ input: new ort.Tensor('float32', data, shape) })).exit.data as Float32Array;
+      if (!allConfident(exit, batch, ALWAYS)) throw new Error('expected the exit to be taken');
+      return exit;
+    };
+  } else {
+    const prefix = await session(model.files.prefixExit);
+    const rest = await session(model.files.rest);
+    run = async () => {
+      const first = await prefix.run({ input: new ort.Tensor('float32', data, shape) });
+      if (allConfident(first.exit.data as Float32Array, batch, NEVER)) throw new Error('expected the exit not to be taken');
+      return (await rest.run({ activation: first.activation })).output.data as Float32Array;
+    };
+  }
+  return {
+    step: async () => { await run(); },
+    output: async () => Array.from(await run()),
+    describe: `onnxruntime-node ${version}, intraOpNumThreads 1, graph optimization 'all'`,
+  };
+}
+
+serveSide({ library: librarySide, peer: peerSide });
+
+function pairsFor(model: string, steps: number): Pair[] {
+  const lib = (p: LibPath, batch: number) => ({ factory: 'library', options: { model, batch, path: p } });
+  const ort = (p: OrtPath, batch: number) => ({ factory: 'peer', options: { model, batch, path: p } });
+  const big = model === 'mobilenet_v2';
+  const one = { steps: big ? Math.ceil(steps / 4) : steps, warmup: big ? 10 : 50, tolerance: 1e-4 };
+  const batched = { steps: big ? 10 : 40, warmup: big ? 3 : 5, tolerance: 1e-4 };
+  return [
+    { name: `${model}: full forward, batch 1`, a: lib('full', 1), b: ort('full', 1), ...one },
+    { name: `${model}: full forward, batch 64`, a: lib('full', 64), b: ort('full', 64), ...batched },
+    { name: `${model}: stopped exit vs ORT prefix+branch, batch 1`, a: lib('stopped', 1), b: ort('stopped', 1), ...one },
+    { name: `${model}: stopped exit vs ORT full forward, batch 1`, a: lib('stopped', 1), b: ort('full', 1), ...one, tolerance: undefined },
+    { name: `${model}: not stopped vs ORT prefix+branch then rest, batch 1`, a: lib('notStopped', 1), b: ort('notStopped', 1), ...one },
+    { name: `${model}: eager forward (no optimizeForInference), batch 1`, a: lib('eager', 1), b: ort('full', 1), ...one },
+  ];
+}
+
+function handCutPairs(model: string, steps: number): Pair[] {
+  const lib = (p: LibPath) => ({ factory: 'library', options: { model, batch: 1, path: p } });
+  return [{ name: `${model}: stopped exit vs the same prefix+branch compiled alone, batch 1`, a: lib('stopped'), b: lib('handCut'),
+    steps: model === 'mobilenet_v2' ? Math.ceil(steps / 4) : steps, warmup: 50, tolerance: 1e-4 }];
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const flag = (name: string) => { const i = args.indexOf(name); return i >= 0 ? args[i + 1] : undefined; };
+  const models = (flag('--models') ?? 'resnet20,mnist_cnn,mobilenet_v2').split(',');
+  const allocator = (flag('--allocator') ?? 'tuned') as Environment['allocator'];
+  if (allocator !== 'tuned' && allocator !== 'default') throw new Error(`--allocator is 'tuned' or 'default', got '${allocator}'`);
+  const steps = flag('--steps') === undefined ? 300 : positiveInt('--steps', flag('--steps'));
+  const json = args.includes('--json') ? jsonFile(flag('--json')) : undefined;
+  const environment: Environment = { threads: 1, allocator };
+  const { manifest } = peerModels();
+  for (const model of models) if (!manifest.models[model]) throw new Error(`unknown model '${model}' (${Object.keys(manifest.models).join(', ')})`);
+  const { version } = await loadOnnxRuntimeWithInfo();
+  console.log(`bench:peer: torch-early-exit on LibTorch ${torch.version.libtorch} against onnxruntime-node ${version}; models exported by PyTorch ${manifest.torchVersion}`);
+  console.log(describeEnvironment(environment));
+  console.log('ratio < 1: this library is faster. Each ratio pairs one step of each side, in turns.\n');
+  const script = __filename;
+  const peer = await runPairs(script, models.flatMap((m) => pairsFor(m, steps)), environment, (line) => console.error(line));
+  console.log(ratioTable(peer, 'library', 'onnxruntime'));
+  console.log('');
+  const cut = await runPairs(script, models.flatMap((m) => handCutPairs(m, steps)), environment, (line) => console.error(line));
+  console.log(ratioTable(cut, 'exit', 'hand-cut'));
+  if (json) fs.writeFileSync(json, JSON.stringify({ libtorch: torch.version.libtorch, onnxruntime: version, environment, peer, handCut: cut }, null, 2) + '\n');
+}
+
+if (process.env.TEE_BENCH_SIDE !== '1') {
+  main().catch((error) => {
+    console.error(error instanceof Error ? error.message : error);
+    process.exit(1);
+  });
+}
