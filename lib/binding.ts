@@ -58,7 +58,8 @@ export interface NativeScriptModule {
   methodNames(): string[];
   methodSchema(method: string): string;
   typeName(): string;
-  isBatchBoundary(): boolean;
+  /** [calls of this module in one forward of the root (-1: in a loop), whether samples can leave the batch after it]. */
+  callSites(): [number, boolean];
   registerHook(hook: NativeHook): number;
   removeHook(id: number): boolean;
   /**

@@ -201,11 +201,20 @@ export class ScriptModule extends ParameterOwner implements HookModule {
   }
 
   /**
-   * Whether samples can leave the batch after this module: it is a child of the root,
-   * called once at the top level of the root's forward, and no tensor made before it is
-   * used after it (the block boundaries of a chain, as in ResNet's layers).
+   * Whether samples can leave the batch after this module: with every call of the root's
+   * forward inlined (through containers such as Sequential and methods such as
+   * `_forward_impl`), this module is called once, unconditionally, and no batch-sized
+   * tensor made before it (a skip connection, the input) is read after it. The block
+   * boundaries of a chain, as between ResNet's blocks, nested or not.
    */
-  get isBatchBoundary(): boolean { return this.native.isBatchBoundary(); }
+  get isBatchBoundary(): boolean { return this.native.callSites()[1]; }
+
+  /**
+   * How many times one forward of the root calls this module's forward: 0 (never), 1, 2
+   * and more (a module reused, as torchvision's BasicBlock reuses its `relu`), or -1 when
+   * the call sits in a loop.
+   */
+  get callsPerForward(): number { return this.native.callSites()[0]; }
 
   /** Every module below this one, itself first as '', in the order of PyTorch's `named_modules()`. */
   namedModules(): Array<[string, ScriptModule]> {

@@ -163,7 +163,13 @@ void RunHooksAt(const c10::ivalue::Object* module, const c10::IValue& inputs, co
       context->outputs.push_back({hook->id, result});
       for (const StopRule& rule : context->stopRules) {
         if (rule.hookId != hook->id || !result.isTensor()) continue;
-        at::Tensor meeting = SamplesMeeting(rule, result.toTensor(), context->patience);
+        at::Tensor meeting;
+        try {
+          meeting = SamplesMeeting(rule, result.toTensor(), context->patience);
+        } catch (const std::invalid_argument& error) {
+          throw std::runtime_error("the exit hooked on " + HookedModuleName(*hook) + " gives " + ShapeOf(result) + ": " +
+                                   error.what());
+        }
         if (meeting.all().item<bool>()) {
           context->stoppedBy = HookOutput{hook->id, result};
           throw ForwardStopped{};

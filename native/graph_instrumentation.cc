@@ -65,67 +65,7 @@ void ForEachGraph(const torch::jit::Module& root, Visit&& visit) {
   }
 }
 
-bool HoldsTensor(const c10::TypePtr& type) {
-  if (type->kind() == c10::TypeKind::TensorType) return true;
-  // Objects (submodules) hold parameters, not the batch.
-  if (type->kind() == c10::TypeKind::ClassType) return false;
-  for (const c10::TypePtr& contained : type->containedTypes()) {
-    if (HoldsTensor(contained)) return true;
-  }
-  return false;
-}
-
-// The node of `block` that contains `node` (itself, or the node whose sub-block holds it).
-Node* TopLevelNode(Node* node, Block* block) {
-  while (node->owningBlock() != block) node = node->owningBlock()->owningNode();
-  return node;
-}
-
-// Instrumentation's own nodes read values too; they do not make a value live.
-bool IsInstrumentation(const Node* node) {
-  if (node->kind() == TapSymbol()) return true;
-  if (node->kind() != c10::prim::TupleConstruct) return false;
-  for (const torch::jit::Use& use : node->output()->uses()) {
-    if (use.user->kind() != TapSymbol()) return false;
-  }
-  return true;
-}
-
 }  // namespace
-
-bool IsBatchBoundary(const torch::jit::Module& root, const std::string& childName) {
-  auto method = root.find_method("forward");
-  if (!method) return false;
-  auto* function = dynamic_cast<torch::jit::GraphFunction*>(&method->function());
-  if (function == nullptr) return false;
-  std::shared_ptr<torch::jit::Graph> graph = function->graph();
-  Block* top = graph->block();
-  Node* call = nullptr;
-  for (Node* node : top->nodes()) {
-    if (!IsSubmoduleForward(node)) continue;
-    Node* getter = node->input(0)->node();
-    if (getter->kind() != c10::prim::GetAttr || getter->input(0) != graph->inputs()[0] ||
-        getter->s(c10::attr::name) != childName) {
-      continue;
-    }
-    if (call != nullptr) return false;  // called twice
-    call = node;
-  }
-  if (call == nullptr) return false;
-  std::vector<torch::jit::Value*> before(graph->inputs().begin() + 1, graph->inputs().end());
-  for (Node* node : top->nodes()) {
-    if (node == call) break;
-    for (torch::jit::Value* output : node->outputs()) before.push_back(output);
-  }
-  for (torch::jit::Value* value : before) {
-    if (!HoldsTensor(value->type())) continue;
-    for (const torch::jit::Use& use : value->uses()) {
-      if (IsInstrumentation(use.user)) continue;
-      if (TopLevelNode(use.user, top)->isAfter(call)) return false;
-    }
-  }
-  return true;
-}
 
 std::unordered_set<const c10::ClassType*> InstrumentModule(const torch::jit::Module& root) {
   std::unordered_set<const c10::ClassType*> called;

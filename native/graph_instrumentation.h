@@ -16,9 +16,4 @@ std::unordered_set<const c10::ClassType*> InstrumentModule(const torch::jit::Mod
 // Removes the taps, so that the saved code is what the model had when loaded.
 void StripInstrumentation(const torch::jit::Module& root);
 
-// Whether the root's forward calls its child `childName` once, at its top level, and uses
-// no tensor made before that call after it: then the child's output is the only batch-sized
-// value the rest of the forward reads, and samples can leave the batch there.
-bool IsBatchBoundary(const torch::jit::Module& root, const std::string& childName);
-
 }  // namespace tee

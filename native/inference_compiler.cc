@@ -9,6 +9,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "batch_boundary.h"
+
 namespace tee {
 namespace {
 
@@ -20,21 +22,6 @@ std::shared_ptr<torch::jit::Graph> ForwardGraph(const torch::jit::Module& module
   auto* function = dynamic_cast<torch::jit::GraphFunction*>(&module.get_method("forward").function());
   if (function == nullptr) throw std::runtime_error("the model's forward is not a TorchScript graph");
   return function->graph();
-}
-
-// The qualified name of the submodule a value holds: a chain of GetAttr from the graph's
-// `self`, or "" when it is anything else.
-bool ModulePath(Value* value, Value* self, std::string& path) {
-  std::vector<std::string> names;
-  while (value != self) {
-    Node* node = value->node();
-    if (node->kind() != c10::prim::GetAttr) return false;
-    names.push_back(node->s(c10::attr::name));
-    value = node->input(0);
-  }
-  path.clear();
-  for (auto name = names.rbegin(); name != names.rend(); ++name) path += (path.empty() ? "" : ".") + *name;
-  return true;
 }
 
 void CollectTaps(Block* block, std::vector<Node*>& taps) {
@@ -94,37 +81,6 @@ void KeyTapsByIndex(torch::jit::Module& module, const std::vector<std::string>& 
   }
   for (Node* tap : taps) RemoveTap(tap);
   torch::jit::EliminateDeadCode(graph);
-}
-
-bool HoldsTensor(const c10::TypePtr& type) {
-  if (type->kind() == c10::TypeKind::TensorType) return true;
-  for (const c10::TypePtr& contained : type->containedTypes()) {
-    if (HoldsTensor(contained)) return true;
-  }
-  return false;
-}
-
-// Whether the rest of the frozen forward reads nothing batch-sized made before `exit` but
-// what `exit` returns: weights are constants by now, so any other tensor value that lives
-// across it carries the batch (a skip connection, the input).
-bool IsBoundary(const std::shared_ptr<torch::jit::Graph>& graph, Node* exit) {
-  Block* top = graph->block();
-  if (exit->owningBlock() != top) return false;
-  std::vector<Value*> before(graph->inputs().begin(), graph->inputs().end());
-  for (Node* node : top->nodes()) {
-    if (node == exit) break;
-    if (node->kind() == c10::prim::Constant) continue;
-    for (Value* output : node->outputs()) before.push_back(output);
-  }
-  for (Value* value : before) {
-    if (!HoldsTensor(value->type())) continue;
-    for (const torch::jit::Use& use : value->uses()) {
-      Node* user = use.user;
-      while (user->owningBlock() != top) user = user->owningBlock()->owningNode();
-      if (user != exit && user->isAfter(exit)) return false;
-    }
-  }
-  return true;
 }
 
 torch::jit::Module Freeze(torch::jit::Module& module, bool optimize) {
@@ -187,7 +143,7 @@ std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& ro
   for (Node* exit : exits) {
     int64_t index = torch::jit::constant_as<int64_t>(exit->input(0)).value();
     seen[index]++;
-    compiled->batchBoundaries[index] = IsBoundary(graph, exit);
+    compiled->batchBoundaries[index] = IsBoundaryNode(*graph, exit, exit->input(1));
   }
   for (size_t i = 0; i < points.size(); ++i) {
     if (seen[i] != 1) throw std::logic_error("freezing lost or copied the exit point '" + points[i] + "'");

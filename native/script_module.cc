@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "async_work.h"
+#include "batch_boundary.h"
 #include "dtypes.h"
 #include "graph_instrumentation.h"
 #include "instance_data.h"
@@ -104,7 +105,7 @@ Napi::Function ScriptModule::Define(Napi::Env env) {
                          TEE_METHOD(ScriptModule, "methodNames", MethodNames),
                          TEE_METHOD(ScriptModule, "methodSchema", MethodSchema),
                          TEE_METHOD(ScriptModule, "typeName", TypeName),
-                         TEE_METHOD(ScriptModule, "isBatchBoundary", IsBatchBoundary),
+                         TEE_METHOD(ScriptModule, "callSites", CallSites),
                          TEE_METHOD(ScriptModule, "registerHook", RegisterHook),
                          TEE_METHOD(ScriptModule, "removeHook", RemoveHook),
                          TEE_METHOD(ScriptModule, "compileForInference", CompileForInference),
@@ -207,8 +208,16 @@ Napi::Value ScriptModule::NamedBuffers(const Napi::CallbackInfo& info) {
 
 Napi::Value ScriptModule::Train(const Napi::CallbackInfo& info) {
   RequireIdle(info.Env(), "change train/eval mode");
-  const_cast<torch::jit::Module&>(Get(info.Env())).train(info[0].ToBoolean());
-  state_->generation++;
+  torch::jit::Module& module = const_cast<torch::jit::Module&>(Get(info.Env()));
+  bool mode = info[0].ToBoolean();
+  // Only a real change makes a compiled model stale: eval() on a model in eval mode is no change.
+  for (const auto& inside : module.modules()) {
+    if (inside.is_training() != mode) {
+      state_->generation++;
+      break;
+    }
+  }
+  module.train(mode);
   return info.Env().Undefined();
 }
 
@@ -260,10 +269,15 @@ Napi::Value ScriptModule::TypeName(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), Get(info.Env()).type()->name()->qualifiedName());
 }
 
-Napi::Value ScriptModule::IsBatchBoundary(const Napi::CallbackInfo& info) {
-  Get(info.Env());
-  bool direct = !name_.empty() && name_.find('.') == std::string::npos;
-  return Napi::Boolean::New(info.Env(), direct && tee::IsBatchBoundary(state_->root, name_));
+// [calls in one forward (-1: in a loop), whether samples can leave the batch after it].
+Napi::Value ScriptModule::CallSites(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Get(env);
+  tee::CallSites sites = AnalyzeCalls(state_->root, name_);
+  Napi::Array result = Napi::Array::New(env, 2);
+  result.Set(0u, Napi::Number::New(env, sites.count));
+  result.Set(1u, Napi::Boolean::New(env, sites.boundary));
+  return result;
 }
 
 Napi::Value ScriptModule::RegisterHook(const Napi::CallbackInfo& info) {

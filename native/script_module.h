@@ -37,7 +37,7 @@ class ScriptModule : public GuardedWrap<ScriptModule> {
   Napi::Value MethodNames(const Napi::CallbackInfo& info);
   Napi::Value MethodSchema(const Napi::CallbackInfo& info);
   Napi::Value TypeName(const Napi::CallbackInfo& info);
-  Napi::Value IsBatchBoundary(const Napi::CallbackInfo& info);
+  Napi::Value CallSites(const Napi::CallbackInfo& info);
   Napi::Value RegisterHook(const Napi::CallbackInfo& info);
   Napi::Value RemoveHook(const Napi::CallbackInfo& info);
   Napi::Value CompileForInference(const Napi::CallbackInfo& info);

@@ -20,6 +20,11 @@ EXPECTED_FILES = [
     "containers_scripted.pt",
     "resnet20_reference.json",
     "containers_reference.json",
+    "resnet18_scripted.pt",
+    "resnet18_traced.pt",
+    "mobilenet_v2_scripted.pt",
+    "mobilenet_v2_traced.pt",
+    "torchvision_reference.json",
 ]
 
 
@@ -356,7 +361,8 @@ def make_training(w):
         params = ([] if frozen else list(model.parameters())) + list(branch.parameters())
         optimizer = torch.optim.SGD(params, lr=settings["lr"], momentum=settings["momentum"],
                                     weight_decay=settings["weightDecay"])
-        model.train()
+        # A frozen backbone stays in eval mode: its batch-norm statistics do not move.
+        model.train(not frozen)
         branch.train()
         losses = []
         for _ in range(settings["steps"]):
@@ -525,6 +531,39 @@ def make_distiller_stats(w):
     w.json("distiller_stats_reference.json", {"cases": cases})
 
 
+def make_torchvision(w):
+    """torchvision's ResNet-18 and MobileNetV2 as users export them: nested calls through
+    `_forward_impl`, Sequential stages and blocks that reuse a module (BasicBlock's relu)."""
+    import torchvision
+    reference = {}
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 64, 64)
+    reference["input"] = tensor_json(x)
+    for name, make in (("resnet18", torchvision.models.resnet18),
+                       ("mobilenet_v2", torchvision.models.mobilenet_v2)):
+        torch.manual_seed(0)
+        model = make(num_classes=10)
+        # Batch-norm statistics measured on data (a fresh network's defaults let activations
+        # die out, and every input would give the same output).
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = None
+        model.train()
+        with torch.no_grad():
+            for _ in range(4):
+                model(torch.randn(8, 3, 64, 64))
+        model.eval()
+        with torch.no_grad():
+            reference[name] = tensor_json(model(x))
+            scripted = torch.jit.script(model)
+            traced = torch.jit.trace(model, x[:1])
+            assert max_diff(scripted(x), model(x)) < 1e-5
+            assert max_diff(traced(x), model(x)) < 1e-5
+        w.jit("%s_scripted.pt" % name, scripted)
+        w.jit("%s_traced.pt" % name, traced)
+    w.json("torchvision_reference.json", reference)
+
+
 def main(outdir):
     digest = script_digest()
     os.makedirs(outdir, exist_ok=True)
@@ -540,6 +579,7 @@ def main(outdir):
     make_optimizers(w)
     make_mnist_cnn(w)
     make_distiller_stats(w)
+    make_torchvision(w)
 
     # Which PyTorch made these: the other LibTorch's tests read them from torch-<version>/.
     with open(os.path.join(outdir, "TORCH_VERSION"), "w") as f:

@@ -27,6 +27,14 @@ describe('optimizeForInference: the compiled model computes what the model does'
     const stopped = model.forwardEarlyExit(x, stopAt(1, 0));
     expect(stopped.exits).toEqual([0, 0]);
     expect(maxAbsDiff(stopped.output, resnet().exit.exit_output)).toBeLessThanOrEqual(1e-5);
+    // Ordinary tensors come back (the compiled forward runs in inference mode): they can be
+    // changed in place and take part in autograd like any other.
+    const before = stopped.output.data()[0] as number;
+    stopped.output.mul_(2);
+    expect(stopped.output.data()[0]).toBeCloseTo(2 * before, 6);
+    const weight = torch.ones([10], { requiresGrad: true });
+    full.output.mul(weight).sum().backward();
+    expect(maxAbsDiff(weight.grad!, full.output.sum(0))).toBeLessThanOrEqual(1e-6);
   });
 
   it.each(['resnet20_scripted.pt', 'resnet20_traced.pt'])('%s with exits at nested points: every exit and the final output equal the uncompiled model\'s', async (file) => {
@@ -132,6 +140,9 @@ describe('optimizeForInference: a snapshot that refuses to run once the model ch
     expect(() => model.forwardEarlyExit(x, never(1))).toThrow(/'the branch at 'layer1\.2\.relu2'' was changed in place/);
     model.optimizeForInference();
 
+    // eval() on a model in eval mode changes nothing.
+    model.eval();
+    expect(model.forwardEarlyExit(x, never(1)).exit).toBe(1);
     model.train().eval();
     expect(() => model.forwardEarlyExit(x, never(1))).toThrow(/mode or device was changed/);
     model.optimizeForInference();

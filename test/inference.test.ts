@@ -149,15 +149,17 @@ describe('per-sample exits inside a batch', () => {
     ]).eval();
   }
 
-  it('finds the block boundaries where samples can leave, and refuses the rest', () => {
+  it('finds the block boundaries where samples can leave, nested ones too, and refuses the rest', () => {
     const resnet = new EarlyExitModel(jit.load(fixture('resnet20_scripted.pt')), [
-      ['layer1.2.relu2', nn.Identity()], ['layer1', nn.Identity()], ['layer3', nn.Identity()], ['fc', nn.Identity()]]);
-    expect(resnet.exitsPerSample).toEqual([false, true, true, true]);
+      ['layer1.2.relu2', nn.Identity()], ['layer1', nn.Identity()], ['layer1.2.relu1', nn.Identity()], ['fc', nn.Identity()]]);
+    // relu1 is inside a residual block: the block's input is read again after it.
+    expect(resnet.exitsPerSample).toEqual([true, true, false, true]);
     const traced = jit.load(fixture('resnet20_traced.pt'));
-    expect(['layer1', 'layer2.0'].map((name) => traced.getModule(name).isBatchBoundary)).toEqual([true, false]);
+    expect(['layer1', 'layer2.0', 'layer2.0.conv1'].map((name) => traced.getModule(name).isBatchBoundary)).toEqual([true, true, false]);
     const containers = jit.load(fixture('containers_scripted.pt'));
-    // act is called twice; left is a plain link of the chain.
-    expect(['act', 'left', 'blocks.0'].map((name) => containers.getModule(name).isBatchBoundary)).toEqual([false, true, false]);
+    // act is called twice; left is a plain link of the chain; heads.b still needs what heads.a read.
+    expect(['act', 'left', 'blocks.0', 'heads.a'].map((name) => containers.getModule(name).isBatchBoundary)).toEqual([false, true, true, false]);
+    expect(['act', 'left', 'heads'].map((name) => containers.getModule(name).callsPerForward)).toEqual([2, 1, 0]);
   });
 
   it('each sample leaves at its first confident exit; the rest go on with a smaller batch; rows come back in input order', async () => {
@@ -196,15 +198,24 @@ describe('per-sample exits inside a batch', () => {
     expect(result.exits).toEqual(scores[0].map((s) => (s >= first ? 0 : 1)));
   });
 
-  it('falls back to whole-batch exits where samples cannot leave', () => {
+  it('lets samples leave at a boundary nested in blocks, and refuses per-sample exits elsewhere, naming the exit', () => {
     const model = seedModel();
     const x = fromRef(resnet().input);
     const [maxP] = exitScores(torch.noGrad(() => model.forward(x)), 'maxProbability');
     const between = (Math.min(...maxP) + Math.max(...maxP)) / 2;
     const result = model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [between], perSample: true });
-    expect(model.exitsPerSample).toEqual([false]);
-    expect(result.exits).toEqual([1, 1]);
-    expect(maxAbsDiff(result.output, resnet().output)).toBeLessThanOrEqual(1e-5);
+    expect(model.exitsPerSample).toEqual([true]);
+    const expected = maxP.map((p) => (p >= between ? 0 : 1));
+    expect(new Set(expected).size).toBe(2);
+    expect(result.exits).toEqual(expected);
+    const rows = [resnet().exit.exit_output, resnet().exit.final_output].map(fromRef);
+    expected.forEach((exit, j) => expect(maxAbsDiff(result.output.select(0, j), rows[exit].select(0, j))).toBeLessThanOrEqual(1e-5));
+    const inside = new EarlyExitModel(jit.load(fixture('resnet20_scripted.pt')), [
+      ['layer1.2.relu1', nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))]]).eval();
+    expect(() => inside.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [0.5], perSample: true }))
+      .toThrow(/samples cannot leave the batch alone at exit 'layer1\.2\.relu1': a batch-sized tensor made before it/);
+    // Whole-batch exits are still allowed there.
+    expect(inside.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [0] }).exit).toBe(0);
   });
 });
 

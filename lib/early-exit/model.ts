@@ -46,6 +46,9 @@ export class EarlyExitModel {
   /** Per exit: whether samples can leave the batch there (see `EarlyExitPolicy.perSample`). */
   readonly exitsPerSample: readonly boolean[];
 
+  /** Per exit: how many times one forward calls its module (-1: in a loop); see `forwardEarlyExit`. */
+  readonly exitCalls: readonly number[];
+
   /** Per exit, whether it is a batch boundary of the compiled model; set while in inference mode. */
   private inferenceBoundaries?: readonly boolean[];
 
@@ -53,7 +56,9 @@ export class EarlyExitModel {
     this.backbone = backbone;
     this.exitsDef = exitsDef;
     this.eeMgr.attachExits(backbone, exitsDef);
-    this.exitsPerSample = exitsDef.map(([point]) => backbone.getModule(point).isBatchBoundary);
+    const sites = exitsDef.map(([point]) => backbone.getModule(point).native.callSites());
+    this.exitCalls = sites.map(([calls]) => calls);
+    this.exitsPerSample = sites.map(([, boundary]) => boundary);
   }
 
   /**
@@ -116,6 +121,13 @@ export class EarlyExitModel {
    * exit, the forward stops there (nothing after the exit point runs) and that exit's
    * output is returned; otherwise it goes on to the next exit and the final output.
    * Runs without gradients.
+   *
+   * An exit with a threshold must sit on a module that the forward calls exactly once: for
+   * a module called several times (torchvision's BasicBlock reuses one `relu`), training,
+   * `forward()` and `getExitsOutputs` see the last call's output (as Distiller's
+   * BranchPoint keeps it), and a stop at an earlier call would serve an exit that was never
+   * trained, so it is refused. With `perSample`, every exit with a threshold must be a
+   * batch boundary (`exitsPerSample`); anywhere else it is refused, naming the exit.
    */
   forwardEarlyExit(input: Tensor, policy: EarlyExitPolicy): EarlyExitResult {
     const rules = this.stopRules(policy);
@@ -158,11 +170,19 @@ export class EarlyExitModel {
     exits.forEach((exit, i) => {
       const threshold = policy.thresholds[i];
       if (threshold === null) return;
-      if (boundaries && policy.perSample && !boundaries[i]) {
-        throw new Error(`forwardEarlyExit: samples cannot leave the batch alone at exit '${exit.point}' of the compiled model: ` +
-          'a tensor made before it (a skip connection, the input) is still used after it; give this exit a whole-batch policy or none');
+      const calls = this.exitCalls[i];
+      if (calls !== 1) {
+        const how = calls === 0 ? 'is never called by the forward' : calls < 0 ? 'is called in a loop' : `is called ${calls} times in one forward`;
+        throw new Error(`forwardEarlyExit: exit '${exit.point}' ${how}: training and getExitsOutputs use its last call's output, ` +
+          'so a stop at another call would serve an exit that was not trained; attach the exit to a module called once ' +
+          '(the block that holds it, for example), or give this exit the threshold null');
       }
-      rules.push([exit.handle.id, policy.criterion, threshold, Boolean(policy.perSample) && (boundaries ? boundaries[i] : this.exitsPerSample[i])]);
+      if (policy.perSample && !(boundaries ?? this.exitsPerSample)[i]) {
+        throw new Error(`forwardEarlyExit: samples cannot leave the batch alone at exit '${exit.point}'${boundaries ? ' of the compiled model' : ''}: ` +
+          'a batch-sized tensor made before it (a skip connection, the input) is still read after it; ' +
+          'use a batch boundary (exitsPerSample), a whole-batch policy (perSample: false), or the threshold null there');
+      }
+      rules.push([exit.handle.id, policy.criterion, threshold, Boolean(policy.perSample)]);
     });
     if (policy.criterion === 'patience' && rules.length !== exits.length) {
       throw new Error('patience counts agreeing exits in a row: give every exit a threshold');
@@ -230,25 +250,39 @@ export class EarlyExitModel {
     return this.namedParameters().map(([, tensor]) => tensor);
   }
 
+  /** Whether `freezeBackbone()` froze the backbone. */
+  get backboneFrozen(): boolean { return this.frozen; }
+
+  private frozen = false;
+
   /**
-   * Stops (or restarts) gradients to the backbone's parameters, to train the exits alone
-   * on a frozen backbone. The backbone's batch-norm statistics still move in train mode:
-   * call `backbone.eval()` after `train()` to keep them too.
+   * Freezes (or thaws) the backbone, to train the exits alone on it: its parameters get no
+   * gradients, and `train()` leaves the backbone in eval mode, so its batch-norm statistics
+   * and dropout stay as they are too; a frozen backbone computes the same outputs, bit for
+   * bit, after any amount of exit training. (To let batch norm adapt anyway, call
+   * `backbone.train()` yourself after `train()`.)
    */
   freezeBackbone(freeze = true): this {
     for (const param of this.backbone.parameters()) param.requiresGrad = !freeze;
+    this.frozen = freeze;
+    if (freeze) this.backbone.eval();
     return this;
   }
 
+  /** Train mode for the branches, and for the backbone unless it is frozen (see `freezeBackbone`). */
   train(mode = true): this {
-    this.backbone.train(mode);
+    this.backbone.train(mode && !this.frozen);
     for (const branch of this.branches) (branch as Module | ScriptModule).train(mode);
     return this;
   }
 
   eval(): this { return this.train(false); }
 
-  get training(): boolean { return this.backbone.training; }
+  /** Whether the model is in train mode: its branches are (the backbone too, unless frozen). */
+  get training(): boolean {
+    const first = this.branches[0] as Module | ScriptModule | undefined;
+    return first ? first.training : this.backbone.training;
+  }
 
   /** Forgets the gradients of the backbone's and the branches' parameters. */
   zeroGrad(): void {

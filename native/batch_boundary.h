@@ -1,0 +1,34 @@
+// Where samples can leave a batch: analysis of a model's forward with every call inlined,
+// so that a point nested in submodules (torchvision's `layer1.0`, reached through
+// `_forward_impl` and a Sequential) is judged by everything that runs around it.
+#pragma once
+
+#include <torch/script.h>
+#include <torch/csrc/jit/ir/ir.h>
+
+#include <string>
+
+namespace tee {
+
+// Whether `point`, a node of the graph's top-level block, is a batch boundary: nothing
+// batch-sized made before it is read after it except `flowing`, the value that goes on.
+// Weights (attributes, constants) are not batch-sized; the instrumentation's own nodes do
+// not count as readers.
+bool IsBoundaryNode(torch::jit::Graph& graph, torch::jit::Node* point, torch::jit::Value* flowing);
+
+// The qualified name of the submodule `value` holds, when it is a chain of attribute reads
+// from `self`.
+bool ModulePath(torch::jit::Value* value, torch::jit::Value* self, std::string& path);
+
+// How the forward of an instrumented model calls one of its modules.
+struct CallSites {
+  // Calls in one forward (calls in different branches of an if/else count once); -1 when
+  // a call sits in a loop (any number).
+  int count = 0;
+  // Called once, unconditionally, and a batch boundary (see IsBoundaryNode).
+  bool boundary = false;
+};
+
+CallSites AnalyzeCalls(const torch::jit::Module& root, const std::string& qualifiedName);
+
+}  // namespace tee

@@ -1,0 +1,110 @@
+/** Early exits on torchvision's ResNet-18 and MobileNetV2, scripted and traced, as users export them. */
+import { EarlyExitModel, Tensor, exitDecisions, exitScores, jit, nn, torch, trainEarlyExit } from '../lib';
+import { fixture, fromRef, maxAbsDiff, reference } from './helpers';
+
+const tv = () => reference('torchvision_reference.json');
+
+/** A pooled linear exit per point; `channels` are the point's output channels. */
+function withExits(file: string, points: Array<[string, number]>): EarlyExitModel {
+  torch.manualSeed(0);
+  return new EarlyExitModel(jit.load(fixture(file)), points.map(([point, channels]) =>
+    [point, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10))])).eval();
+}
+
+/** Halfway across the widest gap between the scores: some samples meet it, none sits near it. */
+function widestGap(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  let best = 0;
+  for (let i = 1; i < sorted.length; i++) if (sorted[i] - sorted[i - 1] > sorted[best + 1] - sorted[best]) best = i - 1;
+  // Batch 1 and batch 4 convolutions differ in the last bits: keep the decisions clear of that.
+  expect(sorted[best + 1] - sorted[best]).toBeGreaterThan(1e-4);
+  return (sorted[best] + sorted[best + 1]) / 2;
+}
+
+const cases: Array<[string, Array<[string, number]>, string]> = [
+  ['resnet18_scripted.pt', [['layer1.0', 64], ['layer2', 128], ['layer3.1', 256]], 'resnet18'],
+  ['resnet18_traced.pt', [['layer1.0', 64], ['layer2', 128], ['layer3.1', 256]], 'resnet18'],
+  ['mobilenet_v2_scripted.pt', [['features.3', 24], ['features.7', 64], ['features.14', 160]], 'mobilenet_v2'],
+  ['mobilenet_v2_traced.pt', [['features.3', 24], ['features.7', 64], ['features.14', 160]], 'mobilenet_v2'],
+];
+
+describe('per-sample exits on torchvision models, through _forward_impl, Sequential stages and blocks', () => {
+  it.each(cases)('%s: every exit is a batch boundary; samples leave as they would alone', (file, points, name) => {
+    const model = withExits(file, points);
+    expect(model.exitsPerSample).toEqual([true, true, true]);
+    const x = fromRef(tv().input);
+    const outputs = torch.noGrad(() => model.forward(x));
+    expect(maxAbsDiff(outputs[3], tv()[name])).toBeLessThanOrEqual(1e-4);
+    const scores = exitScores(outputs, 'entropy');
+    const thresholds = scores.slice(0, 3).map(widestGap);
+    const expected = exitDecisions(scores, 'entropy', thresholds);
+    expect(new Set(expected).size).toBeGreaterThanOrEqual(2);
+    const policy = { criterion: 'entropy' as const, thresholds, perSample: true };
+    for (const compiled of [false, true]) {
+      if (compiled) model.optimizeForInference();
+      const result = model.forwardEarlyExit(x, policy);
+      expect(result.exits).toEqual(expected);
+      for (let j = 0; j < 4; j++) {
+        const alone = model.forwardEarlyExit(x.narrow(0, j, 1), policy);
+        expect(alone.exits).toEqual([expected[j]]);
+        expect(maxAbsDiff(result.output.narrow(0, j, 1), alone.output)).toBeLessThanOrEqual(1e-5);
+        expect(maxAbsDiff(result.output.select(0, j), outputs[expected[j]].select(0, j))).toBeLessThanOrEqual(1e-4);
+      }
+    }
+  });
+
+  it('says where samples cannot leave, and why', () => {
+    const resnet = jit.load(fixture('resnet18_scripted.pt'));
+    // Inside a block the block's input is still needed (the skip connection).
+    expect(['layer1', 'layer4.1', 'layer1.0.conv1', 'layer2.0.bn2'].map((n) => resnet.getModule(n).isBatchBoundary))
+      .toEqual([true, true, false, false]);
+    const mobilenet = jit.load(fixture('mobilenet_v2_scripted.pt'));
+    // features.1.conv is reached from two branches of an if (with and without the residual): one call.
+    expect(mobilenet.getModule('features.1.conv').callsPerForward).toBe(1);
+    expect(['features', 'features.18', 'classifier'].map((n) => mobilenet.getModule(n).isBatchBoundary)).toEqual([true, true, true]);
+    const model = withExits('resnet18_scripted.pt', [['layer1.0.conv1', 64]]);
+    expect(() => model.forwardEarlyExit(fromRef(tv().input), { criterion: 'entropy', thresholds: [1], perSample: true }))
+      .toThrow(/samples cannot leave the batch alone at exit 'layer1\.0\.conv1'/);
+  });
+});
+
+describe('a module called more than once', () => {
+  it('BasicBlock\'s relu runs twice: training sees the last call, and a stop at it is refused with the reason', () => {
+    const model = withExits('resnet18_scripted.pt', [['layer1.0.relu', 64]]);
+    expect(model.exitCalls).toEqual([2]);
+    const x = fromRef(tv().input);
+    // forward() keeps the last call's output, as Distiller's BranchPoint does: the block's output.
+    const [exit] = torch.noGrad(() => model.forward(x));
+    const block = withExits('resnet18_scripted.pt', [['layer1.0', 64]]);
+    (block.branches[0] as nn.Sequential).loadStateDict((model.branches[0] as nn.Sequential).stateDict());
+    expect(maxAbsDiff(exit, torch.noGrad(() => block.forward(x))[0])).toBe(0);
+    expect(() => model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [10] }))
+      .toThrow(/exit 'layer1\.0\.relu' is called 2 times in one forward: training and getExitsOutputs use its last call's output/);
+    expect(model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [null] }).exit).toBe(1);
+    expect(() => model.optimizeForInference()).toThrow(/'layer1\.0\.relu' is called 2 times in one forward/);
+  });
+});
+
+describe('a frozen backbone stays frozen', () => {
+  it('trainEarlyExit moves the exits only: batch-norm statistics and the final output stay bit for bit', () => {
+    const model = withExits('resnet18_scripted.pt', [['layer2', 128]]).freezeBackbone();
+    const x = fromRef(tv().input);
+    const buffers = model.backbone.namedBuffers().map(([name, t]) => [name, t.clone()] as [string, Tensor]);
+    const before = torch.noGrad(() => model.forward(x));
+    const branchBefore = (model.branches[0] as nn.Sequential).parameters()[0].clone();
+    torch.manualSeed(5);
+    const data = { images: torch.randn([16, 3, 64, 64]), labels: torch.randint(0, 10, [16]) };
+    trainEarlyExit(model, data, { epochs: 2, batchSize: 8, lossWeights: [0.5], lr: 0.1 });
+    expect(model.backbone.training).toBe(false);
+    model.eval();
+    for (const [name, value] of model.backbone.namedBuffers()) {
+      expect([name, maxAbsDiff(value, buffers.find(([n]) => n === name)![1])]).toEqual([name, 0]);
+    }
+    const after = torch.noGrad(() => model.forward(x));
+    expect(maxAbsDiff(after[1], before[1])).toBe(0);
+    expect(maxAbsDiff((model.branches[0] as nn.Sequential).parameters()[0], branchBefore)).toBeGreaterThan(0);
+    // Thawed, the backbone trains again, batch norm included.
+    model.freezeBackbone(false).train();
+    expect(model.backbone.training).toBe(true);
+  });
+});
