@@ -24,7 +24,10 @@ describe('npm run demo', () => {
     expect(results.distiller.report.samples).toBe(300);
     expect(results.distiller.report.exitTaken.reduce((a: number, b: number) => a + b, 0)).toBe(300);
     const served = results.serving.exits as Array<{ samples: number }>;
-    expect(served.reduce((a, e) => a + e.samples, 0)).toBe(300);
+    // Half the held-out digits calibrate, the other half are served and reported.
+    expect(results.heldOutSplit).toEqual({ calibration: 150, report: 150 });
+    expect(served.reduce((a, e) => a + e.samples, 0)).toBe(150);
+    expect(results.baselineLatencyMs).toBeGreaterThan(0);
     expect(results.serving.fullAccuracy).toBeGreaterThan(50);
     expect(results.calibration.curve.length).toBeGreaterThan(1);
     expect(results.exitLatenciesMs).toHaveLength(2);

@@ -2,6 +2,7 @@
  * Choosing exit thresholds on held-out data: the cheapest thresholds whose accuracy
  * stays within a target drop of the final output, with the whole trade-off curve.
  */
+import { optimizeForInference } from '../jit';
 import { Tensor } from '../tensor';
 import { cat, noGrad, tidy } from '../torch';
 import { ExitCriterion, LabelFreeCriterion, exitDecisions, exitScores, exitsBelow } from './criteria';
@@ -17,7 +18,7 @@ export interface TradeOffPoint {
   exitFractions: number[];
   /** Mean cost per sample, in the unit of `exitCosts` (milliseconds when they are latencies). */
   expectedCost: number;
-  /** Full-network cost over expected cost. */
+  /** Cost of the network without exits (`baselineCost`) over expected cost. */
   speedup: number;
 }
 
@@ -33,8 +34,14 @@ export interface Calibration {
 
 export interface CalibrationOptions {
   criterion: ExitCriterion;
-  /** The cost of a sample leaving at each exit, then of the full forward (e.g. measured ms). */
+  /** The cost of a sample leaving at each exit, then of the full forward through every exit (e.g. measured ms). */
   exitCosts: readonly number[];
+  /**
+   * The cost of the network without exits, which speed-ups are measured against (what
+   * `measureBaselineLatency` measures). Default: the last of `exitCosts`, which flatters
+   * early exits by the cost of the branches every full forward runs.
+   */
+  baselineCost?: number;
   /** Percentage points of accuracy one may lose against the final output; 0.5 by default. */
   maxAccuracyDrop?: number;
   /** Candidate thresholds per exit (quantiles of its scores); 32 by default. */
@@ -75,7 +82,7 @@ function candidates(scores: number[], criterion: ExitCriterion, count: number): 
 }
 
 function evaluate(scores: number[][], correct: boolean[][], criterion: ExitCriterion, thresholds: Array<number | null>,
-  costs: readonly number[]): TradeOffPoint {
+  costs: readonly number[], baseline: number): TradeOffPoint {
   const never = exitsBelow(criterion) ? -Infinity : Infinity;
   const decisions = exitDecisions(scores, criterion, thresholds.map((t) => (t === null ? never : t)));
   const counts = new Array(scores.length).fill(0);
@@ -85,7 +92,7 @@ function evaluate(scores: number[][], correct: boolean[][], criterion: ExitCrite
   const expectedCost = counts.reduce((sum, c, i) => sum + (c / n) * costs[i], 0);
   return {
     thresholds: [...thresholds], accuracy: (100 * hits) / n, exitFractions: counts.map((c) => c / n),
-    expectedCost, speedup: costs[costs.length - 1] / expectedCost,
+    expectedCost, speedup: baseline / expectedCost,
   };
 }
 
@@ -109,7 +116,8 @@ export function calibrateThresholds(heldOut: HeldOutOutputs, options: Calibratio
   const perExit = scores.slice(0, exits).map((s) => candidates(s, criterion, options.candidates ?? 32));
   const points: TradeOffPoint[] = [];
   const run = (thresholds: Array<number | null>) => {
-    const point = evaluate(scores, correct, criterion, thresholds, options.exitCosts);
+    const point = evaluate(scores, correct, criterion, thresholds, options.exitCosts,
+      options.baselineCost ?? options.exitCosts[options.exitCosts.length - 1]);
     points.push(point);
     return point;
   };
@@ -158,6 +166,27 @@ function paretoFront(points: TradeOffPoint[]): TradeOffPoint[] {
 export function policyOf(calibration: Calibration): EarlyExitPolicy {
   if (calibration.criterion === 'crossEntropy') throw new Error("'crossEntropy' needs labels: calibrate a label-free criterion to deploy");
   return { criterion: calibration.criterion as LabelFreeCriterion, thresholds: calibration.chosen.thresholds };
+}
+
+/**
+ * The median latency (ms) of the network without exits on `input`: the backbone alone,
+ * reloaded without hooks, compiled as `model` is when it is in inference mode. Speed-ups
+ * of early exits are measured against it (`CalibrationOptions.baselineCost`).
+ */
+export function measureBaselineLatency(model: EarlyExitModel, input: Tensor, runs = 30, warmup = 10): number {
+  const plain = model.plainBackbone({ device: input.device });
+  const full = model.inferenceMode ? optimizeForInference(plain) : plain;
+  const samples: number[] = [];
+  noGrad(() => {
+    for (let round = 0; round < warmup + runs; round++) {
+      const started = process.hrtime.bigint();
+      const output = full.forward(input) as Tensor;
+      const elapsed = Number(process.hrtime.bigint() - started) / 1e6;
+      output.dispose();
+      if (round >= warmup) samples.push(elapsed);
+    }
+  });
+  return [...samples].sort((a, b) => a - b)[Math.floor(samples.length / 2)];
 }
 
 /**
