@@ -75,6 +75,13 @@ describe('npm run demo', () => {
     expect(result.stderr).toContain("no module named 'features9' in this model; closest names: features1, features2");
     const spec = run(['demo', '--exit', 'features1=Lineal(784,10)', '--epochs', '0', '--out', out]);
     expect(spec.stderr).toContain("unknown layer 'Lineal'");
+    // A branch that does not fit its exit fails before any data is loaded, naming the exit and the shapes.
+    const shapes = run(['demo', '--exit', 'features1=Flatten(),Linear(784,10)', '--epochs', '0', '--out', out]);
+    expect(shapes.status).toBe(1);
+    expect(shapes.stdout).not.toContain('data:');
+    expect(shapes.stderr).toMatch(/the exits do not fit the model on MNIST digits of shape \[1, 1, 28, 28\]: .*the branch hooked on 'features1' failed on its input of shape \[1, 16, 14, 14\]/);
+    const classes = run(['demo', '--exit', 'features1=Flatten(),Linear(3136,5)', '--epochs', '0', '--out', out]);
+    expect(classes.stderr).toContain("the exit at 'features1' gives [1, 5] for one digit but the model's output is [1, 10]");
   });
 
   it('Ctrl-C leaves no half-written output', async () => {

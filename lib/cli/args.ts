@@ -28,7 +28,12 @@ statistics, calibrates thresholds and serves the held-out digits with real early
 Options:
   --model FILE           TorchScript model taking [N, 1, 28, 28] images (default: the bundled CNN)
   --exit NAME=SPEC       an exit after module NAME, e.g. features1=MaxPool2d(2),Flatten(),Linear(784,10)
-                         (repeat for several; default: the bundled CNN's exit)
+                         (repeat for several; default: the bundled CNN's exit). SPEC is torch.nn in
+                         PyTorch's syntax: positional order and keywords as in PyTorch, True/False/
+                         None, tuples: 'MaxPool2d(2, ceil_mode=True), Flatten(), Linear(784, 10)'.
+                         Layers: Linear Conv2d BatchNorm1d BatchNorm2d ReLU AvgPool2d MaxPool2d
+                         AdaptiveAvgPool2d Flatten Dropout Identity. The --test digits are split:
+                         the first half calibrates thresholds, the second half is served and reported.
   --epochs N             training epochs (default 4)
   --batch-size N         training batch size (default 64)
   --loss-weights W,...   one loss weight per exit, summing below 1 (default 0.3 split over the exits)

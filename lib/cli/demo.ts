@@ -74,11 +74,12 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   const lossWeights = options.lossWeights ?? exitSpecs.map(() => 0.3 / exitSpecs.length);
   log(`torch-early-exit demo: LibTorch ${torch.version.libtorch}, ${options.threads} thread(s), ${options.device}, seed ${options.seed}`);
 
-  const { train, test } = loadMnist({ train: options.train, test: options.test, seed: options.seed });
-  log(`data: ${options.train} training and ${options.test} held-out digits of the mnist package`);
   const model = new EarlyExitModel(load(modelFile, { device: options.device }),
     exitSpecs.map(([point, spec]) => [point, parseBranchSpec(spec)] as const));
   model.to(options.device);
+  checkExitsFit(model, options.device);
+  const { train, test } = loadMnist({ train: options.train, test: options.test, seed: options.seed });
+  log(`data: ${options.train} training and ${options.test} held-out digits of the mnist package`);
   const onDevice = (t: Tensor) => (options.device === 'cpu' ? t : t.to(options.device));
   const trainSet = { images: onDevice(train.images), labels: onDevice(train.labels) };
   const testSet = { images: onDevice(test.images), labels: onDevice(test.labels) };
@@ -182,6 +183,30 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   writeResults(options.out, results, tradeOffSvg(calibration, `Early exits on MNIST: accuracy against speedup (${calibration.criterion})`));
   log(`\nwrote ${path.join(options.out, 'results.json')} and ${path.join(options.out, 'tradeoff.svg')}`);
   return results;
+}
+
+/**
+ * One forward of a blank digit before any data loads: a branch that does not fit its exit
+ * point, or gives another shape than the model's output, fails now, naming the exit.
+ */
+function checkExitsFit(model: EarlyExitModel, device: string): void {
+  const digit = [1, 1, 28, 28];
+  const outputs = torch.noGrad(() => {
+    try {
+      return model.forward(torch.zeros(digit, { device }));
+    } catch (error) {
+      throw new Error(`the exits do not fit the model on MNIST digits of shape [${digit.join(', ')}]: ${(error as Error).message.split('\n')[0]}`);
+    }
+  });
+  const final = outputs[outputs.length - 1].shape;
+  model.exitPoints.forEach((point, i) => {
+    const shape = outputs[i].shape;
+    if (shape.length !== final.length || shape.some((size, d) => size !== final[d])) {
+      throw new Error(`the exit at '${point}' gives [${shape.join(', ')}] for one digit but the model's output is [${final.join(', ')}]: ` +
+        'a branch must end in as many classes as the model');
+    }
+  });
+  for (const output of outputs) output.dispose();
 }
 
 /**
