@@ -47,11 +47,14 @@ describe('npm run demo', () => {
   it('takes a user model with an exit spec', () => {
     const model = path.join(__dirname, 'fixtures', 'mnist_cnn.pt');
     const result = run(['demo', '--model', model, '--exit', 'features1=AdaptiveAvgPool2d(4),Flatten(),Linear(256,10)',
-      '--exit', 'features2=Flatten(),Linear(3136,10)', '--epochs', '1', '--train', '600', '--test', '200', '--out', out]);
+      '--exit', 'features2=Flatten(),Linear(3136,10)', '--epochs', '1', '--train', '600', '--test', '200', '--out', out,
+      '--optimizer', 'adam', '--lr', '0.002', '--criterion', 'margin', '--calibration-split', '0.4']);
     expect(result.status).toBe(0);
     const results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
     expect(results.exitPoints).toEqual(['features1', 'features2']);
     expect(results.lossWeights).toEqual([0.15, 0.15]);
+    expect(results.calibration.criterion).toBe('margin');
+    expect(results.heldOutSplit).toEqual({ calibration: 80, report: 120 });
   });
 
   it.each([
@@ -62,6 +65,10 @@ describe('npm run demo', () => {
     [['demo', '--device', 'tpu'], "--device must be cpu, cuda or cuda:N, got 'tpu'"],
     [['demo', '--train', '9000'], '--train plus --test cannot exceed the 10000 digits'],
     [['launch'], "unknown command 'launch'"],
+    [['demo', '--optimizer', 'rmsprop'], "--optimizer must be sgd or adam, got 'rmsprop'"],
+    [['demo', '--criterion', 'loss'], '--criterion must be one of auto, entropy, maxProbability, margin, patience'],
+    [['demo', '--calibration-split', '1'], '--calibration-split needs a share strictly between 0 and 1'],
+    [['demo', '--lr', '-1'], '--lr needs a positive number'],
   ])('wrong options %j get a clear message and exit code 2', (args, message) => {
     const result = run(args as string[]);
     expect(result.status).toBe(2);

@@ -249,6 +249,18 @@ describe('calibration', () => {
     expect(curve[curve.length - 1].accuracy).toBe(100);
   });
 
+  it('measures speed-up against the network without exits, and keeps it when exits cannot beat it', () => {
+    // The full forward through the exit costs 4.5, the network without exits 4: the branches' cost counts.
+    const honest = calibrateThresholds(heldOut(), { criterion: 'maxProbability', exitCosts: [1, 4.5], baselineCost: 4, maxAccuracyDrop: 0 });
+    expect(honest.keepsFullNetwork).toBe(false);
+    expect(honest.chosen.speedup).toBeCloseTo(4 / honest.chosen.expectedCost, 10);
+    // An exit as dear as the whole network gains nothing: every exit is turned off.
+    const useless = calibrateThresholds(heldOut(), { criterion: 'maxProbability', exitCosts: [4, 4.5], baselineCost: 4, maxAccuracyDrop: 30 });
+    expect(useless.keepsFullNetwork).toBe(true);
+    expect(useless.chosen.thresholds).toEqual([null]);
+    expect(useless.chosen.exitFractions).toEqual([0, 1]);
+  });
+
   it('refuses costs that do not match the outputs', () => {
     expect(() => calibrateThresholds(heldOut(), { criterion: 'entropy', exitCosts: [1] })).toThrow(/a cost per exit and one for the full forward/);
   });

@@ -21,12 +21,23 @@ function widestGap(values: number[]): number {
   return (sorted[best] + sorted[best + 1]) / 2;
 }
 
+const RESNET18: Array<[string, number]> = [['layer1.0', 64], ['layer2.1', 128], ['layer3', 256]];
+const MOBILENET_V2: Array<[string, number]> = [['features.3', 24], ['features.6', 32], ['features.14', 160]];
 const cases: Array<[string, Array<[string, number]>, string]> = [
-  ['resnet18_scripted.pt', [['layer1.0', 64], ['layer2', 128], ['layer3.1', 256]], 'resnet18'],
-  ['resnet18_traced.pt', [['layer1.0', 64], ['layer2', 128], ['layer3.1', 256]], 'resnet18'],
-  ['mobilenet_v2_scripted.pt', [['features.3', 24], ['features.7', 64], ['features.14', 160]], 'mobilenet_v2'],
-  ['mobilenet_v2_traced.pt', [['features.3', 24], ['features.7', 64], ['features.14', 160]], 'mobilenet_v2'],
+  ['resnet18_scripted.pt', RESNET18, 'resnet18'],
+  ['resnet18_traced.pt', RESNET18, 'resnet18'],
+  ['mobilenet_v2_scripted.pt', MOBILENET_V2, 'mobilenet_v2'],
+  ['mobilenet_v2_traced.pt', MOBILENET_V2, 'mobilenet_v2'],
 ];
+
+describe('hooks on torchvision models see what Python\'s forward hooks see', () => {
+  it.each(cases)('%s', (file, points, name) => {
+    const model = new EarlyExitModel(jit.load(fixture(file)), points.map(([point]) => [point, nn.Identity()])).eval();
+    const outputs = torch.noGrad(() => model.forward(fromRef(tv().input)));
+    points.forEach(([point], i) => expect([point, maxAbsDiff(outputs[i], tv()[`${name}_hooks`][point]) <= 1e-4]).toEqual([point, true]));
+    expect(maxAbsDiff(outputs[3], tv()[name])).toBeLessThanOrEqual(1e-4);
+  });
+});
 
 describe('per-sample exits on torchvision models, through _forward_impl, Sequential stages and blocks', () => {
   it.each(cases)('%s: every exit is a batch boundary; samples leave as they would alone', (file, points, name) => {

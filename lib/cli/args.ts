@@ -15,6 +15,14 @@ export interface DemoOptions {
   test: number;
   lossWeights?: number[];
   maxAccuracyDrop: number;
+  /** 'sgd' (momentum 0.9, cosine schedule) or 'adam'. */
+  optimizer: 'sgd' | 'adam';
+  /** Learning rate; 0.05 for SGD, 1e-3 for Adam by default. */
+  lr?: number;
+  /** The exit criterion, or 'auto': the fastest of them within --max-drop on the calibration digits. */
+  criterion: 'auto' | 'entropy' | 'maxProbability' | 'margin' | 'patience';
+  /** Share of the --test digits that calibrate; the rest are served and reported. */
+  calibrationSplit: number;
 }
 
 /** A wrong command line: the CLI prints the message and the usage, and exits with 2. */
@@ -32,12 +40,17 @@ Options:
                          PyTorch's syntax: positional order and keywords as in PyTorch, True/False/
                          None, tuples: 'MaxPool2d(2, ceil_mode=True), Flatten(), Linear(784, 10)'.
                          Layers: Linear Conv2d BatchNorm1d BatchNorm2d ReLU AvgPool2d MaxPool2d
-                         AdaptiveAvgPool2d Flatten Dropout Identity. The --test digits are split:
-                         the first half calibrates thresholds, the second half is served and reported.
+                         AdaptiveAvgPool2d Flatten Dropout Identity.
   --epochs N             training epochs (default 4)
   --batch-size N         training batch size (default 64)
   --loss-weights W,...   one loss weight per exit, summing below 1 (default 0.3 split over the exits)
   --max-drop P           accuracy points one may lose to early exits (default 0.5)
+  --optimizer sgd|adam   the optimizer (default sgd: momentum 0.9, weight decay 5e-4, cosine schedule)
+  --lr X                 learning rate (default 0.05 for sgd, 0.001 for adam)
+  --criterion C          entropy, maxProbability, margin, patience, or auto (default: the fastest
+                         within --max-drop on the calibration digits)
+  --calibration-split S  share of the --test digits that calibrate (default 0.5); the rest are
+                         served and reported, and chose nothing
   --train N --test N     digits for training and for held-out evaluation (default 8000 and 2000)
   --threads N            intra-op threads (default 1, the fastest at batch 1 here)
   --device cpu|cuda      where to run (default cpu)
@@ -57,7 +70,7 @@ function integer(name: string, value: string | undefined, min: number): number {
 export function parseDemoArgs(argv: readonly string[]): DemoOptions | null {
   const options: DemoOptions = {
     exits: [], epochs: 4, batchSize: 64, threads: 1, device: 'cpu', out: 'out/demo', seed: 0, train: 8000, test: 2000,
-    maxAccuracyDrop: 0.5,
+    maxAccuracyDrop: 0.5, optimizer: 'sgd', criterion: 'auto', calibrationSplit: 0.5,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -87,6 +100,31 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions | null {
         const value = Number(next());
         if (!(value >= 0 && value <= 100)) throw new UsageError('--max-drop needs a number of points between 0 and 100');
         options.maxAccuracyDrop = value;
+        break;
+      }
+      case '--optimizer': {
+        const value = next();
+        if (value !== 'sgd' && value !== 'adam') throw new UsageError(`--optimizer must be sgd or adam, got '${value}'`);
+        options.optimizer = value;
+        break;
+      }
+      case '--lr': {
+        const value = Number(next());
+        if (!(value > 0 && Number.isFinite(value))) throw new UsageError('--lr needs a positive number');
+        options.lr = value;
+        break;
+      }
+      case '--criterion': {
+        const value = next();
+        const known = ['auto', 'entropy', 'maxProbability', 'margin', 'patience'] as const;
+        if (!(known as readonly string[]).includes(value)) throw new UsageError(`--criterion must be one of ${known.join(', ')}, got '${value}'`);
+        options.criterion = value as DemoOptions['criterion'];
+        break;
+      }
+      case '--calibration-split': {
+        const value = Number(next());
+        if (!(value > 0 && value < 1)) throw new UsageError('--calibration-split needs a share strictly between 0 and 1, such as 0.5');
+        options.calibrationSplit = value;
         break;
       }
       case '--loss-weights': {

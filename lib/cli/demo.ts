@@ -18,6 +18,7 @@ import { evaluateAccuracy, trainEarlyExitAsync } from '../early-exit/trainer';
 import { load, optimizeForInference } from '../jit';
 import { packageRoot } from '../package-root';
 import { Tensor } from '../tensor';
+import { Adam } from '../optim';
 import * as torch from '../torch';
 import { DemoOptions } from './args';
 import { parseBranchSpec } from './branch-spec';
@@ -90,8 +91,13 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   let bar: SingleBar | undefined;
   let heldOut: number[] | undefined;
   try {
+    torch.manualSeed(options.seed);
+    const optimizer = options.optimizer === 'adam'
+      ? new Adam(model.parameters().filter((p) => p.requiresGrad), { lr: options.lr ?? 1e-3 })
+      : undefined;
     heldOut = await trainEarlyExitAsync(model, trainSet, {
     epochs: options.epochs, batchSize: options.batchSize, lossWeights, seed: options.seed, validation: testSet,
+    optimizer, lr: options.lr,
     shouldStop: () => signal.stopped,
     onBatch: (p) => {
       if (p.batch === 0) {
@@ -134,7 +140,10 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   if (signal.stopped) throw new DemoInterrupted('interrupted');
   // Thresholds and the criterion are chosen on one half of the held-out digits, and what
   // serving gives is reported on the other half, which chose nothing.
-  const half = Math.floor(testSet.images.shape[0] / 2);
+  const half = Math.round(testSet.images.shape[0] * options.calibrationSplit);
+  if (half < 1 || half >= testSet.images.shape[0]) {
+    throw new Error(`--calibration-split ${options.calibrationSplit} of ${testSet.images.shape[0]} digits leaves one side empty`);
+  }
   const calibrationSet = { images: testSet.images.narrow(0, 0, half), labels: testSet.labels.narrow(0, 0, half) };
   const reportSet = { images: testSet.images.narrow(0, half, testSet.images.shape[0] - half), labels: testSet.labels.narrow(0, half, testSet.labels.shape[0] - half) };
   const calibrationOutputs = collectOutputs(model, calibrationSet);
@@ -144,8 +153,8 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   const sample = calibrationSet.images.narrow(0, 0, 1);
   const exitLatenciesMs = measureExitLatencies(model, sample, 50, 20);
   const baselineMs = measureBaselineLatency(model, sample, 50, 20);
-  const criteria: LabelFreeCriterion[] = ['entropy', 'maxProbability', 'margin'];
-  if (model.exitPoints.length > 1) criteria.push('patience');
+  const criteria: LabelFreeCriterion[] = options.criterion !== 'auto' ? [options.criterion] : ['entropy', 'maxProbability', 'margin'];
+  if (options.criterion === 'auto' && model.exitPoints.length > 1) criteria.push('patience');
   const calibrations = criteria.map((criterion) => calibrateThresholds(calibrationOutputs, {
     criterion, exitCosts: exitLatenciesMs, baselineCost: baselineMs, maxAccuracyDrop: options.maxAccuracyDrop,
   }));
@@ -160,6 +169,10 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
       `accuracy ${pct(c.chosen.accuracy)} expected speedup ${c.chosen.speedup.toFixed(2)}x`);
   }
   log(`  chosen: ${calibration.criterion} (final exit alone: ${pct(calibration.finalAccuracy)}, allowed drop ${options.maxAccuracyDrop} points)`);
+  if (calibration.keepsFullNetwork) {
+    log('  no thresholds make early exits faster than the network without exits here: every exit is off (null), and the ' +
+      'network without exits is the one to serve; the serving below shows what the exits would cost');
+  }
 
   if (signal.stopped) throw new DemoInterrupted('interrupted');
   const full = optimizeForInference(model.plainBackbone({ device: options.device }));
@@ -173,6 +186,8 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
     ['all, early exits', String(labels.length), '100.00%', pct(serving.accuracy), `${serving.meanLatencyMs.toFixed(3)} ms`],
     ['full network', String(labels.length), '', pct(serving.fullAccuracy), `${serving.fullMeanLatencyMs.toFixed(3)} ms`]]));
   log(`speedup against the full network: ${serving.speedup.toFixed(2)}x at ${(serving.fullAccuracy - serving.accuracy).toFixed(2)} points of accuracy`);
+  log(`  (calibration predicted ${calibration.chosen.speedup.toFixed(2)}x at ` +
+    `${(calibration.finalAccuracy - calibration.chosen.accuracy).toFixed(2)} points on its own ${half} digits)`);
 
   const results: DemoResults = {
     seed: options.seed, libtorch: torch.version.libtorch, threads: options.threads, device: options.device,

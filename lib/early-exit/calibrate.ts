@@ -30,6 +30,12 @@ export interface Calibration {
   chosen: TradeOffPoint;
   /** Points no other point beats on both accuracy and cost, cheapest first. */
   curve: TradeOffPoint[];
+  /**
+   * True when no thresholds within the accuracy drop beat the network without exits
+   * (predicted speed-up below 1): `chosen` then turns every exit off, and the network
+   * without exits is the one to serve.
+   */
+  keepsFullNetwork: boolean;
 }
 
 export interface CalibrationOptions {
@@ -150,7 +156,12 @@ export function calibrateThresholds(heldOut: HeldOutOutputs, options: Calibratio
       }
     }
   }
-  return { criterion, finalAccuracy, chosen: best!, curve: paretoFront(points) };
+  const curve = paretoFront(points);
+  if (best!.speedup < 1) {
+    // Slower than no exits at all: turn every exit off rather than serve a loss.
+    return { criterion, finalAccuracy, chosen: run(new Array(exits).fill(null)), curve, keepsFullNetwork: true };
+  }
+  return { criterion, finalAccuracy, chosen: best!, curve, keepsFullNetwork: false };
 }
 
 function paretoFront(points: TradeOffPoint[]): TradeOffPoint[] {
