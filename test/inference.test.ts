@@ -261,6 +261,18 @@ describe('calibration', () => {
     expect(useless.chosen.exitFractions).toEqual([0, 1]);
   });
 
+  it('with a confidence, keeps a margin for new data: a more careful point, whose bound stays within the drop', () => {
+    const loose = calibrateThresholds(heldOut(), { criterion: 'maxProbability', exitCosts: [1, 4], maxAccuracyDrop: 30 });
+    expect(loose.chosen.accuracyBound).toBe(loose.chosen.accuracy);
+    const careful = calibrateThresholds(heldOut(), { criterion: 'maxProbability', exitCosts: [1, 4], maxAccuracyDrop: 30, confidence: 0.95 });
+    expect(careful.chosen.accuracyBound).toBeGreaterThanOrEqual(70);
+    expect(careful.chosen.expectedCost).toBeGreaterThan(loose.chosen.expectedCost);
+    // The margin is z·sqrt(d)/n: d samples right at their exit where the final is wrong, or the reverse.
+    const d = Math.round(((careful.chosen.accuracy - careful.chosen.accuracyBound) * 10 / (100 * 1.6448536)) ** 2);
+    expect(careful.chosen.accuracyBound).toBeCloseTo(careful.chosen.accuracy - (1.6448536 * 100 * Math.sqrt(d)) / 10, 5);
+    expect(() => calibrateThresholds(heldOut(), { criterion: 'entropy', exitCosts: [1, 4], confidence: 1 })).toThrow(/confidence must be between 0.5 and 1/);
+  });
+
   it('refuses costs that do not match the outputs', () => {
     expect(() => calibrateThresholds(heldOut(), { criterion: 'entropy', exitCosts: [1] })).toThrow(/a cost per exit and one for the full forward/);
   });

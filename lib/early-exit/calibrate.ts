@@ -14,6 +14,11 @@ export interface TradeOffPoint {
   thresholds: Array<number | null>;
   /** Top-1 accuracy (percent) of the early-exit network. */
   accuracy: number;
+  /**
+   * `accuracy` less the margin `confidence` asks for: what the chosen point promises on new
+   * data. Equal to `accuracy` without `confidence`.
+   */
+  accuracyBound: number;
   /** Share of samples leaving at each exit, then at the final output. */
   exitFractions: number[];
   /** Mean cost per sample, in the unit of `exitCosts` (milliseconds when they are latencies). */
@@ -52,6 +57,14 @@ export interface CalibrationOptions {
   maxAccuracyDrop?: number;
   /** Candidate thresholds per exit (quantiles of its scores); 32 by default. */
   candidates?: number;
+  /**
+   * Keep the accuracy drop within `maxAccuracyDrop` with this one-sided confidence (such as
+   * 0.95) on data like the held-out data, not just on the held-out data itself: a point's
+   * drop counts with a margin of z·sqrt(d)/n, d being the samples whose right-or-wrong
+   * differs from the final output's. Thresholds chosen on few samples otherwise break
+   * their budget on new data about half the time.
+   */
+  confidence?: number;
 }
 
 /** Held-out outputs of every exit and the final one, with their labels. */
@@ -88,18 +101,39 @@ function candidates(scores: number[], criterion: ExitCriterion, count: number): 
 }
 
 function evaluate(scores: number[][], correct: boolean[][], criterion: ExitCriterion, thresholds: Array<number | null>,
-  costs: readonly number[], baseline: number): TradeOffPoint {
+  costs: readonly number[], baseline: number, z: number): TradeOffPoint {
   const never = exitsBelow(criterion) ? -Infinity : Infinity;
   const decisions = exitDecisions(scores, criterion, thresholds.map((t) => (t === null ? never : t)));
   const counts = new Array(scores.length).fill(0);
+  const final = correct[correct.length - 1];
   let hits = 0;
-  decisions.forEach((exit, j) => { counts[exit]++; if (correct[exit][j]) hits++; });
+  let differing = 0;
+  decisions.forEach((exit, j) => {
+    counts[exit]++;
+    if (correct[exit][j]) hits++;
+    if (correct[exit][j] !== final[j]) differing++;
+  });
   const n = decisions.length;
   const expectedCost = counts.reduce((sum, c, i) => sum + (c / n) * costs[i], 0);
+  const accuracy = (100 * hits) / n;
   return {
-    thresholds: [...thresholds], accuracy: (100 * hits) / n, exitFractions: counts.map((c) => c / n),
-    expectedCost, speedup: baseline / expectedCost,
+    thresholds: [...thresholds], accuracy, accuracyBound: accuracy - (z * 100 * Math.sqrt(differing)) / n,
+    exitFractions: counts.map((c) => c / n), expectedCost, speedup: baseline / expectedCost,
   };
+}
+
+/** The standard normal quantile (Acklam's rational approximation, relative error below 1.2e-9). */
+function normalQuantile(p: number): number {
+  const a = [-39.69683028665376, 220.9460984245205, -275.9285104469687, 138.357751867269, -30.66479806614716, 2.506628277459239];
+  const b = [-54.47609879822406, 161.5858368580409, -155.6989798598866, 66.80131188771972, -13.28068155288572];
+  const c = [-0.007784894002430293, -0.3223964580411365, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
+  const d = [0.007784695709041462, 0.3224671290700398, 2.445134137142996, 3.754408661907416];
+  const tail = (q: number) => (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+  if (p < 0.02425) return tail(Math.sqrt(-2 * Math.log(p)));
+  if (p > 1 - 0.02425) return -tail(Math.sqrt(-2 * Math.log(1 - p)));
+  const q = p - 0.5;
+  const r = q * q;
+  return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
 }
 
 /**
@@ -120,16 +154,20 @@ export function calibrateThresholds(heldOut: HeldOutOutputs, options: Calibratio
   const finalAccuracy = (100 * correct[exits].filter(Boolean).length) / truth.length;
   const floor = finalAccuracy - (options.maxAccuracyDrop ?? 0.5);
   const perExit = scores.slice(0, exits).map((s) => candidates(s, criterion, options.candidates ?? 32));
+  if (options.confidence !== undefined && !(options.confidence > 0.5 && options.confidence < 1)) {
+    throw new Error(`calibrateThresholds: confidence must be between 0.5 and 1 (such as 0.95), got ${options.confidence}`);
+  }
+  const z = options.confidence === undefined ? 0 : normalQuantile(options.confidence);
   const points: TradeOffPoint[] = [];
   const run = (thresholds: Array<number | null>) => {
     const point = evaluate(scores, correct, criterion, thresholds, options.exitCosts,
-      options.baselineCost ?? options.exitCosts[options.exitCosts.length - 1]);
+      options.baselineCost ?? options.exitCosts[options.exitCosts.length - 1], z);
     points.push(point);
     return point;
   };
   const better = (a: TradeOffPoint, b: TradeOffPoint | undefined) =>
-    !b || (a.accuracy >= floor && (b.accuracy < floor || a.expectedCost < b.expectedCost)) ||
-    (a.accuracy < floor && b.accuracy < floor && a.accuracy > b.accuracy);
+    !b || (a.accuracyBound >= floor && (b.accuracyBound < floor || a.expectedCost < b.expectedCost)) ||
+    (a.accuracyBound < floor && b.accuracyBound < floor && a.accuracyBound > b.accuracyBound);
   let best: TradeOffPoint | undefined;
   if (exits <= 2) {
     const walk = (prefix: Array<number | null>) => {
@@ -180,7 +218,8 @@ export function policyOf(calibration: Calibration): EarlyExitPolicy {
 }
 
 /**
- * The median latency (ms) of the network without exits on `input`: the backbone alone,
+ * The median latency (ms) of the network without exits on `input`, the output read back:
+ * the backbone alone,
  * reloaded without hooks, compiled as `model` is when it is in inference mode. Speed-ups
  * of early exits are measured against it (`CalibrationOptions.baselineCost`).
  */
@@ -192,6 +231,7 @@ export function measureBaselineLatency(model: EarlyExitModel, input: Tensor, run
     for (let round = 0; round < warmup + runs; round++) {
       const started = process.hrtime.bigint();
       const output = full.forward(input) as Tensor;
+      output.data();
       const elapsed = Number(process.hrtime.bigint() - started) / 1e6;
       output.dispose();
       if (round >= warmup) samples.push(elapsed);
@@ -202,7 +242,8 @@ export function measureBaselineLatency(model: EarlyExitModel, input: Tensor, run
 
 /**
  * Median latency (ms) of a forward stopped at each exit, then of the full forward, on
- * `input` (one sample for per-sample latency): the costs calibration weighs.
+ * `input` (one sample for per-sample latency), the output read back as serving reads it:
+ * the costs calibration weighs.
  */
 export function measureExitLatencies(model: EarlyExitModel, input: Tensor, runs = 30, warmup = 10): number[] {
   const exits = model.exitPoints.length;
@@ -218,6 +259,7 @@ export function measureExitLatencies(model: EarlyExitModel, input: Tensor, runs 
     policies.forEach((policy, i) => {
       const started = process.hrtime.bigint();
       const result = model.forwardEarlyExit(input, policy);
+      result.output.data();
       const elapsed = Number(process.hrtime.bigint() - started) / 1e6;
       result.output.dispose();
       if (result.exit !== i) throw new Error(`measuring exit ${i}, the forward left at ${result.exit}`);
