@@ -9,6 +9,27 @@
 namespace tee {
 namespace {
 
+// Tensors made under c10::InferenceMode refuse in-place changes and autograd outside it:
+// what a compiled forward returns is copied into ordinary tensors, which costs little
+// next to the forward (an exit's logits) and surprises no one later.
+c10::IValue Ordinary(const c10::IValue& value) {
+  if (value.isTensor()) {
+    const at::Tensor& tensor = value.toTensor();
+    return tensor.defined() && tensor.is_inference() ? c10::IValue(tensor.clone()) : value;
+  }
+  if (value.isTuple()) {
+    std::vector<c10::IValue> elements;
+    for (const c10::IValue& element : value.toTupleRef().elements()) elements.push_back(Ordinary(element));
+    return c10::ivalue::Tuple::create(std::move(elements));
+  }
+  if (value.isTensorList()) {
+    c10::List<at::Tensor> list;
+    for (const at::Tensor& tensor : value.toTensorList()) list.push_back(Ordinary(tensor).toTensor());
+    return list;
+  }
+  return value;
+}
+
 // The first Tensor in a JS result (a tensor, or arrays and objects holding them).
 Napi::Value FirstTensor(Napi::Env env, const Napi::Value& value) {
   if (Tensor::IsTensor(env, value)) return value;
@@ -92,16 +113,33 @@ void MethodCall::UseInferenceModel(Napi::Env env) {
   context.exitPoints = &inference->points;
 }
 
+void MethodCall::RunCompiled() {
+  {
+    // No autograd bookkeeping at all (no version counters, no autograd dispatch).
+    c10::InferenceMode inferenceMode;
+    try {
+      result = const_cast<torch::jit::Module&>(inference->module).forward(inputs);
+    } catch (const ForwardStopped&) {
+      result = context.stoppedBy->value;
+    }
+  }
+  result = Ordinary(result);
+  for (HookOutput& output : context.outputs) output.value = Ordinary(output.value);
+  if (context.stoppedBy) context.stoppedBy->value = Ordinary(context.stoppedBy->value);
+  for (SampleExit& exit : context.sampleExits) {
+    exit.indices = Ordinary(exit.indices).toTensor();
+    exit.rows = Ordinary(exit.rows).toTensor();
+  }
+  if (context.remaining.defined()) context.remaining = Ordinary(context.remaining).toTensor();
+}
+
 void MethodCall::Run(JsHookCaller* js) {
   c10::AutoGradMode grad(gradEnabled);
   LedgerScope charged(ledger.get());
   context.js = js;
   ForwardScope scope(&context);
+  if (inference) return RunCompiled();
   try {
-    if (inference) {
-      result = const_cast<torch::jit::Module&>(inference->module).forward(inputs);
-      return;
-    }
     result = module.get_method(method)(inputs);
   } catch (const ForwardStopped&) {
     result = context.stoppedBy->value;

@@ -51,6 +51,8 @@ struct MethodCall {
   void UseInferenceModel(Napi::Env env);
   // Runs the method on the calling thread; JS hooks go through `js`.
   void Run(JsHookCaller* js);
+  // Runs the compiled forward (part of Run).
+  void RunCompiled();
   // [result, [[hookId, hookOutput], ...], stoppedByHookId | null,
   //  [[hookId, inputPositions, exitRows], ...], remainingPositions | null]
   Napi::Value ToJs(Napi::Env env) const;
