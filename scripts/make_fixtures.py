@@ -553,8 +553,18 @@ def make_torchvision(w):
             for _ in range(4):
                 model(torch.randn(8, 3, 64, 64))
         model.eval()
+        # What Python's forward hooks see at the exit points the tests use.
+        points = {"resnet18": ["layer1.0", "layer2.1", "layer3"],
+                  "mobilenet_v2": ["features.3", "features.6", "features.14"]}[name]
+        hooked = {}
+        handles = [model.get_submodule(p).register_forward_hook(
+            lambda m, i, o, p=p: hooked.__setitem__(p, tensor_json(o))) for p in points]
         with torch.no_grad():
             reference[name] = tensor_json(model(x))
+        for handle in handles:
+            handle.remove()
+        reference[name + "_hooks"] = hooked
+        with torch.no_grad():
             scripted = torch.jit.script(model)
             traced = torch.jit.trace(model, x[:1])
             assert max_diff(scripted(x), model(x)) < 1e-5
