@@ -7,7 +7,7 @@
  * A benchmark script is also the program of its side processes: it calls `serveSide` first
  * thing, which in a side process serves the parent and never returns.
  */
-import { ChildProcess, fork } from 'child_process';
+import { ChildProcess, spawn, spawnSync } from 'child_process';
 import * as os from 'os';
 import { median, quantile, table } from './bench-stats';
 
@@ -19,7 +19,7 @@ export interface SideSpec {
 
 /** One side, built in its own process. */
 export interface Side {
-  /** One timed step. */
+  /** One call of what is measured; a timed step makes `repeat` of them. */
   step(): void | Promise<void>;
   /** The output of the step on the side's check input, flattened, to compare the sides. */
   output?(): number[] | Promise<number[]>;
@@ -56,13 +56,21 @@ export function describeEnvironment(environment: Environment): string {
   const allocator = environment.allocator === 'tuned'
     ? `glibc malloc tuned on both sides (${Object.entries(TUNED_GLIBC).map(([k, v]) => `${k}=${v}`).join(' ')})`
     : 'glibc malloc as installed on both sides';
-  return `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'unknown CPU'}; ${environment.threads} intra-op thread(s) per side; ${allocator}`;
+  const pinned = SIDE_CPU === undefined ? 'sides not pinned' : `both sides pinned to CPU ${SIDE_CPU}`;
+  return `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'unknown CPU'}; ${environment.threads} intra-op thread(s) per side; ${pinned}; ${allocator}`;
 }
 
-interface Request { id: number; type: 'setup' | 'step' | 'output'; spec?: SideSpec }
+interface Request { id: number; type: 'setup' | 'step' | 'output'; spec?: SideSpec; repeat?: number }
 interface Reply { id: number; ms?: number; output?: number[]; describe?: string; error?: string }
 
 const CHILD_FLAG = 'TEE_BENCH_SIDE';
+
+/**
+ * Both sides run on the same CPU (the last one), so that neither gets a better core or a
+ * warmer cache; the parent, which only waits, runs elsewhere. Undefined where taskset is missing.
+ */
+const SIDE_CPU: number | undefined = os.cpus().length > 1 && spawnSync('taskset', ['-c', '0', 'true']).status === 0
+  ? os.cpus().length - 1 : undefined;
 
 /**
  * In a side process (started by `runPairs`), serves the parent with `factories` and never
@@ -81,8 +89,8 @@ export function serveSide(factories: Record<string, SideFactory>): void {
         answer({ id: request.id, describe: side.describe });
       } else if (request.type === 'step') {
         const started = process.hrtime.bigint();
-        await side!.step();
-        answer({ id: request.id, ms: Number(process.hrtime.bigint() - started) / 1e6 });
+        for (let i = 0; i < request.repeat!; i++) await side!.step();
+        answer({ id: request.id, ms: Number(process.hrtime.bigint() - started) / 1e6 / request.repeat! });
       } else {
         answer({ id: request.id, output: side!.output ? await side!.output() : undefined });
       }
@@ -101,7 +109,10 @@ class SideProcess {
   private readonly waiting = new Map<number, { resolve: (reply: Reply) => void; reject: (error: Error) => void }>();
 
   constructor(script: string, env: Record<string, string>) {
-    this.child = fork(script, [], { env: { ...process.env, ...env, [CHILD_FLAG]: '1' }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const node = [process.execPath, script];
+    const command = SIDE_CPU === undefined ? node : ['taskset', '-c', String(SIDE_CPU), ...node];
+    this.child = spawn(command[0], command.slice(1),
+      { env: { ...process.env, ...env, [CHILD_FLAG]: '1' }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     this.child.on('message', (reply: Reply) => {
       const waiter = this.waiting.get(reply.id);
       this.waiting.delete(reply.id);
@@ -114,11 +125,11 @@ class SideProcess {
     });
   }
 
-  request(type: Request['type'], spec?: SideSpec): Promise<Reply> {
+  request(type: Request['type'], spec?: SideSpec, repeat = 1): Promise<Reply> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
-      this.child.send({ id, type, spec } satisfies Request);
+      this.child.send({ id, type, spec, repeat } satisfies Request);
     });
   }
 
@@ -133,6 +144,8 @@ export interface Pair {
   /** Steps of each side timed, after `warmup` untimed ones. */
   steps: number;
   warmup: number;
+  /** Calls per step (default 1): a step of several short calls is less at the mercy of a single interruption. */
+  repeat?: number;
   /** The largest difference allowed between the sides' outputs; omitted: not compared. */
   tolerance?: number;
 }
@@ -178,7 +191,7 @@ export async function runPairs(script: string, pairs: Pair[], environment: Envir
       for (let step = 0; step < pair.warmup + pair.steps; step++) {
         const order = step % 2 === 0 ? [a, b] : [b, a];
         const times = new Map<SideProcess, number>();
-        for (const side of order) times.set(side, (await side.request('step')).ms!);
+        for (const side of order) times.set(side, (await side.request('step', undefined, pair.repeat ?? 1)).ms!);
         if (step < pair.warmup) continue;
         aMs.push(times.get(a)!);
         bMs.push(times.get(b)!);
@@ -201,7 +214,7 @@ export function formatRatio(ratios: number[]): string {
   return `${median(ratios).toFixed(2)} (${quantile(ratios, 0.05).toFixed(2)}–${quantile(ratios, 0.95).toFixed(2)})`;
 }
 
-/** The results as a text table: ratio with spread, and the two sides' medians. */
+/** The results as a text table: ratio with spread, and the two sides' medians (ms per call). */
 export function ratioTable(results: PairResult[], aName: string, bName: string): string {
   const rows = [['comparison', `ratio ${aName} / ${bName} (5–95%)`, `${aName} ms`, `${bName} ms`, 'max |diff|']];
   for (const r of results) {

@@ -160,11 +160,48 @@ async function peerSide(options: Record<string, unknown>): Promise<Side> {
 
 serveSide({ library: librarySide, peer: peerSide });
 
+/**
+ * How much of the event loop each side leaves to others while it works: ticks of a 1 ms
+ * interval during `concurrent` batch-64 forwards started at once (this library's
+ * forwardAsync runs them on worker threads; onnxruntime-node's session.run on the main thread).
+ */
+async function eventLoopTicks(model: string, concurrent: number): Promise<Array<{ side: string; ticks: number; ms: number }>> {
+  const { dir, manifest } = peerModels();
+  const entry = manifest.models[model];
+  const shape = [64, ...entry.inputShape];
+  const data = input(shape);
+  const measure = async (side: string, start: () => Promise<unknown>) => {
+    await start(); // warm up
+    let ticks = 0;
+    const interval = setInterval(() => { ticks++; }, 1);
+    const started = process.hrtime.bigint();
+    await Promise.all(Array.from({ length: concurrent }, start));
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    clearInterval(interval);
+    return { side, ticks, ms };
+  };
+  torch.setNumThreads(1);
+  const optimized = jit.optimizeForInference(jit.load(path.join(dir, entry.files.backbone)).eval());
+  const library = await measure('torch-early-exit forwardAsync', async () => {
+    const x = torch.tensor(data, { shape });
+    const output = await torch.noGrad(() => optimized.forwardAsync(x)) as Tensor;
+    output.data();
+    output.dispose();
+    x.dispose();
+  });
+  const { ort } = await loadOnnxRuntimeWithInfo();
+  const session = await createSingleThreadSession(ort, path.join(dir, entry.files.full));
+  const peer = await measure('onnxruntime-node session.run', async () => {
+    (await session.run({ input: new ort.Tensor('float32', data, shape) })).output.data;
+  });
+  return [library, peer];
+}
+
 function pairsFor(model: string, steps: number): Pair[] {
   const lib = (p: LibPath, batch: number) => ({ factory: 'library', options: { model, batch, path: p } });
   const ort = (p: OrtPath, batch: number) => ({ factory: 'peer', options: { model, batch, path: p } });
   const big = model === 'mobilenet_v2';
-  const one = { steps: big ? Math.ceil(steps / 4) : steps, warmup: big ? 10 : 50, tolerance: 1e-4 };
+  const one = { steps: big ? Math.ceil(steps / 4) : steps, warmup: big ? 10 : 30, repeat: big ? 1 : 10, tolerance: 1e-4 };
   const batched = { steps: big ? 10 : 40, warmup: big ? 3 : 5, tolerance: 1e-4 };
   return [
     { name: `${model}: full forward, batch 1`, a: lib('full', 1), b: ort('full', 1), ...one },
@@ -178,8 +215,9 @@ function pairsFor(model: string, steps: number): Pair[] {
 
 function handCutPairs(model: string, steps: number): Pair[] {
   const lib = (p: LibPath) => ({ factory: 'library', options: { model, batch: 1, path: p } });
+  const big = model === 'mobilenet_v2';
   return [{ name: `${model}: stopped exit vs the same prefix+branch compiled alone, batch 1`, a: lib('stopped'), b: lib('handCut'),
-    steps: model === 'mobilenet_v2' ? Math.ceil(steps / 4) : steps, warmup: 50, tolerance: 1e-4 }];
+    steps: big ? Math.ceil(steps / 4) : steps, warmup: 30, repeat: big ? 1 : 10, tolerance: 1e-4 }];
 }
 
 async function main(): Promise<void> {
@@ -188,7 +226,7 @@ async function main(): Promise<void> {
   const models = (flag('--models') ?? 'resnet20,mnist_cnn,mobilenet_v2').split(',');
   const allocator = (flag('--allocator') ?? 'tuned') as Environment['allocator'];
   if (allocator !== 'tuned' && allocator !== 'default') throw new Error(`--allocator is 'tuned' or 'default', got '${allocator}'`);
-  const steps = flag('--steps') === undefined ? 300 : positiveInt('--steps', flag('--steps'));
+  const steps = flag('--steps') === undefined ? 100 : positiveInt('--steps', flag('--steps'));
   const json = args.includes('--json') ? jsonFile(flag('--json')) : undefined;
   const environment: Environment = { threads: 1, allocator };
   const { manifest } = peerModels();
@@ -203,7 +241,11 @@ async function main(): Promise<void> {
   console.log('');
   const cut = await runPairs(script, models.flatMap((m) => handCutPairs(m, steps)), environment, (line) => console.error(line));
   console.log(ratioTable(cut, 'exit', 'hand-cut'));
-  if (json) fs.writeFileSync(json, JSON.stringify({ libtorch: torch.version.libtorch, onnxruntime: version, environment, peer, handCut: cut }, null, 2) + '\n');
+  console.log('');
+  const ticks = await eventLoopTicks(models[0], 20);
+  console.log(`event loop during 20 concurrent ${models[0]} batch-64 forwards (ticks of a 1 ms interval):`);
+  for (const { side, ticks: n, ms } of ticks) console.log(`  ${side}: ${n} ticks in ${ms.toFixed(0)} ms (${(1000 * n / ms).toFixed(0)} a second)`);
+  if (json) fs.writeFileSync(json, JSON.stringify({ libtorch: torch.version.libtorch, onnxruntime: version, environment, peer, handCut: cut, eventLoop: ticks }, null, 2) + '\n');
 }
 
 if (process.env.TEE_BENCH_SIDE !== '1') {
