@@ -86,7 +86,9 @@ describe('npm run demo', () => {
     const shapes = run(['demo', '--exit', 'features1=Flatten(),Linear(784,10)', '--epochs', '0', '--out', out]);
     expect(shapes.status).toBe(1);
     expect(shapes.stdout).not.toContain('data:');
-    expect(shapes.stderr).toMatch(/the exits do not fit the model on MNIST digits of shape \[1, 1, 28, 28\]: .*the branch hooked on 'features1' failed on its input of shape \[1, 16, 14, 14\]/);
+    expect(shapes.stderr).toContain('the exits do not fit the model on MNIST digits of shape [1, 1, 28, 28]: ' +
+      "the exit at 'features1' gives [1, 16, 14, 14]; layer 1 of its branch, Linear(");
+    expect(shapes.stderr).toMatch(/cannot take its input of shape \[1, 3136\]: .*784/);
     const classes = run(['demo', '--exit', 'features1=Flatten(),Linear(3136,5)', '--epochs', '0', '--out', out]);
     expect(classes.stderr).toContain("the exit at 'features1' gives [1, 5] for one digit but the model's output is [1, 10]");
   });

@@ -16,6 +16,7 @@ import { ServingReport, serveOneAtATime } from '../early-exit/serving';
 import { EarlyExitStats } from '../early-exit/stats';
 import { evaluateAccuracy, trainEarlyExitAsync } from '../early-exit/trainer';
 import { load, optimizeForInference } from '../jit';
+import { Module } from '../nn';
 import { packageRoot } from '../package-root';
 import { Tensor } from '../tensor';
 import { Adam } from '../optim';
@@ -219,7 +220,8 @@ function checkExitsFit(model: EarlyExitModel, device: string): void {
     try {
       return model.forward(torch.zeros(digit, { device }));
     } catch (error) {
-      throw new Error(`the exits do not fit the model on MNIST digits of shape [${digit.join(', ')}]: ${(error as Error).message.split('\n')[0]}`);
+      const reason = (error as Error).message.split('\n')[0];
+      throw new Error(`the exits do not fit the model on MNIST digits of shape [${digit.join(', ')}]: ${failingLayer(model, digit, device) ?? reason}`);
     }
   });
   const final = outputs[outputs.length - 1].shape;
@@ -231,6 +233,34 @@ function checkExitsFit(model: EarlyExitModel, device: string): void {
     }
   });
   for (const output of outputs) output.dispose();
+}
+
+/** Which layer of which branch refuses its input, with both shapes, or undefined. */
+function failingLayer(model: EarlyExitModel, digit: number[], device: string): string | undefined {
+  // What each exit point gives, from the backbone alone (hooks that only look).
+  const plain = model.plainBackbone({ device });
+  const shapes = new Map<string, number[]>();
+  for (const point of model.exitPoints) {
+    plain.getModule(point).registerForwardHook((_module, _inputs, output) => { if (output instanceof Tensor) shapes.set(point, output.shape); });
+  }
+  torch.noGrad(() => plain.forward(torch.zeros(digit, { device })));
+  for (let i = 0; i < model.exitPoints.length; i++) {
+    const point = model.exitPoints[i];
+    const branch = model.branches[i] as Module;
+    const shape = shapes.get(point);
+    if (!shape || typeof branch.namedChildren !== 'function') continue;
+    const layers = branch.namedChildren().length > 0 ? branch.namedChildren() : [['0', branch] as [string, Module]];
+    let x = torch.zeros(shape, { device });
+    for (const [name, layer] of layers) {
+      try {
+        x = torch.noGrad(() => layer.forward(x));
+      } catch (error) {
+        return `the exit at '${point}' gives [${shape.join(', ')}]; layer ${name} of its branch, ${layer.toString()}, ` +
+          `cannot take its input of shape [${x.shape.join(', ')}]: ${(error as Error).message.split('\n')[0]}`;
+      }
+    }
+  }
+  return undefined;
 }
 
 /**
