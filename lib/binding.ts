@@ -42,6 +42,9 @@ export type NativeCallResult = [NativeValue, Array<[number, NativeValue]>, numbe
  */
 export type NativeStopRule = [number, 'entropy' | 'maxProbability' | 'margin' | 'patience', number, boolean?];
 
+/** How a model was compiled for inference: frozen, or frozen then converted for oneDNN. */
+export type InferenceOptimization = 'oneDNN' | 'frozen';
+
 export interface NativeScriptModule {
   /** With `inference`, the root's forward runs the model compiled by `compileForInference`. */
   runMethod(method: string, inputs: NativeValue[], stopRules?: NativeStopRule[], inference?: boolean): NativeCallResult;
@@ -66,12 +69,12 @@ export interface NativeScriptModule {
    * Compiles the root for inference (frozen; with `optimize`, oneDNN and fusions too) with
    * the hooks of `points` kept as exit points; per point, whether it is a batch boundary.
    */
-  compileForInference(points: string[], optimize: boolean): boolean[];
+  compileForInference(points: string[], optimize: boolean | undefined): [boolean[], InferenceOptimization];
   dropInference(): void;
   /** The TorchScript graph of `method` (with `inference`: of the compiled forward) as text. */
   graph(method: string, inference: boolean): string;
   /** A new model: this one frozen (and optimized) without hooks, as torch.jit.optimize_for_inference. */
-  optimizedCopy(optimize: boolean): NativeScriptModule;
+  optimizedCopy(optimize: boolean | undefined): [NativeScriptModule, InferenceOptimization];
   dispose(): void;
   isDisposed(): boolean;
 }
@@ -101,6 +104,8 @@ export interface Binding {
   fromBytes(bytes: Buffer, dtype: string): NativeTensor;
   callOp(name: string, overload: string, args: NativeValue[], kwargs?: Record<string, NativeValue>): NativeValue;
   /** Loads a TorchScript archive from its bytes; `name` (the file) is for error messages. */
+  /** Why optimize_for_inference cannot run with this LibTorch ('' when it can). */
+  oneDnnInferenceProblem(): string;
   loadScriptModule(bytes: Buffer, name: string, device?: string): NativeScriptModule;
   createNnModule(kind: string, options: Record<string, unknown>, children?: NativeNnModule[]): NativeNnModule;
   /** Bytes in the torch.save format of LibTorch's own pickler (what torch.save wrote before 0.2; tests only). */

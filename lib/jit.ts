@@ -3,7 +3,7 @@
  * `torch.jit.trace`): forward, submodules by name, parameters, forward hooks.
  */
 import { writeFileAtomic } from './atomic-write';
-import { binding, NativeCallResult, NativeScriptModule, NativeStopRule } from './binding';
+import { binding, InferenceOptimization, NativeCallResult, NativeScriptModule, NativeStopRule } from './binding';
 import { Device } from './dtype';
 import { checkOptions, checkString } from './check';
 import { closestNames } from './names';
@@ -116,6 +116,9 @@ export class ScriptModule extends ParameterOwner implements HookModule {
   readonly model: LoadedModel;
   /** The fully qualified name of this module in the loaded model ('' for the root). */
   readonly qualifiedName: string;
+
+  /** For a module made by `optimizeForInference`: how it was compiled ('oneDNN' or 'frozen'). */
+  inferenceOptimization?: InferenceOptimization;
 
   /** @internal Modules come from `jit.load` and from `getModule`/`namedModules`. */
   constructor(native: NativeScriptModule, model: LoadedModel, qualifiedName: string) {
@@ -324,18 +327,20 @@ export interface InferenceOptions {
   /**
    * After freezing (weights as constants, batch norm folded into convolutions), also run
    * LibTorch's `optimize_for_inference` passes: oneDNN prepacked convolutions and fused
-   * convolution-add-ReLU. Default true; false keeps the frozen graph on ATen's kernels.
+   * convolution-add-ReLU. `true` asks for them and fails, saying why, where they are known
+   * to crash the process (Debian 13's LibTorch 2.6 with oneDNN 3.7); `false` stops after
+   * freezing; left out, they run wherever they work. `inferenceOptimization` tells which ran.
    */
   optimize?: boolean;
 }
 
 /** @internal */
-export function checkInferenceOptions(options: InferenceOptions, what: string): boolean {
+export function checkInferenceOptions(options: InferenceOptions, what: string): boolean | undefined {
   checkOptions(options, ['optimize'], what);
   if (options.optimize !== undefined && typeof options.optimize !== 'boolean') {
     throw new TypeError(`${what}.optimize must be a boolean, got ${typeof options.optimize}`);
   }
-  return options.optimize ?? true;
+  return options.optimize;
 }
 
 /**
@@ -346,13 +351,15 @@ export function checkInferenceOptions(options: InferenceOptions, what: string): 
 export function optimizeForInference(module: ScriptModule, options: InferenceOptions = {}): ScriptModule {
   if (!(module instanceof ScriptModule)) throw new TypeError('jit.optimizeForInference: module must be a ScriptModule');
   const optimize = checkInferenceOptions(options, 'jit.optimizeForInference: options');
-  let native: NativeScriptModule;
+  let compiled: [NativeScriptModule, InferenceOptimization];
   try {
-    native = module.native.optimizedCopy(optimize);
+    compiled = module.native.optimizedCopy(optimize);
   } catch (error) {
     throw new Error(`jit.optimizeForInference: cannot compile model '${module.model.path}': ${(error as Error).message}`);
   }
-  return new ScriptModule(native, new LoadedModel(`${module.model.path} (optimized for inference)`), '');
+  const optimized = new ScriptModule(compiled[0], new LoadedModel(`${module.model.path} (optimized for inference)`), '');
+  optimized.inferenceOptimization = compiled[1];
+  return optimized;
 }
 
 /** Options of `jit.load`. */

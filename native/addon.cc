@@ -36,6 +36,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fromBytes", Napi::Function::New(env, Guarded<TensorFromBytes>));
   exports.Set("callOp", Napi::Function::New(env, CallOp));
   exports.Set("loadScriptModule", Napi::Function::New(env, LoadScriptModule));
+  exports.Set("oneDnnInferenceProblem", Napi::Function::New(env, OneDnnInferenceProblem));
   exports.Set("createNnModule", Napi::Function::New(env, CreateNnModule));
   exports.Set("pickleSave", Napi::Function::New(env, Guarded<PickleSave>));
   ExportRuntime(env, exports);

@@ -5,11 +5,15 @@
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/inliner.h>
 
+#include <ATen/Version.h>
+
+#include <cstdlib>
 #include <map>
 #include <sstream>
 #include <stdexcept>
 
 #include "batch_boundary.h"
+#include "torch_compat.h"
 
 namespace tee {
 namespace {
@@ -83,11 +87,37 @@ void KeyTapsByIndex(torch::jit::Module& module, const std::vector<std::string>& 
   torch::jit::EliminateDeadCode(graph);
 }
 
-torch::jit::Module Freeze(torch::jit::Module& module, bool optimize) {
-  return optimize ? torch::jit::optimize_for_inference(module) : torch::jit::freeze(module);
+// Freezes `module`, and runs optimize_for_inference when asked and safe; `applied` says which.
+torch::jit::Module Freeze(torch::jit::Module& module, Optimization optimization, std::string& applied) {
+  std::string problem = OneDnnProblem();
+  if (optimization == Optimization::kOneDnn && !problem.empty()) {
+    throw std::runtime_error("optimize: true cannot apply: " + problem + "; optimize: false compiles without oneDNN");
+  }
+  if (optimization == Optimization::kFrozen || !problem.empty()) {
+    applied = "frozen";
+    return torch::jit::freeze(module);
+  }
+  applied = "oneDNN";
+  return torch::jit::optimize_for_inference(module);
 }
 
 }  // namespace
+
+std::string OneDnnProblem() {
+  // Debian 13's LibTorch 2.6, built with oneDNN 3.7, dies of an integer division by zero
+  // (SIGFPE) in oneDNN's sum as soon as a graph converted by optimize_for_inference adds two
+  // tensors (Python's torch.jit.optimize_for_inference does the same there). A signal cannot
+  // be caught, so the conversion is not offered where it is known to crash.
+  if (const char* force = std::getenv("TEE_ONEDNN_INFERENCE")) {
+    if (std::string(force) == "1") return "";
+  }
+  std::string config = at::show_config();
+  if (TEE_TORCH_IS(2, 6) && config.find("MKL-DNN v3.7.") != std::string::npos) {
+    return "LibTorch 2.6 built with oneDNN 3.7 (Debian 13's) crashes the process in oneDNN's sum on graphs that "
+           "optimize_for_inference converts (set TEE_ONEDNN_INFERENCE=1 to try anyway)";
+  }
+  return "";
+}
 
 std::string InferenceModel::StaleReason(const std::shared_ptr<const HookMap>& currentHooks, uint64_t currentGeneration) const {
   if (currentHooks != hooks) return "hooks or exits were added or removed";
@@ -100,7 +130,7 @@ std::string InferenceModel::StaleReason(const std::shared_ptr<const HookMap>& cu
 
 std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& root, const std::vector<std::string>& points,
                                                     std::shared_ptr<const HookMap> hooks, uint64_t generation,
-                                                    bool optimize) {
+                                                    Optimization optimization) {
   if (root.is_training()) throw std::runtime_error("the model is in train mode: call eval() before compiling it for inference");
   auto compiled = std::make_shared<InferenceModel>();
   for (const std::string& point : points) {
@@ -134,7 +164,7 @@ std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& ro
   torch::jit::Module clone = root.clone();
   clone.eval();
   KeyTapsByIndex(clone, points);
-  compiled->module = Freeze(clone, optimize);
+  compiled->module = Freeze(clone, optimization, compiled->optimization);
   std::shared_ptr<torch::jit::Graph> graph = ForwardGraph(compiled->module);
   std::vector<Node*> exits;
   CollectExitPoints(graph->block(), exits);
@@ -151,12 +181,12 @@ std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& ro
   return compiled;
 }
 
-torch::jit::Module CompilePlainForInference(const torch::jit::Module& root, bool optimize) {
+torch::jit::Module CompilePlainForInference(const torch::jit::Module& root, Optimization optimization, std::string& applied) {
   if (root.is_training()) throw std::runtime_error("the model is in train mode: call eval() before compiling it for inference");
   torch::jit::Module clone = root.clone();
   clone.eval();
   KeyTapsByIndex(clone, {});
-  return Freeze(clone, optimize);
+  return Freeze(clone, optimization, applied);
 }
 
 }  // namespace tee

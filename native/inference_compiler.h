@@ -25,6 +25,8 @@ struct InferenceModel {
   // Per point: whether samples can leave the batch there (the point's output is the only
   // batch-sized value the rest of the compiled forward reads).
   std::vector<bool> batchBoundaries;
+  // How it was compiled: "oneDNN" (frozen, then optimize_for_inference) or "frozen".
+  std::string optimization;
 
   // What the compiled model was made from, to refuse to run it once that changed.
   std::shared_ptr<const HookMap> hooks;
@@ -36,14 +38,22 @@ struct InferenceModel {
   std::string StaleReason(const std::shared_ptr<const HookMap>& currentHooks, uint64_t currentGeneration) const;
 };
 
+// How far to go after freezing: kFrozen stops there; kOneDnn also runs optimize_for_inference
+// (oneDNN prepacked convolutions, fusions) and fails where that is known to crash; kAuto is
+// kOneDnn where it works and kFrozen elsewhere.
+enum class Optimization { kFrozen, kOneDnn, kAuto };
+
+// Why optimize_for_inference cannot run with this LibTorch, or "" when it can.
+std::string OneDnnProblem();
+
 // Compiles `root` (which must be in eval mode) with exits at `points` (qualified module
 // names). Throws std::runtime_error naming the point when one cannot be kept.
 std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& root, const std::vector<std::string>& points,
                                                     std::shared_ptr<const HookMap> hooks, uint64_t generation,
-                                                    bool optimize);
+                                                    Optimization optimization);
 
 // The same without exit points: the plain model frozen and optimized, as
-// torch.jit.optimize_for_inference makes it.
-torch::jit::Module CompilePlainForInference(const torch::jit::Module& root, bool optimize);
+// torch.jit.optimize_for_inference makes it; `applied` says which optimization ran.
+torch::jit::Module CompilePlainForInference(const torch::jit::Module& root, Optimization optimization, std::string& applied);
 
 }  // namespace tee

@@ -61,6 +61,12 @@ class BufferReader : public caffe2::serialize::ReadAdapterInterface {
   size_t size_;
 };
 
+// true: oneDNN (refused where it is known to crash); false: frozen only; undefined: oneDNN where it works.
+Optimization ParseOptimization(const Napi::Value& value) {
+  if (value.IsUndefined()) return Optimization::kAuto;
+  return value.ToBoolean() ? Optimization::kOneDnn : Optimization::kFrozen;
+}
+
 Hook MakeHook(Napi::Env env, const Napi::Value& hook) {
   Hook made;
   if (hook.IsFunction()) {
@@ -318,10 +324,13 @@ Napi::Value ScriptModule::CompileForInference(const Napi::CallbackInfo& info) {
   for (uint32_t i = 0; i < array.Length(); ++i) points.push_back(array.Get(i).ToString());
   c10::NoGradGuard noGrad;
   state_->inference =
-      tee::CompileForInference(state_->root, points, state_->hooks.Snapshot(), state_->generation, info[1].ToBoolean());
+      tee::CompileForInference(state_->root, points, state_->hooks.Snapshot(), state_->generation, ParseOptimization(info[1]));
   Napi::Array boundaries = Napi::Array::New(env, points.size());
   for (size_t i = 0; i < points.size(); ++i) boundaries.Set(i, Napi::Boolean::New(env, state_->inference->batchBoundaries[i]));
-  return boundaries;
+  Napi::Array result = Napi::Array::New(env, 2);
+  result.Set(0u, boundaries);
+  result.Set(1u, Napi::String::New(env, state_->inference->optimization));
+  return result;
 }
 
 // The TorchScript graph of a method, or with `inference` of the compiled forward, as text.
@@ -346,8 +355,12 @@ Napi::Value ScriptModule::OptimizedCopy(const Napi::CallbackInfo& info) {
   RequireIdle(env, "compile the model for inference");
   c10::NoGradGuard noGrad;
   auto state = std::make_shared<ModelState>();
-  state->root = CompilePlainForInference(Get(env), info[0].ToBoolean());
-  return Wrap(env, state, state->root, "");
+  std::string applied;
+  state->root = CompilePlainForInference(Get(env), ParseOptimization(info[0]), applied);
+  Napi::Array result = Napi::Array::New(env, 2);
+  result.Set(0u, Wrap(env, state, state->root, ""));
+  result.Set(1u, Napi::String::New(env, applied));
+  return result;
 }
 
 Napi::Value ScriptModule::Dispose(const Napi::CallbackInfo& info) {
@@ -379,6 +392,10 @@ Napi::Value LoadScriptModule(const Napi::CallbackInfo& info) {
     torch::jit::Module root = state->root;
     return ScriptModule::Wrap(env, std::move(state), root, "");
   });
+}
+
+Napi::Value OneDnnInferenceProblem(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), OneDnnProblem());
 }
 
 }  // namespace tee

@@ -63,4 +63,7 @@ class ScriptModule : public GuardedWrap<ScriptModule> {
 // loadScriptModule(bytes, name, device?) -> ScriptModule: `name` (the file) is for messages.
 Napi::Value LoadScriptModule(const Napi::CallbackInfo& info);
 
+// oneDnnInferenceProblem() -> why optimize_for_inference cannot run with this LibTorch, or ''.
+Napi::Value OneDnnInferenceProblem(const Napi::CallbackInfo& info);
+
 }  // namespace tee

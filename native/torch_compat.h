@@ -3,6 +3,8 @@
 
 #include <torch/version.h>
 
+#define TEE_TORCH_IS(major, minor) (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR == (minor))
+
 #define TEE_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 

@@ -21,6 +21,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
 import { EarlyExitModel, Tensor, jit, torch } from '../lib';
+import { binding } from '../lib/binding';
 import { parseBranchSpec } from '../lib/cli/branch-spec';
 import { packageRoot } from '../lib/package-root';
 import { Environment, Pair, Side, describeEnvironment, ratioTable, runPairs, serveSide } from './bench-harness';
@@ -95,16 +96,19 @@ async function librarySide(options: Record<string, unknown>): Promise<Side> {
   const shape = [batch, ...model.inputShape];
   const data = input(shape);
   let run: (x: Tensor) => Tensor;
+  let compiled = 'not compiled';
   if (which === 'full' || which === 'eager' || which === 'handCut') {
     const file = path.join(dir, which === 'handCut' ? model.files.prefixBranchScript : model.files.backbone);
     const loaded = jit.load(file).eval();
     const module = which === 'eager' ? loaded : jit.optimizeForInference(loaded);
+    compiled = module.inferenceOptimization ?? compiled;
     run = (x) => module.forward(x) as Tensor;
   } else {
     const branch = parseBranchSpec(model.branch.join(','));
     branch.loadStateDict(torch.load(path.join(dir, model.files.branchStateDict)) as Record<string, Tensor>);
     const early = new EarlyExitModel(jit.load(path.join(dir, model.files.backbone)), [[model.exitPoint, branch]]).eval()
       .optimizeForInference();
+    compiled = early.inferenceOptimization!;
     const policy = { criterion: 'entropy' as const, thresholds: [which === 'stopped' ? ALWAYS : NEVER] };
     run = (x) => {
       const result = early.forwardEarlyExit(x, policy);
@@ -119,7 +123,7 @@ async function librarySide(options: Record<string, unknown>): Promise<Side> {
   return {
     step: () => { once(); },
     output: () => Array.from(once()),
-    describe: `torch-early-exit on LibTorch ${torch.version.libtorch}, ${torch.getNumThreads()} thread(s)`,
+    describe: `torch-early-exit on LibTorch ${torch.version.libtorch}, ${torch.getNumThreads()} thread(s), compiled: ${compiled}`,
   };
 }
 
@@ -216,7 +220,9 @@ function pairsFor(model: string, steps: number): Pair[] {
   const lib = (p: LibPath, batch: number) => ({ factory: 'library', options: { model, batch, path: p } });
   const ort = (p: OrtPath, batch: number) => ({ factory: 'peer', options: { model, batch, path: p } });
   const big = model === 'mobilenet_v2';
-  const one = { steps: big ? Math.ceil(steps / 4) : steps, warmup: big ? 10 : 30, repeat: big ? 1 : 10, tolerance: 1e-4 };
+  // A step of many short calls: the first call after the other side ran meets cold caches,
+  // which would otherwise weigh on small models more than their own speed does.
+  const one = { steps: big ? Math.ceil(steps / 2) : steps, warmup: 5, repeat: big ? 5 : 100, tolerance: 1e-4 };
   const batched = { steps: big ? 10 : 40, warmup: big ? 3 : 5, tolerance: 1e-4 };
   return [
     { name: `${model}: full forward, batch 1`, a: lib('full', 1), b: ort('full', 1), ...one },
@@ -232,7 +238,7 @@ function handCutPairs(model: string, steps: number): Pair[] {
   const lib = (p: LibPath) => ({ factory: 'library', options: { model, batch: 1, path: p } });
   const big = model === 'mobilenet_v2';
   return [{ name: `${model}: stopped exit vs the same prefix+branch compiled alone, batch 1`, a: lib('stopped'), b: lib('handCut'),
-    steps: big ? Math.ceil(steps / 4) : steps, warmup: 30, repeat: big ? 1 : 10, tolerance: 1e-4 }];
+    steps: big ? Math.ceil(steps / 2) : steps, warmup: 5, repeat: big ? 5 : 100, tolerance: 1e-4 }];
 }
 
 async function main(): Promise<void> {
@@ -241,7 +247,7 @@ async function main(): Promise<void> {
   const models = (flag('--models') ?? 'resnet20,mnist_cnn,mobilenet_v2').split(',');
   const allocator = (flag('--allocator') ?? 'tuned') as Environment['allocator'];
   if (allocator !== 'tuned' && allocator !== 'default') throw new Error(`--allocator is 'tuned' or 'default', got '${allocator}'`);
-  const steps = flag('--steps') === undefined ? 100 : positiveInt('--steps', flag('--steps'));
+  const steps = flag('--steps') === undefined ? 60 : positiveInt('--steps', flag('--steps'));
   const json = args.includes('--json') ? jsonFile(flag('--json')) : undefined;
   const environment: Environment = { threads: 1, allocator };
   const { manifest } = peerModels();
@@ -257,6 +263,10 @@ async function main(): Promise<void> {
   }
   const peer = await runPairs(script, models.flatMap((m) => pairsFor(m, steps)), environment, (line) => console.error(line));
   console.log(ratioTable(peer, 'library', 'onnxruntime'));
+  const compiledWith = [...new Set(peer.map((r) => r.aDescribe))].join('; ');
+  console.log(`library sides: ${compiledWith}`);
+  const problem = binding.oneDnnInferenceProblem();
+  if (problem) console.log(`optimizeForInference ran without oneDNN here: ${problem}`);
   console.log('');
   const cut = await runPairs(script, models.flatMap((m) => handCutPairs(m, steps)), environment, (line) => console.error(line));
   console.log(ratioTable(cut, 'exit', 'hand-cut'));

@@ -1,4 +1,5 @@
 import { EarlyExitModel, Tensor, exitDecisions, exitScores, jit, nn, optim, torch } from '../lib';
+import { binding } from '../lib/binding';
 import { fixture, fromRef, maxAbsDiff, reference, seedBranch } from './helpers';
 
 const resnet = () => reference('resnet20_reference.json');
@@ -16,10 +17,11 @@ const never = (n: number) => ({ criterion: 'entropy' as const, thresholds: new A
 const stopAt = (n: number, exit: number) => ({ criterion: 'entropy' as const, thresholds: Array.from({ length: n }, (_, i) => (i === exit ? 100 : null)) });
 
 describe('optimizeForInference: the compiled model computes what the model does', () => {
-  it.each([true, false])('ResNet-20 with the seed exit, optimize %s: final and exit outputs equal PyTorch\'s reference', (optimize) => {
+  it.each([undefined, false])('ResNet-20 with the seed exit, optimize %s: final and exit outputs equal PyTorch\'s reference', (optimize) => {
     const model = new EarlyExitModel(jit.load(fixture('resnet20_scripted.pt')), [['layer1.2.relu2', seedBranch()]]).eval();
     model.optimizeForInference({ optimize });
     expect(model.inferenceMode).toBe(true);
+    expect(model.inferenceOptimization).toBe(optimize === false || binding.oneDnnInferenceProblem() !== '' ? 'frozen' : 'oneDNN');
     const x = fromRef(resnet().input);
     const full = model.forwardEarlyExit(x, never(1));
     expect(full.exit).toBe(1);
@@ -164,6 +166,15 @@ describe('optimizeForInference: a snapshot that refuses to run once the model ch
     expect(() => model.optimizeForInference()).toThrow(/a JS forward hook is registered on 'layer1\.2\.relu2'/);
     handle.remove();
     expect(() => model.optimizeForInference({ optimize: 'yes' as never })).toThrow(/optimize must be a boolean/);
+    // Where oneDNN's conversion is known to crash the process (Debian 13's LibTorch 2.6), asking for it fails with the reason.
+    const problem = binding.oneDnnInferenceProblem();
+    if (problem !== '') {
+      expect(() => model.optimizeForInference({ optimize: true })).toThrow(`optimize: true cannot apply: ${problem}`);
+      expect(jit.optimizeForInference(jit.load(fixture('resnet20_scripted.pt')).eval()).inferenceOptimization).toBe('frozen');
+    } else {
+      expect(model.optimizeForInference({ optimize: true }).inferenceOptimization).toBe('oneDNN');
+      model.leaveInferenceMode();
+    }
     expect(() => model.optimizeForInference({ fast: true } as never)).toThrow(/fast/);
     // containers_scripted calls `act` twice in one forward.
     const twice = new EarlyExitModel(jit.load(fixture('containers_scripted.pt')), [['act', nn.Identity()]]).eval();

@@ -3,7 +3,7 @@
  * with exit branches, whose forward returns `[...exitOutputs, finalOutput]`.
  */
 import { Device } from '../dtype';
-import { NativeStopRule } from '../binding';
+import { InferenceOptimization, NativeStopRule } from '../binding';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -78,7 +78,7 @@ export class EarlyExitModel {
       throw new Error('optimizeForInference: the model is in train mode (the backbone or a branch): call eval() first');
     }
     try {
-      this.inferenceBoundaries = noGrad(() => this.backbone.native.compileForInference(this.exitPoints, optimize));
+      [this.inferenceBoundaries, this.compiledWith] = noGrad(() => this.backbone.native.compileForInference(this.exitPoints, optimize));
     } catch (error) {
       throw new Error(`optimizeForInference: cannot compile model '${this.backbone.model.path}': ${(error as Error).message}`);
     }
@@ -87,6 +87,11 @@ export class EarlyExitModel {
 
   /** Whether `forwardEarlyExit` runs the model compiled by `optimizeForInference`. */
   get inferenceMode(): boolean { return this.inferenceBoundaries !== undefined; }
+
+  /** In inference mode, how the model was compiled: 'oneDNN' (see `InferenceOptions.optimize`) or 'frozen'. */
+  get inferenceOptimization(): InferenceOptimization | undefined { return this.inferenceBoundaries && this.compiledWith; }
+
+  private compiledWith?: InferenceOptimization;
 
   /** Drops the compiled model: `forwardEarlyExit` runs the model itself again. */
   leaveInferenceMode(): this {
