@@ -1,7 +1,7 @@
 /** Shared by the suites: fixture paths and reference data written by scripts/make_fixtures.py. */
 import * as fs from 'fs';
 import * as path from 'path';
-import { Tensor, nn, torch } from '../lib';
+import { EarlyExitModel, Tensor, exitDecisions, exitScores, jit, nn, torch } from '../lib';
 
 export const FIXTURES = path.join(__dirname, 'fixtures');
 
@@ -66,4 +66,29 @@ export function fillDisk(file: string): void {
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** The MNIST CNN with a seeded exit after each of its two blocks, in eval mode. */
+export function mnistTwoExits(): EarlyExitModel {
+  torch.manualSeed(0);
+  return new EarlyExitModel(jit.load(fixture('mnist_cnn.pt')), [
+    ['features1', nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(784, 10))],
+    ['features2', nn.Sequential(nn.Flatten(), nn.Linear(3136, 10))],
+  ]).eval();
+}
+
+/**
+ * Sixteen seeded inputs, every output of `model` on them, each exit's median entropy as its
+ * threshold, and the exit each sample takes with those thresholds (all three outputs used).
+ */
+export function medianEntropySplit(model: EarlyExitModel): { x: Tensor; outputs: Tensor[]; thresholds: number[]; expected: number[] } {
+  torch.manualSeed(1);
+  const x = torch.randn([16, 1, 28, 28]);
+  const outputs = torch.noGrad(() => model.forward(x));
+  const scores = exitScores(outputs, 'entropy');
+  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+  const thresholds = [median(scores[0]), median(scores[1])];
+  const expected = exitDecisions(scores, 'entropy', thresholds);
+  expect(new Set(expected).size).toBe(3);
+  return { x, outputs, thresholds, expected };
 }

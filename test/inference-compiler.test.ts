@@ -1,6 +1,6 @@
 import { EarlyExitModel, Tensor, exitDecisions, exitScores, jit, nn, optim, torch } from '../lib';
 import { binding } from '../lib/binding';
-import { fixture, fromRef, maxAbsDiff, reference, seedBranch } from './helpers';
+import { fixture, fromRef, maxAbsDiff, medianEntropySplit, mnistTwoExits, reference, seedBranch } from './helpers';
 
 const resnet = () => reference('resnet20_reference.json');
 
@@ -72,19 +72,8 @@ describe('optimizeForInference: the compiled model computes what the model does'
   });
 
   it('per-sample exits at the compiled model\'s batch boundaries equal each sample run alone', () => {
-    torch.manualSeed(0);
-    const model = new EarlyExitModel(jit.load(fixture('mnist_cnn.pt')), [
-      ['features1', nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(784, 10))],
-      ['features2', nn.Sequential(nn.Flatten(), nn.Linear(3136, 10))],
-    ]).eval();
-    torch.manualSeed(1);
-    const x = torch.randn([16, 1, 28, 28]);
-    const outputs = torch.noGrad(() => model.forward(x));
-    const scores = exitScores(outputs, 'entropy');
-    const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
-    const thresholds = [median(scores[0]), median(scores[1])];
-    const expected = exitDecisions(scores, 'entropy', thresholds);
-    expect(new Set(expected).size).toBe(3);
+    const model = mnistTwoExits();
+    const { x, outputs, thresholds, expected } = medianEntropySplit(model);
     model.optimizeForInference();
     const result = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds, perSample: true });
     expect(result.exits).toEqual(expected);

@@ -1,5 +1,5 @@
 import { EarlyExitModel, EarlyExitStats, Tensor, calibrateThresholds, exitDecisions, exitScores, jit, nn, torch } from '../lib';
-import { fixture, fromRef, maxAbsDiff, reference, seedBranch } from './helpers';
+import { fixture, fromRef, maxAbsDiff, medianEntropySplit, mnistTwoExits, reference, seedBranch } from './helpers';
 
 const resnet = () => reference('resnet20_reference.json');
 
@@ -141,14 +141,6 @@ describe('forwardEarlyExit: exits that really stop', () => {
 });
 
 describe('per-sample exits inside a batch', () => {
-  function mnistModel(): EarlyExitModel {
-    torch.manualSeed(0);
-    return new EarlyExitModel(jit.load(fixture('mnist_cnn.pt')), [
-      ['features1', nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(784, 10))],
-      ['features2', nn.Sequential(nn.Flatten(), nn.Linear(3136, 10))],
-    ]).eval();
-  }
-
   it('finds the block boundaries where samples can leave, nested ones too, and refuses the rest', () => {
     const resnet = new EarlyExitModel(jit.load(fixture('resnet20_scripted.pt')), [
       ['layer1.2.relu2', nn.Identity()], ['layer1', nn.Identity()], ['layer1.2.relu1', nn.Identity()], ['fc', nn.Identity()]]);
@@ -163,15 +155,8 @@ describe('per-sample exits inside a batch', () => {
   });
 
   it('each sample leaves at its first confident exit; the rest go on with a smaller batch; rows come back in input order', async () => {
-    const model = mnistModel();
-    torch.manualSeed(1);
-    const x = torch.randn([16, 1, 28, 28]);
-    const outputs = torch.noGrad(() => model.forward(x));
-    const scores = exitScores(outputs, 'entropy');
-    const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
-    const thresholds = [median(scores[0]), median(scores[1])];
-    const expected = exitDecisions(scores, 'entropy', thresholds);
-    expect(new Set(expected).size).toBe(3);
+    const model = mnistTwoExits();
+    const { x, outputs, thresholds, expected } = medianEntropySplit(model);
     const classifierBatches: number[] = [];
     const handle = model.backbone.getModule('classifier').registerForwardHook((_m, _i, output) => {
       classifierBatches.push((output as Tensor).shape[0]);
@@ -190,7 +175,7 @@ describe('per-sample exits inside a batch', () => {
   });
 
   it('when the rest of the batch all meet a later exit, the forward stops there', () => {
-    const model = mnistModel();
+    const model = mnistTwoExits();
     const x = torch.randn([8, 1, 28, 28]);
     const scores = exitScores(torch.noGrad(() => model.forward(x)), 'maxProbability');
     const first = [...scores[0]].sort((a, b) => b - a)[2];
