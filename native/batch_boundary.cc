@@ -39,12 +39,6 @@ bool IsInstrumentation(const Node* node) {
 // Values that cannot carry the batch: weights and settings.
 bool IsAttribute(const Node* node) { return node->kind() == c10::prim::Constant || node->kind() == c10::prim::GetAttr; }
 
-void CollectTaps(Block* block, bool inLoop, std::vector<std::pair<Node*, bool>>& taps) {
-  for (Node* node : block->nodes()) {
-    for (Block* inner : node->blocks()) CollectTaps(inner, inLoop || node->kind() == c10::prim::Loop, taps);
-    if (IsTap(node)) taps.emplace_back(node, inLoop);
-  }
-}
 
 // The If and Loop nodes around `node`, outermost first, each with the block it is in.
 std::vector<std::pair<Node*, size_t>> Nesting(Node* node) {
@@ -70,6 +64,13 @@ bool Exclusive(Node* a, Node* b) {
 }
 
 }  // namespace
+
+void CollectTaps(Block* block, std::vector<Node*>& taps) {
+  for (Node* node : block->nodes()) {
+    for (Block* inner : node->blocks()) CollectTaps(inner, taps);
+    if (IsTap(node)) taps.push_back(node);
+  }
+}
 
 bool IsBoundaryNode(torch::jit::Graph& graph, Node* point, Value* flowing) {
   Block* top = graph.block();
@@ -105,6 +106,21 @@ bool ModulePath(Value* value, Value* self, std::string& path) {
   return true;
 }
 
+int CountCalls(const std::vector<Node*>& taps) {
+  for (Node* tap : taps) {
+    for (const auto& level : Nesting(tap)) {
+      if (level.first->kind() == c10::prim::Loop) return -1;
+    }
+  }
+  // Calls in different branches of an if/else count once: only one of them runs.
+  for (size_t i = 0; i < taps.size(); ++i) {
+    for (size_t j = i + 1; j < taps.size(); ++j) {
+      if (!Exclusive(taps[i], taps[j])) return static_cast<int>(taps.size());
+    }
+  }
+  return taps.empty() ? 0 : 1;
+}
+
 CallSites AnalyzeCalls(const torch::jit::Module& root, const std::string& qualifiedName) {
   CallSites sites;
   auto method = root.find_method("forward");
@@ -113,25 +129,14 @@ CallSites AnalyzeCalls(const torch::jit::Module& root, const std::string& qualif
   // A copy: the model's own graphs keep their calls (and the hooks that live at them).
   std::shared_ptr<torch::jit::Graph> graph = function->graph()->copy();
   torch::jit::Inline(*graph);
-  std::vector<std::pair<Node*, bool>> taps;
-  CollectTaps(graph->block(), false, taps);
+  std::vector<Node*> taps;
+  CollectTaps(graph->block(), taps);
   std::vector<Node*> calls;
-  for (const auto& [tap, inLoop] : taps) {
+  for (Node* tap : taps) {
     std::string path;
-    if (!ModulePath(tap->input(0), graph->inputs()[0], path) || path != qualifiedName) continue;
-    if (inLoop) {
-      sites.count = -1;
-      return sites;
-    }
-    calls.push_back(tap);
+    if (ModulePath(tap->input(0), graph->inputs()[0], path) && path == qualifiedName) calls.push_back(tap);
   }
-  // Calls in different branches of an if/else count once: only one of them runs.
-  sites.count = calls.empty() ? 0 : 1;
-  for (size_t i = 0; i < calls.size(); ++i) {
-    for (size_t j = i + 1; j < calls.size(); ++j) {
-      if (!Exclusive(calls[i], calls[j])) sites.count = static_cast<int>(calls.size());
-    }
-  }
+  sites.count = CountCalls(calls);
   sites.boundary = calls.size() == 1 && IsBoundaryNode(*graph, calls[0], calls[0]->input(2));
   return sites;
 }

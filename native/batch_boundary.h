@@ -7,6 +7,7 @@
 #include <torch/csrc/jit/ir/ir.h>
 
 #include <string>
+#include <vector>
 
 namespace tee {
 
@@ -15,6 +16,9 @@ namespace tee {
 // Weights (attributes, constants) are not batch-sized; the instrumentation's own nodes do
 // not count as readers.
 bool IsBoundaryNode(torch::jit::Graph& graph, torch::jit::Node* point, torch::jit::Value* flowing);
+
+// Every tap (earlyexit::tap) in `block` and the blocks inside it, in order.
+void CollectTaps(torch::jit::Block* block, std::vector<torch::jit::Node*>& taps);
 
 // The qualified name of the submodule `value` holds, when it is a chain of attribute reads
 // from `self`.
@@ -30,5 +34,9 @@ struct CallSites {
 };
 
 CallSites AnalyzeCalls(const torch::jit::Module& root, const std::string& qualifiedName);
+
+// How many times the calls that `taps` follow run in one forward: 1 when they sit in
+// different branches of if/else (only one runs), -1 when one sits in a loop, else their number.
+int CountCalls(const std::vector<torch::jit::Node*>& taps);
 
 }  // namespace tee

@@ -28,13 +28,6 @@ std::shared_ptr<torch::jit::Graph> ForwardGraph(const torch::jit::Module& module
   return function->graph();
 }
 
-void CollectTaps(Block* block, std::vector<Node*>& taps) {
-  for (Node* node : block->nodes()) {
-    for (Block* inner : node->blocks()) CollectTaps(inner, taps);
-    if (node->kind() == c10::Symbol::fromQualString(kTapOperator)) taps.push_back(node);
-  }
-}
-
 void CollectExitPoints(Block* block, std::vector<Node*>& found) {
   for (Node* node : block->nodes()) {
     for (Block* inner : node->blocks()) CollectExitPoints(inner, found);
@@ -66,22 +59,26 @@ void KeyTapsByIndex(torch::jit::Module& module, const std::vector<std::string>& 
     if (found == byName.end()) {
       throw std::runtime_error("exit point '" + point + "' is never called by the model's forward, so it cannot be compiled with an exit");
     }
-    if (found->second.size() > 1) {
-      throw std::runtime_error("exit point '" + point + "' is called " + std::to_string(found->second.size()) +
-                               " times in one forward: the compiled model cannot tell which call is the exit");
+    int calls = CountCalls(found->second);
+    if (calls != 1) {
+      throw std::runtime_error("exit point '" + point + "' is called " +
+                               (calls < 0 ? std::string("in a loop") : std::to_string(calls) + " times in one forward") +
+                               ": the compiled model cannot tell which call is the exit");
     }
-    Node* tap = found->second.front();
-    Value* output = tap->input(2);
-    if (!output->type()->isSubtypeOf(*c10::TensorType::get())) {
-      throw std::runtime_error("exit point '" + point + "' returns " + output->type()->annotation_str() +
-                               ", not a Tensor: a compiled exit needs a Tensor to give its branch");
+    // One call, possibly reached from several branches of an if/else: an exit point in each.
+    for (Node* tap : found->second) {
+      Value* output = tap->input(2);
+      if (!output->type()->isSubtypeOf(*c10::TensorType::get())) {
+        throw std::runtime_error("exit point '" + point + "' returns " + output->type()->annotation_str() +
+                                 ", not a Tensor: a compiled exit needs a Tensor to give its branch");
+      }
+      torch::jit::WithInsertPoint before(tap);
+      Node* exit = graph->create(c10::Symbol::fromQualString(kExitPointOperator),
+                                 {graph->insertConstant(static_cast<int64_t>(index)), output}, 1);
+      exit->output()->setType(output->type());
+      graph->insertNode(exit);
+      output->replaceAllUsesAfterNodeWith(exit, exit->output());
     }
-    torch::jit::WithInsertPoint before(tap);
-    Node* exit = graph->create(c10::Symbol::fromQualString(kExitPointOperator),
-                               {graph->insertConstant(static_cast<int64_t>(index)), output}, 1);
-    exit->output()->setType(output->type());
-    graph->insertNode(exit);
-    output->replaceAllUsesAfterNodeWith(exit, exit->output());
   }
   for (Node* tap : taps) RemoveTap(tap);
   torch::jit::EliminateDeadCode(graph);
@@ -172,11 +169,11 @@ std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& ro
   std::vector<int> seen(points.size(), 0);
   for (Node* exit : exits) {
     int64_t index = torch::jit::constant_as<int64_t>(exit->input(0)).value();
-    seen[index]++;
-    compiled->batchBoundaries[index] = IsBoundaryNode(*graph, exit, exit->input(1));
+    // A point reached from several branches is no batch boundary (it is not called unconditionally).
+    compiled->batchBoundaries[index] = ++seen[index] == 1 && IsBoundaryNode(*graph, exit, exit->input(1));
   }
   for (size_t i = 0; i < points.size(); ++i) {
-    if (seen[i] != 1) throw std::logic_error("freezing lost or copied the exit point '" + points[i] + "'");
+    if (seen[i] == 0) throw std::logic_error("freezing lost the exit point '" + points[i] + "'");
   }
   return compiled;
 }

@@ -72,6 +72,15 @@ describe('per-sample exits on torchvision models, through _forward_impl, Sequent
     const mobilenet = jit.load(fixture('mobilenet_v2_scripted.pt'));
     // features.1.conv is reached from two branches of an if (with and without the residual): one call.
     expect(mobilenet.getModule('features.1.conv').callsPerForward).toBe(1);
+    expect(mobilenet.getModule('features.1.conv').isBatchBoundary).toBe(false);
+    // Such an exit stops the forward, compiled or not, with the same output.
+    const conditional = withExits('mobilenet_v2_scripted.pt', [['features.1.conv', 16]]);
+    const x = fromRef(tv().input);
+    const [exitOutput] = torch.noGrad(() => conditional.forward(x));
+    const stop = { criterion: 'entropy' as const, thresholds: [100] };
+    expect(maxAbsDiff(conditional.forwardEarlyExit(x, stop).output, exitOutput)).toBe(0);
+    conditional.optimizeForInference();
+    expect(maxAbsDiff(conditional.forwardEarlyExit(x, stop).output, exitOutput)).toBeLessThanOrEqual(1e-5);
     expect(['features', 'features.18', 'classifier'].map((n) => mobilenet.getModule(n).isBatchBoundary)).toEqual([true, true, true]);
     const model = withExits('resnet18_scripted.pt', [['layer1.0.conv1', 64]]);
     expect(() => model.forwardEarlyExit(fromRef(tv().input), { criterion: 'entropy', thresholds: [1], perSample: true }))
