@@ -71,8 +71,6 @@ export interface NativeScriptModule {
    */
   compileForInference(points: string[], optimize: boolean | undefined): [boolean[], InferenceOptimization];
   dropInference(): void;
-  /** The TorchScript graph of `method` (with `inference`: of the compiled forward) as text. */
-  graph(method: string, inference: boolean): string;
   /** A new model: this one frozen (and optimized) without hooks, as torch.jit.optimize_for_inference. */
   optimizedCopy(optimize: boolean | undefined): [NativeScriptModule, InferenceOptimization];
   dispose(): void;

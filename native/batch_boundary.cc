@@ -39,7 +39,6 @@ bool IsInstrumentation(const Node* node) {
 // Values that cannot carry the batch: weights and settings.
 bool IsAttribute(const Node* node) { return node->kind() == c10::prim::Constant || node->kind() == c10::prim::GetAttr; }
 
-
 // The If and Loop nodes around `node`, outermost first, each with the block it is in.
 std::vector<std::pair<Node*, size_t>> Nesting(Node* node) {
   std::vector<std::pair<Node*, size_t>> path;

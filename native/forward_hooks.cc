@@ -14,34 +14,6 @@ namespace {
 
 thread_local ForwardContext* currentContext = nullptr;
 
-void Tap(torch::jit::Stack& stack) {
-  c10::IValue output = torch::jit::pop(stack);
-  c10::IValue inputs = torch::jit::pop(stack);
-  c10::IValue module = torch::jit::pop(stack);
-  RunHooks(module, inputs, output);
-}
-
-void RunHooksAt(const c10::ivalue::Object* module, const c10::IValue& inputs, const c10::IValue& output);
-
-void ExitPoint(torch::jit::Stack& stack) {
-  c10::IValue output = torch::jit::pop(stack);
-  int64_t point = torch::jit::pop(stack).toInt();
-  ForwardContext* context = currentContext;
-  if (context != nullptr && context->exitPoints != nullptr) {
-    RunHooksAt(context->exitPoints->at(point).get(), c10::IValue(), output);
-  }
-  torch::jit::push(stack, std::move(output));
-}
-
-// CONSERVATIVE alias analysis makes the nodes side effects, so no pass removes them or
-// moves work across them.
-torch::jit::RegisterOperators registerTap({
-    torch::jit::Operator("earlyexit::tap(Any module, Any inputs, Any output) -> ()", Tap,
-                         c10::AliasAnalysisKind::CONSERVATIVE),
-    torch::jit::Operator("earlyexit::exit_point(int point, Tensor output) -> Tensor", ExitPoint,
-                         c10::AliasAnalysisKind::CONSERVATIVE),
-});
-
 // Takes the samples that meet a per-sample rule out of the batch: their exit rows are
 // kept, and the hooked module's output shrinks in place to the other samples, so every
 // later operation of the forward (which reads that same tensor) computes only those.
@@ -144,14 +116,6 @@ c10::IValue RunBranch(ForwardContext& context, const Hook& hook, const c10::IVal
   }
 }
 
-}  // namespace
-
-void RunHooks(const c10::IValue& module, const c10::IValue& inputs, const c10::IValue& output) {
-  if (module.isObject()) RunHooksAt(&module.toObjectRef(), inputs, output);
-}
-
-namespace {
-
 void RunHooksAt(const c10::ivalue::Object* module, const c10::IValue& inputs, const c10::IValue& output) {
   ForwardContext* context = currentContext;
   if (context == nullptr || context->hooks->empty()) return;
@@ -183,6 +147,36 @@ void RunHooksAt(const c10::ivalue::Object* module, const c10::IValue& inputs, co
   }
 }
 
+void Tap(torch::jit::Stack& stack) {
+  c10::IValue output = torch::jit::pop(stack);
+  c10::IValue inputs = torch::jit::pop(stack);
+  c10::IValue module = torch::jit::pop(stack);
+  RunHooks(module, inputs, output);
+}
+
+void ExitPoint(torch::jit::Stack& stack) {
+  c10::IValue output = torch::jit::pop(stack);
+  int64_t point = torch::jit::pop(stack).toInt();
+  ForwardContext* context = currentContext;
+  if (context != nullptr && context->exitPoints != nullptr) {
+    RunHooksAt(context->exitPoints->at(point).get(), c10::IValue(), output);
+  }
+  torch::jit::push(stack, std::move(output));
+}
+
+// CONSERVATIVE alias analysis makes the nodes side effects, so no pass removes them or
+// moves work across them.
+torch::jit::RegisterOperators registerTap({
+    torch::jit::Operator("earlyexit::tap(Any module, Any inputs, Any output) -> ()", Tap,
+                         c10::AliasAnalysisKind::CONSERVATIVE),
+    torch::jit::Operator("earlyexit::exit_point(int point, Tensor output) -> Tensor", ExitPoint,
+                         c10::AliasAnalysisKind::CONSERVATIVE),
+});
+
 }  // namespace
+
+void RunHooks(const c10::IValue& module, const c10::IValue& inputs, const c10::IValue& output) {
+  if (module.isObject()) RunHooksAt(&module.toObjectRef(), inputs, output);
+}
 
 }  // namespace tee

@@ -123,9 +123,12 @@ void MethodCall::RunCompiled() {
       result = context.stoppedBy->value;
     }
   }
-  result = Ordinary(result);
-  for (HookOutput& output : context.outputs) output.value = Ordinary(output.value);
-  if (context.stoppedBy) context.stoppedBy->value = Ordinary(context.stoppedBy->value);
+  for (HookOutput& output : context.outputs) {
+    output.value = Ordinary(output.value);
+    // A stopped call's result is its exit's output: the same tensor, converted once.
+    if (context.stoppedBy && output.hookId == context.stoppedBy->hookId) context.stoppedBy->value = result = output.value;
+  }
+  if (!context.stoppedBy) result = Ordinary(result);
   for (SampleExit& exit : context.sampleExits) {
     exit.indices = Ordinary(exit.indices).toTensor();
     exit.rows = Ordinary(exit.rows).toTensor();

@@ -116,7 +116,6 @@ Napi::Function ScriptModule::Define(Napi::Env env) {
                          TEE_METHOD(ScriptModule, "removeHook", RemoveHook),
                          TEE_METHOD(ScriptModule, "compileForInference", CompileForInference),
                          TEE_METHOD(ScriptModule, "dropInference", DropInference),
-                         TEE_METHOD(ScriptModule, "graph", Graph),
                          TEE_METHOD(ScriptModule, "optimizedCopy", OptimizedCopy),
                          TEE_METHOD(ScriptModule, "dispose", Dispose),
                          TEE_METHOD(ScriptModule, "isDisposed", IsDisposed),
@@ -331,16 +330,6 @@ Napi::Value ScriptModule::CompileForInference(const Napi::CallbackInfo& info) {
   result.Set(0u, boundaries);
   result.Set(1u, Napi::String::New(env, state_->inference->optimization));
   return result;
-}
-
-// The TorchScript graph of a method, or with `inference` of the compiled forward, as text.
-Napi::Value ScriptModule::Graph(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info[1].ToBoolean()) {
-    if (!state_->inference) ThrowError(env, "the model was not compiled for inference");
-    return Napi::String::New(env, state_->inference->module.get_method("forward").graph()->toString());
-  }
-  return Napi::String::New(env, Get(env).get_method(info[0].ToString()).graph()->toString());
 }
 
 Napi::Value ScriptModule::DropInference(const Napi::CallbackInfo& info) {

@@ -42,7 +42,6 @@ class ScriptModule : public GuardedWrap<ScriptModule> {
   Napi::Value RemoveHook(const Napi::CallbackInfo& info);
   Napi::Value CompileForInference(const Napi::CallbackInfo& info);
   Napi::Value DropInference(const Napi::CallbackInfo& info);
-  Napi::Value Graph(const Napi::CallbackInfo& info);
   Napi::Value OptimizedCopy(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value IsDisposed(const Napi::CallbackInfo& info);

@@ -229,15 +229,11 @@ export function measureBaselineLatency(model: EarlyExitModel, input: Tensor, run
   const samples: number[] = [];
   noGrad(() => {
     for (let round = 0; round < warmup + runs; round++) {
-      const started = process.hrtime.bigint();
-      const output = full.forward(input) as Tensor;
-      output.data();
-      const elapsed = Number(process.hrtime.bigint() - started) / 1e6;
-      output.dispose();
+      const elapsed = timeCall(() => full.forward(input) as Tensor);
       if (round >= warmup) samples.push(elapsed);
     }
   });
-  return [...samples].sort((a, b) => a - b)[Math.floor(samples.length / 2)];
+  return middle(samples);
 }
 
 /**
@@ -257,18 +253,31 @@ export function measureExitLatencies(model: EarlyExitModel, input: Tensor, runs 
   const samples: number[][] = policies.map(() => []);
   for (let round = 0; round < warmup + runs; round++) {
     policies.forEach((policy, i) => {
-      const started = process.hrtime.bigint();
-      const result = model.forwardEarlyExit(input, policy);
-      result.output.data();
-      const elapsed = Number(process.hrtime.bigint() - started) / 1e6;
-      result.output.dispose();
-      if (result.exit !== i) throw new Error(`measuring exit ${i}, the forward left at ${result.exit}`);
+      let exit = -1;
+      const elapsed = timeCall(() => {
+        const result = model.forwardEarlyExit(input, policy);
+        exit = result.exit;
+        return result.output;
+      });
+      if (exit !== i) throw new Error(`measuring exit ${i}, the forward left at ${exit}`);
       if (round >= warmup) samples[i].push(elapsed);
     });
   }
   model.train(wasTraining);
-  return samples.map((list) => {
-    const sorted = [...list].sort((a, b) => a - b);
-    return sorted[Math.floor(sorted.length / 2)];
-  });
+  return samples.map(middle);
+}
+
+/** Milliseconds of `run` with its output read back, as serving reads it; the output is freed. */
+function timeCall(run: () => Tensor): number {
+  const started = process.hrtime.bigint();
+  const output = run();
+  output.data();
+  const elapsed = Number(process.hrtime.bigint() - started) / 1e6;
+  output.dispose();
+  return elapsed;
+}
+
+/** The median (the upper one of an even count). */
+function middle(values: number[]): number {
+  return [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 }
