@@ -26,6 +26,8 @@ export interface NativeTensor {
   dispose(): void;
   isDisposed(): boolean;
   sameAs(other: NativeTensor): boolean;
+  /** Tells V8 the memory whose report waited while the tensor was inside torch.tidy. */
+  reportMemory(): void;
 }
 
 /**
@@ -93,6 +95,30 @@ export interface NativeNnModule {
   isDisposed(): boolean;
 }
 
+/**
+ * The CPU memory the library's tensors use, as `torch.memoryStats()` reports it (PyTorch's
+ * `torch.cuda.memory_stats()` for the CPU block cache).
+ */
+export interface MemoryStats {
+  /** Whether freed large blocks are kept for reuse (TEE_CPU_CACHE_MB=0 turns it off). */
+  enabled: boolean;
+  /** The most bytes of free blocks the cache keeps (TEE_CPU_CACHE_MB; default a quarter of the machine's memory). */
+  limitBytes: number;
+  /** Bytes of CPU tensor storage in use now, and the most since the start or the last `resetPeakMemoryStats()`. */
+  allocatedBytes: number;
+  peakAllocatedBytes: number;
+  /** Bytes of free blocks kept for reuse; `emptyCache()` gives them back. */
+  cachedBytes: number;
+  /** Bytes of large blocks the cache holds, in use or free (rounded to size classes), and their peak. */
+  reservedBytes: number;
+  peakReservedBytes: number;
+  /** Large allocations served from the cache, and those that needed new memory. */
+  cacheHits: number;
+  cacheMisses: number;
+  /** Freed blocks given back at once because the cache was at its limit. */
+  releasedOverLimit: number;
+}
+
 export interface Binding {
   NativeTensor: abstract new (...args: never[]) => NativeTensor;
   NativeScriptModule: abstract new (...args: never[]) => NativeScriptModule;
@@ -101,6 +127,8 @@ export interface Binding {
   /** A 1-D tensor of `dtype` over a copy of raw little-endian bytes. */
   fromBytes(bytes: Buffer, dtype: string): NativeTensor;
   callOp(name: string, overload: string, args: NativeValue[], kwargs?: Record<string, NativeValue>): NativeValue;
+  /** While true (inside torch.tidy), new tensors tell V8 their memory only when they escape the scope. */
+  setMemoryReportsDeferred(deferred: boolean): void;
   /** Loads a TorchScript archive from its bytes; `name` (the file) is for error messages. */
   /** Why optimize_for_inference cannot run with this LibTorch ('' when it can). */
   oneDnnInferenceProblem(): string;
@@ -110,6 +138,10 @@ export interface Binding {
   pickleSave(value: NativeValue): Buffer;
   setNumThreads(threads: number): void;
   getNumThreads(): number;
+  /** Gives the CPU block cache's free blocks back to the system; returns the bytes released. */
+  emptyCache(): number;
+  memoryStats(): MemoryStats;
+  resetPeakMemoryStats(): void;
   manualSeed(seed: number): void;
   setGradEnabled(enabled: boolean): void;
   isGradEnabled(): boolean;

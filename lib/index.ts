@@ -18,6 +18,7 @@ export { torch, nn, jit, optim };
 export { Tensor } from './tensor';
 export type { NestedArray, TensorOptions, TypedArray } from './tensor';
 export type { DType, Device } from './dtype';
+export type { MemoryStats } from './binding';
 export { ScriptModule } from './jit';
 export type { ForwardHook, RemovableHandle, LoadOptions, InferenceOptions } from './jit';
 export { EarlyExitMgr } from './early-exit/exit-mgr';

@@ -116,6 +116,8 @@ export class Tensor {
     this.native.setGrad(value === null ? null : value.native);
   }
   get isLeaf(): boolean { return this.native.isLeaf(); }
+  /** @internal It left every tidy scope alive: V8 learns the memory it holds now. */
+  escape(): void { this.native.reportMemory(); }
   /** Whether `dispose()` was called. */
   get isDisposed(): boolean { return this.native.isDisposed(); }
 

@@ -2,7 +2,7 @@
  * The `torch` namespace: tensor creation, the functions PyTorch keeps at top level,
  * threads, seeds, grad mode, devices and versions.
  */
-import { binary, binding } from './binding';
+import { MemoryStats, binary, binding } from './binding';
 import { checkInteger, describeValue } from './check';
 import { DType, Device, TYPED_ARRAY_DTYPE } from './dtype';
 import { keep, tidy } from './scope';
@@ -126,6 +126,19 @@ export function setNumThreads(threads: number): void {
   binding.setNumThreads(threads);
 }
 export function getNumThreads(): number { return binding.getNumThreads(); }
+
+/**
+ * Gives the free blocks of the CPU block cache back to the system, as PyTorch's
+ * `torch.cuda.empty_cache()` does for GPU memory; returns the bytes released. Tensors in use
+ * are not touched. The library keeps freed CPU blocks of 64 KiB and more for reuse, so that
+ * a training step does not page-fault its working set in again each time (see the README's
+ * "Performance on CPU"); TEE_CPU_CACHE_MB limits how much it keeps, and 0 turns it off.
+ */
+export function emptyCache(): number { return binding.emptyCache(); }
+/** What CPU tensor memory is in use and kept for reuse, as `torch.cuda.memory_stats()` for the GPU. */
+export function memoryStats(): MemoryStats { return binding.memoryStats(); }
+/** Starts the peaks of `memoryStats()` again from the current values. */
+export function resetPeakMemoryStats(): void { binding.resetPeakMemoryStats(); }
 export function isGradEnabled(): boolean { return binding.isGradEnabled(); }
 export function setGradEnabled(enabled: boolean): void { binding.setGradEnabled(enabled); }
 
@@ -159,4 +172,4 @@ export const cuda = {
  */
 export const version = { libtorch: binding.libtorchVersion, loaded: binding.loadedLibtorchVersion, cuda: binding.builtWithCuda, binary };
 
-export type { DType, Device };
+export type { DType, Device, MemoryStats };

@@ -1,6 +1,8 @@
 // Registers the addon's classes and functions for each Node environment.
 #include <napi.h>
 
+#include "cpu_block_cache.h"
+#include "errors.h"
 #include "instance_data.h"
 #include "memory_ledger.h"
 #include "nn_modules.h"
@@ -20,6 +22,8 @@ Napi::Value Guarded(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  std::string problem = CpuCacheSettingProblem();
+  if (!problem.empty()) ThrowError(env, problem);
   InstallCountingAllocator();
   auto* data = new InstanceData();
   env.SetInstanceData(data);
@@ -35,6 +39,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fromTypedArray", Napi::Function::New(env, Guarded<TensorFromTypedArray>));
   exports.Set("fromBytes", Napi::Function::New(env, Guarded<TensorFromBytes>));
   exports.Set("callOp", Napi::Function::New(env, CallOp));
+  exports.Set("setMemoryReportsDeferred", Napi::Function::New(env, Tensor::SetMemoryReportsDeferred));
   exports.Set("loadScriptModule", Napi::Function::New(env, LoadScriptModule));
   exports.Set("oneDnnInferenceProblem", Napi::Function::New(env, OneDnnInferenceProblem));
   exports.Set("createNnModule", Napi::Function::New(env, CreateNnModule));

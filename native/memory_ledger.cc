@@ -6,6 +6,7 @@
 
 #include <mutex>
 
+#include "cpu_block_cache.h"
 #include "torch_compat.h"
 
 namespace tee {
@@ -23,10 +24,8 @@ static_assert(sizeof(BlockHeader) == c10::gAlignment, "the header must keep the 
 
 class CountingAllocator final : public c10::Allocator {
  public:
-  explicit CountingAllocator(c10::Allocator* base) : base_(base) {}
-
   c10::DataPtr allocate(size_t bytes) TEE_ALLOCATE_CONST override {
-    auto* header = static_cast<BlockHeader*>(base_->raw_allocate(bytes + sizeof(BlockHeader)));
+    auto* header = static_cast<BlockHeader*>(CpuCacheAllocate(bytes + sizeof(BlockHeader)));
     header->ledger = currentLedger;
     header->bytes = bytes;
     if (header->ledger != nullptr) {
@@ -49,16 +48,9 @@ class CountingAllocator final : public c10::Allocator {
       header->ledger->Add(-static_cast<int64_t>(header->bytes));
       c10::raw::intrusive_ptr::decref(header->ledger);
     }
-    instance->base_->raw_deallocate(header);
+    CpuCacheFree(header, header->bytes + sizeof(BlockHeader));
   }
-
-  c10::Allocator* base_;
-
- public:
-  static CountingAllocator* instance;
 };
-
-CountingAllocator* CountingAllocator::instance = nullptr;
 
 }  // namespace
 
@@ -70,8 +62,7 @@ void InstallCountingAllocator() {
   static std::once_flag once;
   std::call_once(once, [] {
     // Never freed: blocks it handed out may be released at any time until the process ends.
-    CountingAllocator::instance = new CountingAllocator(c10::GetDefaultCPUAllocator());
-    c10::SetCPUAllocator(CountingAllocator::instance, /*priority=*/1);
+    c10::SetCPUAllocator(new CountingAllocator(), /*priority=*/1);
   });
 }
 

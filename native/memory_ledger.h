@@ -34,7 +34,8 @@ class LedgerScope {
   MemoryLedger* previous_;
 };
 
-// Puts the counting allocator in front of LibTorch's CPU allocator (once per process).
+// Makes the counting allocator LibTorch's CPU allocator (once per process); its blocks come
+// from the CPU block cache (cpu_block_cache.h).
 void InstallCountingAllocator();
 
 }  // namespace tee

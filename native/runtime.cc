@@ -11,6 +11,7 @@
 
 #include <string>
 
+#include "cpu_block_cache.h"
 #include "errors.h"
 
 namespace tee {
@@ -71,10 +72,40 @@ std::string LoadedLibTorchVersion() {
   return config.substr(start, end == std::string::npos ? std::string::npos : end - start);
 }
 
+Napi::Value EmptyCache(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(CpuCacheEmpty()));
+}
+
+Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CpuCacheStats stats = CpuCacheStatistics();
+  Napi::Object result = Napi::Object::New(env);
+  auto set = [&](const char* name, int64_t value) { result.Set(name, Napi::Number::New(env, static_cast<double>(value))); };
+  result.Set("enabled", Napi::Boolean::New(env, stats.enabled));
+  set("limitBytes", stats.limitBytes);
+  set("allocatedBytes", stats.allocatedBytes);
+  set("peakAllocatedBytes", stats.peakAllocatedBytes);
+  set("cachedBytes", stats.cachedBytes);
+  set("reservedBytes", stats.reservedBytes);
+  set("peakReservedBytes", stats.peakReservedBytes);
+  set("cacheHits", stats.cacheHits);
+  set("cacheMisses", stats.cacheMisses);
+  set("releasedOverLimit", stats.releasedOverLimit);
+  return result;
+}
+
+Napi::Value ResetPeakMemoryStats(const Napi::CallbackInfo& info) {
+  CpuCacheResetPeaks();
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void ExportRuntime(Napi::Env env, Napi::Object exports) {
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
+  exports.Set("emptyCache", Napi::Function::New(env, EmptyCache));
+  exports.Set("memoryStats", Napi::Function::New(env, MemoryStats));
+  exports.Set("resetPeakMemoryStats", Napi::Function::New(env, ResetPeakMemoryStats));
   exports.Set("getNumThreads", Napi::Function::New(env, GetNumThreads));
   exports.Set("manualSeed", Napi::Function::New(env, ManualSeed));
   exports.Set("setGradEnabled", Napi::Function::New(env, SetGradEnabled));

@@ -1,5 +1,6 @@
 #include "tensor.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -87,6 +88,7 @@ Napi::Function Tensor::Define(Napi::Env env) {
                          TEE_METHOD(Tensor, "dispose", Dispose),
                          TEE_METHOD(Tensor, "isDisposed", IsDisposed),
                          TEE_METHOD(Tensor, "sameAs", SameAs),
+                         TEE_METHOD(Tensor, "reportMemory", ReportMemory),
                      });
 }
 
@@ -95,7 +97,7 @@ Tensor::Tensor(const Napi::CallbackInfo& info) : GuardedWrap<Tensor>(info) {
     ThrowTypeError(info.Env(), "NativeTensor cannot be constructed directly; use the torch functions");
   }
   tensor_ = *info[0].As<Napi::External<at::Tensor>>().Data();
-  Report(info.Env(), ReportedSize(tensor_));
+  ReportOrDefer(info.Env(), ReportedSize(tensor_));
 }
 
 // Not Napi::MemoryManagement, which throws on failure: a destructor must not throw, and
@@ -112,10 +114,32 @@ void Tensor::Report(Napi::Env env, int64_t bytes) {
   reportedBytes_ = bytes;
 }
 
+// V8 answers a large report with a full garbage collection soon after (about 2 ms a
+// training step, for outputs that torch.tidy disposes anyway): inside a tidy scope the
+// bytes wait until the tensor escapes it (ReportMemory), and are never reported if it does not.
+void Tensor::ReportOrDefer(Napi::Env env, int64_t bytes) {
+  if (GetInstanceData(env).memoryReportsDeferred) {
+    deferredBytes_ = std::max(deferredBytes_, bytes);
+  } else if (bytes > reportedBytes_) {
+    Report(env, bytes);
+  }
+}
+
 void Tensor::ReportRetained(const Napi::Value& value, int64_t bytes) {
   if (!IsTensor(value.Env(), value)) return;
   Tensor* tensor = ObjectWrap<Tensor>::Unwrap(value.As<Napi::Object>());
-  if (!tensor->disposed_ && bytes > tensor->reportedBytes_) tensor->Report(value.Env(), bytes);
+  if (!tensor->disposed_) tensor->ReportOrDefer(value.Env(), bytes);
+}
+
+Napi::Value Tensor::SetMemoryReportsDeferred(const Napi::CallbackInfo& info) {
+  GetInstanceData(info.Env()).memoryReportsDeferred = info[0].ToBoolean();
+  return info.Env().Undefined();
+}
+
+Napi::Value Tensor::ReportMemory(const Napi::CallbackInfo& info) {
+  if (!disposed_ && deferredBytes_ > reportedBytes_) Report(info.Env(), deferredBytes_);
+  deferredBytes_ = 0;
+  return info.Env().Undefined();
 }
 
 Napi::Value Tensor::Wrap(Napi::Env env, at::Tensor tensor) {

@@ -19,6 +19,8 @@ class Tensor : public GuardedWrap<Tensor> {
   // Tells V8 that the JS Tensor `value` keeps `bytes` of native memory alive (its autograd
   // graph), when that is more than its own data; no-op for anything but a Tensor.
   static void ReportRetained(const Napi::Value& value, int64_t bytes);
+  // Turns deferred reporting on or off for this environment (torch.tidy, scope.ts).
+  static Napi::Value SetMemoryReportsDeferred(const Napi::CallbackInfo& info);
 
   explicit Tensor(const Napi::CallbackInfo& info);
   ~Tensor() override;
@@ -27,6 +29,8 @@ class Tensor : public GuardedWrap<Tensor> {
   const at::Tensor& Get(Napi::Env env) const;
   void Reset(Napi::Env env);
   void Report(Napi::Env env, int64_t bytes);
+  // Reports `bytes` now, or keeps them for ReportMemory when reports are deferred.
+  void ReportOrDefer(Napi::Env env, int64_t bytes);
 
   Napi::Value Shape(const Napi::CallbackInfo& info);
   Napi::Value Dtype(const Napi::CallbackInfo& info);
@@ -43,10 +47,13 @@ class Tensor : public GuardedWrap<Tensor> {
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value IsDisposed(const Napi::CallbackInfo& info);
   Napi::Value SameAs(const Napi::CallbackInfo& info);
+  // The tensor escapes its tidy scope: tells V8 what was deferred.
+  Napi::Value ReportMemory(const Napi::CallbackInfo& info);
 
   at::Tensor tensor_;
   bool disposed_ = false;
   int64_t reportedBytes_ = 0;
+  int64_t deferredBytes_ = 0;
 };
 
 // Creates a tensor from a TypedArray copy: fromTypedArray(array, shape, dtype).
