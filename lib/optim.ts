@@ -1,10 +1,16 @@
 /**
  * Optimizers and learning-rate schedulers, as PyTorch's `torch.optim` computes them
- * (the single-tensor code paths), over any tensors: parameters of loaded TorchScript
+ * (the single-tensor code paths' arithmetic, run as multi-tensor ops), over any tensors: parameters of loaded TorchScript
  * models and of branch modules alike.
  */
-import { Tensor } from './tensor';
+import { Tensor, callOp } from './tensor';
 import { keep, noGrad, tidy } from './torch';
+
+/** One multi-tensor ATen operation over lists of tensors (`torch._foreach_*`). */
+function foreach(name: string, overload: string, args: Array<Tensor[] | number | number[]>, kwargs?: Record<string, number>): Tensor[] {
+  const result = callOp(name, overload, args, kwargs);
+  return Array.isArray(result) ? (result as Tensor[]) : [];
+}
 
 /** Hyper-parameters of a group; each optimizer adds its own. */
 export interface GroupOptions {
@@ -62,29 +68,46 @@ export abstract class Optimizer {
     }
   }
 
-  /** Updates every parameter that has a gradient. */
+  /**
+   * Updates every parameter that has a gradient: one multi-tensor (`_foreach_*`) ATen call
+   * per operation and group, as PyTorch's `foreach` implementations, instead of a call per
+   * tensor. Each element sees the same operations in the same order as in PyTorch's
+   * single-tensor code, so the results are the same to the last bit.
+   */
   step(): void {
     noGrad(() => {
       for (const group of this.paramGroups) {
+        const params: Tensor[] = [];
+        const grads: Tensor[] = [];
         for (const param of group.params) {
           const grad = param.grad;
           if (grad === null) continue;
+          params.push(param);
+          grads.push(grad);
+        }
+        if (params.length === 0) continue;
+        const fresh: Array<Record<string, Tensor | number>> = [];
+        const states = params.map((param) => {
           let state = this.state.get(param);
           if (!state) this.state.set(param, (state = {}));
-          const kept = state;
-          // Temporaries go at once; the state's tensors belong to the optimizer.
-          tidy(() => {
-            this.update(param, grad, kept, group);
-            return kept;
-          });
-          for (const value of Object.values(kept)) if (value instanceof Tensor) keep(value);
-          grad.dispose();
-        }
+          if (Object.keys(state).length === 0) fresh.push(state);
+          return state;
+        });
+        // Temporaries go at once; the state's tensors belong to the optimizer (they are made
+        // at a parameter's first step, and updated in place after).
+        tidy(() => {
+          this.update(params, grads, states, group);
+          return states;
+        });
+        for (const state of fresh) for (const value of Object.values(state)) if (value instanceof Tensor) keep(value);
+        for (const grad of grads) grad.dispose();
       }
     });
   }
 
-  protected abstract update(param: Tensor, grad: Tensor, state: Record<string, Tensor | number>, group: ParamGroup & Record<string, unknown>): void;
+  /** Updates `params` (those of `group` that have a gradient) from `grads`, with their `states`. */
+  protected abstract update(params: Tensor[], grads: Tensor[], states: Array<Record<string, Tensor | number>>,
+    group: ParamGroup & Record<string, unknown>): void;
 
   /** State by parameter index (in group order) and the group settings, as PyTorch's `state_dict()`. */
   stateDict(): OptimizerStateDict {
@@ -147,21 +170,30 @@ export class SGD extends Optimizer {
     super(params, defaults);
   }
 
-  protected update(param: Tensor, grad: Tensor, state: Record<string, Tensor | number>, group: ParamGroup & Record<string, unknown>): void {
+  protected update(params: Tensor[], grads: Tensor[], states: Array<Record<string, Tensor | number>>,
+    group: ParamGroup & Record<string, unknown>): void {
     const { lr, momentum, dampening, weightDecay, nesterov, maximize } = group as unknown as Required<SGDOptions>;
-    let step = maximize ? grad.neg() : grad;
-    if (weightDecay !== 0) step = step.add(param, weightDecay);
+    let steps = maximize ? foreach('_foreach_neg', '', [grads]) : grads;
+    if (weightDecay !== 0) steps = foreach('_foreach_add', 'List', [steps, params], { alpha: weightDecay });
     if (momentum !== 0) {
-      let buffer = state.momentumBuffer as Tensor | undefined;
-      if (buffer === undefined) {
-        buffer = step.clone().detach();
-        state.momentumBuffer = buffer;
-      } else {
-        buffer.mul_(momentum).add_(step, 1 - dampening);
+      // A parameter's first step starts its buffer as a copy of the step, later ones update it.
+      const updated: number[] = [];
+      const buffers = states.map((state, i) => {
+        if (state.momentumBuffer === undefined) {
+          state.momentumBuffer = steps[i].clone().detach();
+        } else {
+          updated.push(i);
+        }
+        return state.momentumBuffer as Tensor;
+      });
+      if (updated.length > 0) {
+        const kept = updated.map((i) => buffers[i]);
+        foreach('_foreach_mul_', 'Scalar', [kept, momentum]);
+        foreach('_foreach_add_', 'List', [kept, updated.map((i) => steps[i])], { alpha: 1 - dampening });
       }
-      step = nesterov ? step.add(buffer, momentum) : buffer;
+      steps = nesterov ? foreach('_foreach_add', 'List', [steps, buffers], { alpha: momentum }) : buffers;
     }
-    param.add_(step, -lr);
+    foreach('_foreach_add_', 'List', [params, steps], { alpha: -lr });
   }
 }
 
@@ -181,27 +213,34 @@ export class Adam extends Optimizer {
     super(params, { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0, maximize: false, ...decoupledDefaults, ...options });
   }
 
-  protected update(param: Tensor, grad: Tensor, state: Record<string, Tensor | number>, group: ParamGroup & Record<string, unknown>): void {
+  protected update(params: Tensor[], grads: Tensor[], states: Array<Record<string, Tensor | number>>,
+    group: ParamGroup & Record<string, unknown>): void {
     const { lr, betas, eps, weightDecay, maximize } = group as unknown as Required<AdamOptions>;
     const [beta1, beta2] = betas;
-    let g = maximize ? grad.neg() : grad;
-    if (state.step === undefined) {
-      state.step = 0;
-      state.expAvg = param.detach().clone().zero_();
-      state.expAvgSq = param.detach().clone().zero_();
-    }
-    const step = (state.step as number) + 1;
-    state.step = step;
-    if (this.decoupled) param.mul_(1 - lr * weightDecay);
-    else if (weightDecay !== 0) g = g.add(param, weightDecay);
-    const expAvg = state.expAvg as Tensor;
-    const expAvgSq = state.expAvgSq as Tensor;
-    expAvg.mul_(beta1).add_(g, 1 - beta1);
-    expAvgSq.mul_(beta2).addcmul_(g, g, 1 - beta2);
-    const biasCorrection1 = 1 - beta1 ** step;
-    const biasCorrection2Sqrt = Math.sqrt(1 - beta2 ** step);
-    const denom = expAvgSq.sqrt().div(biasCorrection2Sqrt).add_(eps);
-    param.addcdiv_(expAvg, denom, -lr / biasCorrection1);
+    let g = maximize ? foreach('_foreach_neg', '', [grads]) : grads;
+    const steps = states.map((state, i) => {
+      if (state.step === undefined) {
+        state.step = 0;
+        state.expAvg = params[i].detach().clone().zero_();
+        state.expAvgSq = params[i].detach().clone().zero_();
+      }
+      state.step = (state.step as number) + 1;
+      return state.step;
+    });
+    if (this.decoupled) foreach('_foreach_mul_', 'Scalar', [params, 1 - lr * weightDecay]);
+    else if (weightDecay !== 0) g = foreach('_foreach_add', 'List', [g, params], { alpha: weightDecay });
+    const expAvg = states.map((state) => state.expAvg as Tensor);
+    const expAvgSq = states.map((state) => state.expAvgSq as Tensor);
+    foreach('_foreach_mul_', 'Scalar', [expAvg, beta1]);
+    foreach('_foreach_add_', 'List', [expAvg, g], { alpha: 1 - beta1 });
+    foreach('_foreach_mul_', 'Scalar', [expAvgSq, beta2]);
+    foreach('_foreach_addcmul_', 'Scalar', [expAvgSq, g, g, 1 - beta2]);
+    // Parameters of a group may have taken different numbers of steps (one had no gradient
+    // once), so the bias corrections are per parameter.
+    const denom = foreach('_foreach_sqrt', '', [expAvgSq]);
+    foreach('_foreach_div_', 'ScalarList', [denom, steps.map((step) => Math.sqrt(1 - beta2 ** step))]);
+    foreach('_foreach_add_', 'Scalar', [denom, eps]);
+    foreach('_foreach_addcdiv_', 'ScalarList', [params, expAvg, denom, steps.map((step) => -lr / (1 - beta1 ** step))]);
   }
 }
 

@@ -168,6 +168,54 @@ describe('optimizers equal torch.optim on the same gradients', () => {
     expect(a.grad).toBeNull();
   });
 
+  // The optimizers run multi-tensor ops over all the parameters of a group at once; PyTorch's
+  // single-tensor arithmetic, written out here one tensor at a time, must give the same bits,
+  // also when the parameters' histories differ (one has no gradient at some steps).
+  it.each([
+    ['SGD', (p: Tensor[]) => new optim.SGD(p, { lr: 0.1, momentum: 0.8, dampening: 0.3, weightDecay: 0.01 })],
+    ['SGD nesterov maximize', (p: Tensor[]) => new optim.SGD(p, { lr: 0.1, momentum: 0.9, nesterov: true, maximize: true })],
+    ['Adam', (p: Tensor[]) => new optim.Adam(p, { lr: 0.01, betas: [0.8, 0.99], weightDecay: 0.1 })],
+    ['AdamW', (p: Tensor[]) => new optim.AdamW(p, { lr: 0.01 })],
+  ] as Array<[string, (p: Tensor[]) => optim.Optimizer]>)('%s over several tensors equals the per-tensor arithmetic bit for bit', (name, make) => {
+    torch.manualSeed(3);
+    const shapes = [[3, 4], [7], [2, 2, 2]];
+    const params = shapes.map((shape) => torch.randn(shape).requiresGrad_());
+    const mine = params.map((p) => p.detach().clone());
+    const grads = Array.from({ length: 4 }, () => shapes.map((shape) => torch.randn(shape)));
+    const optimizer = make(params);
+    const group = optimizer.paramGroups[0] as Record<string, unknown>;
+    const state: Array<Record<string, Tensor | number>> = shapes.map(() => ({}));
+    grads.forEach((stepGrads, s) => {
+      params.forEach((p, i) => { p.grad = s === 1 && i === 1 ? null : stepGrads[i].clone(); });
+      optimizer.step();
+      torch.noGrad(() => mine.forEach((param, i) => {
+        if (s === 1 && i === 1) return;
+        const st = state[i];
+        let g = group.maximize ? stepGrads[i].neg() : stepGrads[i];
+        if (name.startsWith('SGD')) {
+          const { lr, momentum, dampening, weightDecay, nesterov } = group as { lr: number; momentum: number; dampening: number; weightDecay: number; nesterov: boolean };
+          if (weightDecay !== 0) g = g.add(param, weightDecay);
+          if (st.buf === undefined) st.buf = g.clone();
+          else (st.buf as Tensor).mul_(momentum).add_(g, 1 - dampening);
+          g = nesterov ? g.add(st.buf as Tensor, momentum) : st.buf as Tensor;
+          param.add_(g, -lr);
+        } else {
+          const { lr, betas: [b1, b2], eps, weightDecay } = group as { lr: number; betas: number[]; eps: number; weightDecay: number };
+          st.step = ((st.step as number | undefined) ?? 0) + 1;
+          st.m ??= torch.zeros(shapes[i]);
+          st.v ??= torch.zeros(shapes[i]);
+          if (name === 'AdamW') param.mul_(1 - lr * weightDecay);
+          else g = g.add(param, weightDecay);
+          (st.m as Tensor).mul_(b1).add_(g, 1 - b1);
+          (st.v as Tensor).mul_(b2).addcmul_(g, g, 1 - b2);
+          const denom = (st.v as Tensor).sqrt().div(Math.sqrt(1 - b2 ** st.step)).add_(eps);
+          param.addcdiv_(st.m as Tensor, denom, -lr / (1 - b1 ** st.step));
+        }
+      }));
+    });
+    params.forEach((p, i) => expect(maxAbsDiff(p, mine[i])).toBe(0));
+  });
+
   it('skips parameters without a gradient (frozen ones)', () => {
     const frozen = torch.ones([2]);
     const optimizer = new optim.SGD([frozen], { lr: 0.1, momentum: 0.9 });
