@@ -14,7 +14,7 @@
  *  - not stopped: not confident; this library goes on in the same forward, onnxruntime runs
  *    "prefix + branch, returning the activation too" then "the rest".
  *
- *   npm run bench:peer -- [--models resnet20,mnist_cnn,mobilenet_v2] [--allocator tuned|default]
+ *   npm run bench:peer -- [--models resnet20,mnist_cnn,mobilenet_v2] [--allocator as-installed|glibc|tuned]
  *                         [--steps N] [--json out.json] [--event-loop-only]
  */
 import * as fs from 'fs';
@@ -24,7 +24,7 @@ import { EarlyExitModel, Tensor, jit, torch } from '../lib';
 import { binding } from '../lib/binding';
 import { parseBranchSpec } from '../lib/cli/branch-spec';
 import { packageRoot } from '../lib/package-root';
-import { Environment, Pair, Side, describeEnvironment, ratioTable, runPairs, serveSide } from './bench-harness';
+import { Environment, Pair, Side, allocatorSetting, describeEnvironment, ratioTable, runPairs, serveSide } from './bench-harness';
 import { OrtSession, createSingleThreadSession, loadOnnxRuntimeWithInfo } from './peer-runtime';
 import { positiveInt, jsonFile } from './script-args';
 
@@ -245,8 +245,7 @@ async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const flag = (name: string) => { const i = args.indexOf(name); return i >= 0 ? args[i + 1] : undefined; };
   const models = (flag('--models') ?? 'resnet20,mnist_cnn,mobilenet_v2').split(',');
-  const allocator = (flag('--allocator') ?? 'tuned') as Environment['allocator'];
-  if (allocator !== 'tuned' && allocator !== 'default') throw new Error(`--allocator is 'tuned' or 'default', got '${allocator}'`);
+  const allocator = allocatorSetting(flag('--allocator'), 'as-installed');
   const steps = flag('--steps') === undefined ? 60 : positiveInt('--steps', flag('--steps'));
   const json = args.includes('--json') ? jsonFile(flag('--json')) : undefined;
   const environment: Environment = { threads: 1, allocator };
