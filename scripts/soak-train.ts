@@ -129,7 +129,11 @@ function setup(options: Options): Setup {
   };
 }
 
-interface Sample { step: number; rssMb: number; heapUsedMb: number; externalMb: number; arrayBuffersMb: number; ms: number }
+interface Sample {
+  step: number; rssMb: number; heapUsedMb: number; externalMb: number; arrayBuffersMb: number; ms: number;
+  /** The CPU block cache: tensor bytes in use, and free blocks kept for reuse (torch.memoryStats()). */
+  tensorMb: number; cachedMb: number;
+}
 
 const mb = (bytes: number): number => bytes / MB;
 const fmt = (value: number, digits = 1): string => value.toFixed(digits);
@@ -170,16 +174,18 @@ async function main(): Promise<void> {
   console.log(`${description}; ${options.steps} steps; SGD lr 0.05 momentum 0.9 wd 5e-4; earlyExitLoss [0.3]; ` +
     `1 intra-op thread; LibTorch ${torch.version.libtorch}, Node ${process.version}`);
   console.log(`loop: ${options.yieldEvery === 0 ? 'synchronous (the event loop never turns)' : `yields to the event loop every ${options.yieldEvery} step(s)`}; ` +
-    `MALLOC_MMAP_THRESHOLD_=${process.env.MALLOC_MMAP_THRESHOLD_ ?? '(glibc default, dynamic)'}`);
+    `MALLOC_MMAP_THRESHOLD_=${process.env.MALLOC_MMAP_THRESHOLD_ ?? '(glibc default, dynamic)'}; ` +
+    `CPU block cache ${torch.memoryStats().enabled ? `on, limit ${fmt(torch.memoryStats().limitBytes / MB, 0)} MB (TEE_CPU_CACHE_MB)` : 'off (TEE_CPU_CACHE_MB=0)'}`);
   console.log(`PASS when RSS stays within ${options.limitMb} MB of the RSS after step ${BASELINE_STEP}; ` +
     `sampled every ${options.sampleEvery} steps; stops early past +${options.abortMb} MB`);
 
   const samples: Sample[] = [];
   const take = (step: number, ms: number): Sample => {
     const usage = process.memoryUsage();
+    const memory = torch.memoryStats();
     const sample = {
       step, rssMb: mb(usage.rss), heapUsedMb: mb(usage.heapUsed), externalMb: mb(usage.external),
-      arrayBuffersMb: mb(usage.arrayBuffers), ms,
+      arrayBuffersMb: mb(usage.arrayBuffers), ms, tensorMb: mb(memory.allocatedBytes), cachedMb: mb(memory.cachedBytes),
     };
     samples.push(sample);
     return sample;
@@ -214,7 +220,8 @@ async function main(): Promise<void> {
       if (step === BASELINE_STEP) baselineRss = sample.rssMb;
       const abort = sample.rssMb - baselineRss > options.abortMb;
       if (step === BASELINE_STEP || step % options.progressEvery === 0 || step === options.steps || abort) {
-        console.log(`step ${String(step).padStart(5)}: rss ${fmt(sample.rssMb)} MB, V8 heap ${fmt(sample.heapUsedMb)} MB, ` +
+        console.log(`step ${String(step).padStart(5)}: rss ${fmt(sample.rssMb)} MB (tensors ${fmt(sample.tensorMb)}, ` +
+          `cached free blocks ${fmt(sample.cachedMb)}), V8 heap ${fmt(sample.heapUsedMb)} MB, ` +
           `loss ${loss.toFixed(4)}, ${fmt((now - started) / step)} ms/step`);
       }
       if (abort) {
@@ -229,6 +236,8 @@ async function main(): Promise<void> {
   await turn();
   await turn();
   const rssAfterTurn = mb(process.memoryUsage().rss);
+  torch.emptyCache();
+  const rssAfterEmpty = mb(process.memoryUsage().rss);
   observer.disconnect();
 
   const baseline = samples.find((s) => s.step === BASELINE_STEP)!;
@@ -254,6 +263,7 @@ async function main(): Promise<void> {
     ['final - baseline', fmt(final.rssMb - baseline.rssMb)],
     ['trend after the baseline (MB per 1000 steps)', fmt(slope * 1000, 1)],
     ['after the loop, once the event loop has turned', fmt(rssAfterTurn)],
+    ['after that, torch.emptyCache()', fmt(rssAfterEmpty)],
   ];
   const width = Math.max(...rows.map((r) => r[0].length));
   for (const [label, value] of rows) console.log(`  ${label.padEnd(width)}  ${value.padStart(8)}`);
@@ -276,7 +286,7 @@ async function main(): Promise<void> {
       benchmark: 'soak-train', date: new Date().toISOString(),
       environment: {
         libtorch: torch.version.libtorch, node: process.version, cpus: os.cpus().length, loadAverage: os.loadavg(),
-        mallocMmapThreshold: process.env.MALLOC_MMAP_THRESHOLD_ ?? null,
+        mallocMmapThreshold: process.env.MALLOC_MMAP_THRESHOLD_ ?? null, cpuBlockCache: torch.memoryStats(),
       },
       method: {
         description, steps: options.steps, batch, baselineStep: BASELINE_STEP, limitMb: options.limitMb, abortMb: options.abortMb,
@@ -284,7 +294,7 @@ async function main(): Promise<void> {
       },
       results: {
         rssStartMb: rssStart, baselineMb: baseline.rssMb, maxMb: max.rssMb, maxStep: max.step, finalMb: final.rssMb,
-        growthMb: growth, slopeMbPer1000Steps: slope * 1000, rssAfterEventLoopTurnMb: rssAfterTurn, stepsRun, aborted,
+        growthMb: growth, slopeMbPer1000Steps: slope * 1000, rssAfterEventLoopTurnMb: rssAfterTurn, rssAfterEmptyCacheMb: rssAfterEmpty, stepsRun, aborted,
         pass, gc: gcCounts, seconds, samples,
       },
     }, null, 2) + '\n');
