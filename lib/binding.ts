@@ -127,6 +127,13 @@ export interface Binding {
   /** A 1-D tensor of `dtype` over a copy of raw little-endian bytes. */
   fromBytes(bytes: Buffer, dtype: string): NativeTensor;
   callOp(name: string, overload: string, args: NativeValue[], kwargs?: Record<string, NativeValue>): NativeValue;
+  /** One SGD step of a group (native/optimizer_step.h): per parameter false, true or its new momentum buffer. */
+  sgdStep(params: NativeTensor[], buffers: Array<NativeTensor | null>, lr: number, momentum: number, dampening: number,
+    weightDecay: number, nesterov: boolean, maximize: boolean): Array<boolean | NativeTensor>;
+  /** One Adam step of a group: per parameter false, true or its new [expAvg, expAvgSq]. */
+  adamStep(params: NativeTensor[], expAvgs: Array<NativeTensor | null>, expAvgSqs: Array<NativeTensor | null>, steps: number[],
+    lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, decoupled: boolean, maximize: boolean):
+    Array<boolean | [NativeTensor, NativeTensor]>;
   /** While true (inside torch.tidy), new tensors tell V8 their memory only when they escape the scope. */
   setMemoryReportsDeferred(deferred: boolean): void;
   /** Loads a TorchScript archive from its bytes; `name` (the file) is for error messages. */

@@ -1,16 +1,11 @@
 /**
- * Optimizers and learning-rate schedulers, as PyTorch's `torch.optim` computes them
- * (the single-tensor code paths' arithmetic, run as multi-tensor ops), over any tensors: parameters of loaded TorchScript
- * models and of branch modules alike.
+ * Optimizers and learning-rate schedulers, as PyTorch's `torch.optim` computes them (the
+ * single-tensor code paths' arithmetic, run as multi-tensor ops in one native call per
+ * group), over any tensors: parameters of loaded TorchScript models and of branch modules alike.
  */
-import { Tensor, callOp } from './tensor';
-import { keep, noGrad, tidy } from './torch';
-
-/** One multi-tensor ATen operation over lists of tensors (`torch._foreach_*`). */
-function foreach(name: string, overload: string, args: Array<Tensor[] | number | number[]>, kwargs?: Record<string, number>): Tensor[] {
-  const result = callOp(name, overload, args, kwargs);
-  return Array.isArray(result) ? (result as Tensor[]) : [];
-}
+import { NativeTensor, NativeValue, binding } from './binding';
+import { Tensor } from './tensor';
+import { keep } from './torch';
 
 /** Hyper-parameters of a group; each optimizer adds its own. */
 export interface GroupOptions {
@@ -69,45 +64,33 @@ export abstract class Optimizer {
   }
 
   /**
-   * Updates every parameter that has a gradient: one multi-tensor (`_foreach_*`) ATen call
-   * per operation and group, as PyTorch's `foreach` implementations, instead of a call per
-   * tensor. Each element sees the same operations in the same order as in PyTorch's
-   * single-tensor code, so the results are the same to the last bit.
+   * Updates every parameter that has a gradient: one native call per group, which runs
+   * LibTorch's multi-tensor (`_foreach_*`) kernels, as PyTorch's `foreach` implementations,
+   * instead of a call per tensor. Each element sees the operations of PyTorch's single-tensor
+   * code in the same order, so the results are the same to the last bit.
    */
   step(): void {
-    noGrad(() => {
-      for (const group of this.paramGroups) {
-        const params: Tensor[] = [];
-        const grads: Tensor[] = [];
-        for (const param of group.params) {
-          const grad = param.grad;
-          if (grad === null) continue;
-          params.push(param);
-          grads.push(grad);
-        }
-        if (params.length === 0) continue;
-        const fresh: Array<Record<string, Tensor | number>> = [];
-        const states = params.map((param) => {
-          let state = this.state.get(param);
-          if (!state) this.state.set(param, (state = {}));
-          if (Object.keys(state).length === 0) fresh.push(state);
-          return state;
-        });
-        // Temporaries go at once; the state's tensors belong to the optimizer (they are made
-        // at a parameter's first step, and updated in place after).
-        tidy(() => {
-          this.update(params, grads, states, group);
-          return states;
-        });
-        for (const state of fresh) for (const value of Object.values(state)) if (value instanceof Tensor) keep(value);
-        for (const grad of grads) grad.dispose();
-      }
-    });
+    for (const group of this.paramGroups) {
+      const stepped = this.stepGroup(group, group.params.map((param) => this.state.get(param)));
+      stepped.forEach((made, i) => {
+        if (made === false) return;
+        const param = group.params[i];
+        let state = this.state.get(param);
+        if (!state) this.state.set(param, (state = {}));
+        this.record(state, made);
+      });
+    }
   }
 
-  /** Updates `params` (those of `group` that have a gradient) from `grads`, with their `states`. */
-  protected abstract update(params: Tensor[], grads: Tensor[], states: Array<Record<string, Tensor | number>>,
-    group: ParamGroup & Record<string, unknown>): void;
+  /**
+   * Steps `group` natively; per parameter: false (no gradient), true (stepped), or the
+   * native state it made at the parameter's first step.
+   */
+  protected abstract stepGroup(group: ParamGroup & Record<string, unknown>,
+    states: Array<Record<string, Tensor | number> | undefined>): Array<boolean | NativeValue>;
+
+  /** Updates a stepped parameter's `state` with what its step made. */
+  protected abstract record(state: Record<string, Tensor | number>, made: true | NativeValue): void;
 
   /** State by parameter index (in group order) and the group settings, as PyTorch's `state_dict()`. */
   stateDict(): OptimizerStateDict {
@@ -170,30 +153,14 @@ export class SGD extends Optimizer {
     super(params, defaults);
   }
 
-  protected update(params: Tensor[], grads: Tensor[], states: Array<Record<string, Tensor | number>>,
-    group: ParamGroup & Record<string, unknown>): void {
+  protected stepGroup(group: ParamGroup & Record<string, unknown>, states: Array<Record<string, Tensor | number> | undefined>) {
     const { lr, momentum, dampening, weightDecay, nesterov, maximize } = group as unknown as Required<SGDOptions>;
-    let steps = maximize ? foreach('_foreach_neg', '', [grads]) : grads;
-    if (weightDecay !== 0) steps = foreach('_foreach_add', 'List', [steps, params], { alpha: weightDecay });
-    if (momentum !== 0) {
-      // A parameter's first step starts its buffer as a copy of the step, later ones update it.
-      const updated: number[] = [];
-      const buffers = states.map((state, i) => {
-        if (state.momentumBuffer === undefined) {
-          state.momentumBuffer = steps[i].clone().detach();
-        } else {
-          updated.push(i);
-        }
-        return state.momentumBuffer as Tensor;
-      });
-      if (updated.length > 0) {
-        const kept = updated.map((i) => buffers[i]);
-        foreach('_foreach_mul_', 'Scalar', [kept, momentum]);
-        foreach('_foreach_add_', 'List', [kept, updated.map((i) => steps[i])], { alpha: 1 - dampening });
-      }
-      steps = nesterov ? foreach('_foreach_add', 'List', [steps, buffers], { alpha: momentum }) : buffers;
-    }
-    foreach('_foreach_add_', 'List', [params, steps], { alpha: -lr });
+    const buffers = states.map((state) => (state?.momentumBuffer as Tensor | undefined)?.native ?? null);
+    return binding.sgdStep(group.params.map((param) => param.native), buffers, lr, momentum, dampening, weightDecay, nesterov, maximize);
+  }
+
+  protected record(state: Record<string, Tensor | number>, made: true | NativeValue): void {
+    if (made !== true) state.momentumBuffer = keep(new Tensor(made as NativeTensor));
   }
 }
 
@@ -213,34 +180,20 @@ export class Adam extends Optimizer {
     super(params, { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0, maximize: false, ...decoupledDefaults, ...options });
   }
 
-  protected update(params: Tensor[], grads: Tensor[], states: Array<Record<string, Tensor | number>>,
-    group: ParamGroup & Record<string, unknown>): void {
+  protected stepGroup(group: ParamGroup & Record<string, unknown>, states: Array<Record<string, Tensor | number> | undefined>) {
     const { lr, betas, eps, weightDecay, maximize } = group as unknown as Required<AdamOptions>;
-    const [beta1, beta2] = betas;
-    let g = maximize ? foreach('_foreach_neg', '', [grads]) : grads;
-    const steps = states.map((state, i) => {
-      if (state.step === undefined) {
-        state.step = 0;
-        state.expAvg = params[i].detach().clone().zero_();
-        state.expAvgSq = params[i].detach().clone().zero_();
-      }
-      state.step = (state.step as number) + 1;
-      return state.step;
-    });
-    if (this.decoupled) foreach('_foreach_mul_', 'Scalar', [params, 1 - lr * weightDecay]);
-    else if (weightDecay !== 0) g = foreach('_foreach_add', 'List', [g, params], { alpha: weightDecay });
-    const expAvg = states.map((state) => state.expAvg as Tensor);
-    const expAvgSq = states.map((state) => state.expAvgSq as Tensor);
-    foreach('_foreach_mul_', 'Scalar', [expAvg, beta1]);
-    foreach('_foreach_add_', 'List', [expAvg, g], { alpha: 1 - beta1 });
-    foreach('_foreach_mul_', 'Scalar', [expAvgSq, beta2]);
-    foreach('_foreach_addcmul_', 'Scalar', [expAvgSq, g, g, 1 - beta2]);
-    // Parameters of a group may have taken different numbers of steps (one had no gradient
-    // once), so the bias corrections are per parameter.
-    const denom = foreach('_foreach_sqrt', '', [expAvgSq]);
-    foreach('_foreach_div_', 'ScalarList', [denom, steps.map((step) => Math.sqrt(1 - beta2 ** step))]);
-    foreach('_foreach_add_', 'Scalar', [denom, eps]);
-    foreach('_foreach_addcdiv_', 'ScalarList', [params, expAvg, denom, steps.map((step) => -lr / (1 - beta1 ** step))]);
+    const moment = (name: string) => states.map((state) => (state?.[name] as Tensor | undefined)?.native ?? null);
+    return binding.adamStep(group.params.map((param) => param.native), moment('expAvg'), moment('expAvgSq'),
+      states.map((state) => (state?.step as number | undefined) ?? 0), lr, betas[0], betas[1], eps, weightDecay, this.decoupled, maximize);
+  }
+
+  protected record(state: Record<string, Tensor | number>, made: true | NativeValue): void {
+    if (made !== true) {
+      const [expAvg, expAvgSq] = made as NativeTensor[];
+      state.expAvg = keep(new Tensor(expAvg));
+      state.expAvgSq = keep(new Tensor(expAvgSq));
+    }
+    state.step = ((state.step as number | undefined) ?? 0) + 1;
   }
 }
 

@@ -7,6 +7,7 @@
 #include "memory_ledger.h"
 #include "nn_modules.h"
 #include "ops.h"
+#include "optimizer_step.h"
 #include "runtime.h"
 #include "script_module.h"
 #include "serialization.h"
@@ -43,6 +44,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadScriptModule", Napi::Function::New(env, LoadScriptModule));
   exports.Set("oneDnnInferenceProblem", Napi::Function::New(env, OneDnnInferenceProblem));
   exports.Set("createNnModule", Napi::Function::New(env, CreateNnModule));
+  exports.Set("sgdStep", Napi::Function::New(env, Guarded<SgdStep>));
+  exports.Set("adamStep", Napi::Function::New(env, Guarded<AdamStep>));
   exports.Set("pickleSave", Napi::Function::New(env, Guarded<PickleSave>));
   ExportRuntime(env, exports);
   return exports;
