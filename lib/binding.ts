@@ -50,7 +50,9 @@ export type InferenceOptimization = 'oneDNN' | 'frozen';
 export interface NativeScriptModule {
   /** With `inference`, the root's forward runs the model compiled by `compileForInference`. */
   runMethod(method: string, inputs: NativeValue[], stopRules?: NativeStopRule[], inference?: boolean): NativeCallResult;
-  runMethodAsync(method: string, inputs: NativeValue[], stopRules?: NativeStopRule[], inference?: boolean): Promise<NativeCallResult>;
+  /** `onSampleExit(hookId, inputPositions, rows)` is called on the main thread as samples leave the batch. */
+  runMethodAsync(method: string, inputs: NativeValue[], stopRules?: NativeStopRule[], inference?: boolean,
+    onSampleExit?: (hookId: number, positions: number[], rows: NativeTensor) => void): Promise<NativeCallResult>;
   namedModules(): Array<[string, NativeScriptModule]>;
   namedChildren(): Array<[string, NativeScriptModule]>;
   namedParameters(recurse: boolean): Array<[string, NativeTensor]>;

@@ -32,7 +32,7 @@ export { EarlyExitStats } from './early-exit/stats';
 export type { EarlyExitReport } from './early-exit/stats';
 export { exitScores, exitDecisions } from './early-exit/criteria';
 export type { ExitCriterion, LabelFreeCriterion } from './early-exit/criteria';
-export type { EarlyExitPolicy, EarlyExitResult } from './early-exit/model';
+export type { EarlyExitPolicy, EarlyExitResult, EarlyExitAsyncOptions } from './early-exit/model';
 export { calibrateThresholds, collectOutputs, measureBaselineLatency, measureExitLatencies, policyOf } from './early-exit/calibrate';
 export type { Calibration, CalibrationOptions, TradeOffPoint, HeldOutOutputs } from './early-exit/calibrate';
 export { serveOneAtATime } from './early-exit/serving';

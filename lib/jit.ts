@@ -3,7 +3,7 @@
  * `torch.jit.trace`): forward, submodules by name, parameters, forward hooks.
  */
 import { writeFileAtomic } from './atomic-write';
-import { binding, InferenceOptimization, NativeCallResult, NativeScriptModule, NativeStopRule } from './binding';
+import { binding, InferenceOptimization, NativeCallResult, NativeScriptModule, NativeStopRule, NativeTensor } from './binding';
 import { Device } from './dtype';
 import { checkOptions, checkString } from './check';
 import { closestNames } from './names';
@@ -169,12 +169,13 @@ export class ScriptModule extends ParameterOwner implements HookModule {
     return this.received(result);
   }
 
-  /** @internal */
-  async callWithHooksAsync(method: string, inputs: unknown[], stopRules?: NativeStopRule[], inference = false): Promise<CallWithHooks> {
+  /** @internal `onSampleExit` hears of samples as they leave the batch (per-sample stop rules). */
+  async callWithHooksAsync(method: string, inputs: unknown[], stopRules?: NativeStopRule[], inference = false,
+    onSampleExit?: (hookId: number, positions: number[], rows: NativeTensor) => void): Promise<CallWithHooks> {
     checkString(method, 'callMethodAsync: method');
     let result: NativeCallResult;
     try {
-      result = await this.native.runMethodAsync(method, inputs.map(toNative), stopRules, inference);
+      result = await this.native.runMethodAsync(method, inputs.map(toNative), stopRules, inference, onSampleExit);
     } catch (error) {
       throw clarify(error, method, this.where, inputs);
     }

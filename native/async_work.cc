@@ -2,16 +2,22 @@
 
 #include "errors.h"
 #include "js_hooks.h"
+#include "sample_release.h"
 
 namespace tee {
 namespace {
 
 class MethodWorker : public Napi::AsyncWorker {
  public:
-  MethodWorker(Napi::Env env, std::unique_ptr<MethodCall> call)
+  MethodWorker(Napi::Env env, std::unique_ptr<MethodCall> call, Napi::Value onSampleExit)
       : Napi::AsyncWorker(env, "torch-early-exit method"), deferred_(Napi::Promise::Deferred::New(env)),
         call_(std::move(call)) {
     if (HasJsHooks(*call_->context.hooks)) js_ = std::make_unique<ThreadSafeJsCaller>(env);
+    if (onSampleExit.IsFunction()) {
+      releaser_ = std::make_unique<SampleReleaser>(env, onSampleExit.As<Napi::Function>());
+      SampleReleaser* releaser = releaser_.get();
+      call_->context.onSampleExit = [releaser](const SampleExit& exit) { releaser->Release(exit); };
+    }
     ++call_->state->inFlight;
   }
 
@@ -31,6 +37,16 @@ class MethodWorker : public Napi::AsyncWorker {
 
   void OnOK() override {
     Settled();
+    // Samples released early reach JS before the call's result does.
+    if (releaser_) releaser_->Drain(Env());
+    if (releaser_ && releaser_->error().IsSet()) {
+      try {
+        releaser_->error().ThrowIfSet(Env());
+      } catch (const Napi::Error& callbackError) {
+        deferred_.Reject(callbackError.Value());
+        return;
+      }
+    }
     try {
       deferred_.Resolve(call_->ToJs(Env()));
     } catch (const Napi::Error& error) {
@@ -40,6 +56,7 @@ class MethodWorker : public Napi::AsyncWorker {
 
   void OnError(const Napi::Error& error) override {
     Settled();
+    if (releaser_) releaser_->Drain(Env());
     if (js_ && js_->error().IsSet()) {
       try {
         js_->error().ThrowIfSet(Env());
@@ -57,12 +74,13 @@ class MethodWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   std::unique_ptr<MethodCall> call_;
   std::unique_ptr<ThreadSafeJsCaller> js_;
+  std::unique_ptr<SampleReleaser> releaser_;
 };
 
 }  // namespace
 
-Napi::Promise QueueMethodCall(Napi::Env env, std::unique_ptr<MethodCall> call) {
-  auto* worker = new MethodWorker(env, std::move(call));
+Napi::Promise QueueMethodCall(Napi::Env env, std::unique_ptr<MethodCall> call, Napi::Value onSampleExit) {
+  auto* worker = new MethodWorker(env, std::move(call), onSampleExit);
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;

@@ -9,7 +9,8 @@
 
 namespace tee {
 
-// Queues `call`; the returned Promise resolves to MethodCall::ToJs.
-Napi::Promise QueueMethodCall(Napi::Env env, std::unique_ptr<MethodCall> call);
+// Queues `call`; the returned Promise resolves to MethodCall::ToJs. `onSampleExit`, when a
+// function, receives samples as they leave the batch (sample_release.h).
+Napi::Promise QueueMethodCall(Napi::Env env, std::unique_ptr<MethodCall> call, Napi::Value onSampleExit);
 
 }  // namespace tee

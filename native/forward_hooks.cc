@@ -24,6 +24,7 @@ void LeaveEarly(ForwardContext& context, int64_t hookId, const at::Tensor& meeti
   at::Tensor staying = meeting.logical_not().nonzero().squeeze(1);
   if (!context.remaining.defined()) context.remaining = at::arange(meeting.size(0), at::kLong).to(meeting.device());
   context.sampleExits.push_back({hookId, context.remaining.index_select(0, leaving), exitOutput.toTensor().index_select(0, leaving)});
+  if (context.onSampleExit && leaving.numel() > 0) context.onSampleExit(context.sampleExits.back());
   context.remaining = context.remaining.index_select(0, staying);
   if (context.patience.previousPrediction.defined()) {
     context.patience.previousPrediction = context.patience.previousPrediction.index_select(0, staying);

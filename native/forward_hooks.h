@@ -90,6 +90,8 @@ struct ForwardContext {
   // samples still in the batch (undefined while all are).
   std::vector<SampleExit> sampleExits;
   at::Tensor remaining;
+  // Told of each SampleExit as it happens (early release), when set.
+  std::function<void(const SampleExit&)> onSampleExit;
   // Hooks running now on this call: a branch that reaches its own hook again would recurse
   // until the stack overflows.
   std::vector<const Hook*> running;

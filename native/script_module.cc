@@ -179,7 +179,7 @@ Napi::Value ScriptModule::RunMethod(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value ScriptModule::RunMethodAsync(const Napi::CallbackInfo& info) {
-  return QueueMethodCall(info.Env(), PrepareCall(info));
+  return QueueMethodCall(info.Env(), PrepareCall(info), info[4]);
 }
 
 Napi::Value ScriptModule::NamedModules(const Napi::CallbackInfo& info) {

@@ -3,7 +3,7 @@
  * with exit branches, whose forward returns `[...exitOutputs, finalOutput]`.
  */
 import { Device } from '../dtype';
-import { InferenceOptimization, NativeStopRule } from '../binding';
+import { InferenceOptimization, NativeStopRule, NativeTensor } from '../binding';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -26,6 +26,12 @@ export interface EarlyExitPolicy {
    * elsewhere the whole batch exits together or not at all.
    */
   perSample?: boolean;
+}
+
+/** Options of `forwardEarlyExitAsync`. */
+export interface EarlyExitAsyncOptions {
+  /** Called as samples leave the batch at an exit (early release); see `forwardEarlyExitAsync`. */
+  onSampleExit?: (exit: number, positions: number[], outputs: Tensor) => void;
 }
 
 /** What `forwardEarlyExit` returns. */
@@ -139,19 +145,46 @@ export class EarlyExitModel {
     return this.exitResult(noGrad(() => this.backbone.callWithHooks('forward', [input], rules, this.inferenceMode)), input.shape[0]);
   }
 
-  /** `forwardEarlyExit` on a worker thread. */
-  async forwardEarlyExitAsync(input: Tensor, policy: EarlyExitPolicy): Promise<EarlyExitResult> {
+  /**
+   * `forwardEarlyExit` on a worker thread. With `perSample`, `options.onSampleExit` hears of
+   * samples the moment they leave the batch, while the forward goes on with the others
+   * (early release): `(exit, positions, outputs)` with the exit's index, the samples'
+   * positions in `input` and their rows of the exit's output, on the main thread. The
+   * result still holds every sample. What the callback throws rejects the call.
+   */
+  async forwardEarlyExitAsync(input: Tensor, policy: EarlyExitPolicy, options: EarlyExitAsyncOptions = {}): Promise<EarlyExitResult> {
     const rules = this.stopRules(policy);
+    checkOptions(options, ['onSampleExit'], 'forwardEarlyExitAsync: options');
+    const { onSampleExit } = options;
+    if (onSampleExit !== undefined && typeof onSampleExit !== 'function') {
+      throw new TypeError(`forwardEarlyExitAsync: options.onSampleExit must be a function, got ${describeValue(onSampleExit)}`);
+    }
+    const exits = this.eeMgr.exitsOf(this.backbone);
+    let thrown: { error: unknown } | undefined;
+    const release = onSampleExit && ((hookId: number, positions: number[], rows: NativeTensor) => {
+      if (thrown) return;
+      const output = new Tensor(rows);
+      try {
+        onSampleExit(exits.findIndex((exit) => exit.handle.id === hookId), positions, output);
+      } catch (error) {
+        thrown = { error };
+      }
+    });
     // The addon takes the grad mode when the call is queued, which happens synchronously here.
     const previous = isGradEnabled();
     setGradEnabled(false);
     let call: Promise<CallWithHooks>;
     try {
-      call = this.backbone.callWithHooksAsync('forward', [input], rules, this.inferenceMode);
+      call = this.backbone.callWithHooksAsync('forward', [input], rules, this.inferenceMode, release);
     } finally {
       setGradEnabled(previous);
     }
-    return this.exitResult(await call, input.shape[0]);
+    const result = this.exitResult(await call, input.shape[0]);
+    if (thrown) {
+      result.output.dispose();
+      throw thrown.error;
+    }
+    return result;
   }
 
   private stopRules(policy: EarlyExitPolicy): NativeStopRule[] {
