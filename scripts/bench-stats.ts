@@ -1,15 +1,9 @@
 /** Statistics and tables shared by the benchmark scripts. */
+import { quantile } from '../lib/quantile';
+
+export { quantile };
 
 export function sorted(values: number[]): number[] { return [...values].sort((x, y) => x - y); }
-
-/** The `q` quantile, interpolating between neighbours. */
-export function quantile(values: number[], q: number): number {
-  const s = sorted(values);
-  const position = (s.length - 1) * q;
-  const low = Math.floor(position);
-  const high = Math.ceil(position);
-  return s[low] + (s[high] - s[low]) * (position - low);
-}
 
 export function median(values: number[]): number { return quantile(values, 0.5); }
 

@@ -1,0 +1,217 @@
+/**
+ * The HTTP face of an `EarlyExitServer`, on fastify (JSON schema validation of every body):
+ *
+ *   POST /predict                    {"input": [...], "shape": [...]}, or raw float32 bytes
+ *                                    (application/octet-stream) with the shape in X-Input-Shape;
+ *                                    answers {prediction, probabilities, exit, latencyMs}
+ *   POST /v2/models/{name}/infer     the Open Inference Protocol (KServe v2, as Triton, KServe,
+ *                                    Seldon and TorchServe clients speak it); the exit taken is
+ *                                    the output "exit" and the parameter "exit"
+ *   GET  /v2/models/{name}           model metadata;  GET /v2/health/ready, /v2/health/live
+ *   GET  /stats, /healthz            the server's statistics; liveness
+ *   GET  /metrics                    Prometheus text: requests by route and status, latency and
+ *                                    batch-size histograms, queue length, exit shares, thresholds
+ *
+ * A wrong shape, dtype, size or body is answered 400 with the reason; a full queue, a request
+ * that waited too long or a closing server 503; anything else 500. The server goes on serving.
+ */
+import Fastify, { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import * as client from 'prom-client';
+import { BadRequestError, RequestTimeoutError, ServerClosedError, ServerOverloadedError } from './errors';
+import { EarlyExitServer, InferResult } from './server';
+
+export interface HttpOptions {
+  /** The model's name in the Open Inference Protocol's paths (default 'model'). */
+  modelName?: string;
+  /** The largest body accepted, in bytes (default 16 MiB). */
+  bodyLimit?: number;
+}
+
+/** The HTTP status for an error a request met. */
+export function statusOf(error: unknown): number {
+  if (error instanceof BadRequestError) return 400;
+  if (error instanceof ServerOverloadedError || error instanceof RequestTimeoutError || error instanceof ServerClosedError) return 503;
+  const status = (error as { statusCode?: number })?.statusCode;
+  return typeof status === 'number' && status >= 400 && status < 500 ? status : 500;
+}
+
+function softmax(logits: Float32Array): number[] {
+  const max = Math.max(...logits);
+  const exps = Array.from(logits, (v) => Math.exp(v - max));
+  const sum = exps.reduce((a, b) => a + b, 0);
+  return exps.map((v) => v / sum);
+}
+
+function argmax(values: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
+  return best;
+}
+
+/** A shape given by a client: positive integers whose product is `size`. */
+function checkShape(shape: number[], size: number, what: string): void {
+  const count = shape.reduce((a, b) => a * b, 1);
+  if (count !== size) throw new BadRequestError(`${what}: shape [${shape}] holds ${count} values, the data ${size}`);
+}
+
+const PREDICT_SCHEMA = {
+  body: {
+    content: {
+      'application/json': {
+        schema: {
+          type: 'object', required: ['input'], additionalProperties: false,
+          properties: {
+            input: { type: 'array', items: { type: 'number' }, minItems: 1 },
+            shape: { type: 'array', items: { type: 'integer', minimum: 1 }, minItems: 1 },
+          },
+        },
+      },
+      'application/octet-stream': { schema: {} },
+    },
+  },
+};
+
+const V2_INFER_SCHEMA = {
+  body: {
+    type: 'object', required: ['inputs'],
+    properties: {
+      id: { type: 'string' },
+      parameters: { type: 'object' },
+      inputs: {
+        type: 'array', minItems: 1, maxItems: 1,
+        items: {
+          type: 'object', required: ['name', 'shape', 'datatype', 'data'],
+          properties: {
+            name: { type: 'string' },
+            shape: { type: 'array', items: { type: 'integer', minimum: 1 }, minItems: 1 },
+            datatype: { type: 'string' },
+            parameters: { type: 'object' },
+            data: { type: 'array', items: { type: 'number' } },
+          },
+        },
+      },
+      outputs: { type: 'array' },
+    },
+  },
+};
+
+/** Builds the fastify app over `server`; call `listen` on it (and `close`, which closes neither the server nor the model). */
+export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}): FastifyInstance {
+  const modelName = options.modelName ?? 'model';
+  const app = Fastify({ bodyLimit: options.bodyLimit ?? 16 * 2 ** 20 });
+  const sampleSize = server.inputShape.reduce((a, b) => a * b, 1);
+
+  const registry = new client.Registry();
+  const requests = new client.Counter({ name: 'tee_http_requests_total', help: 'HTTP requests by route and status', labelNames: ['route', 'status'], registers: [registry] });
+  const latency = new client.Histogram({
+    name: 'tee_inference_latency_seconds', help: 'From infer() to the answer, per sample', registers: [registry],
+    buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1],
+  });
+  new client.Gauge({ name: 'tee_queue_length', help: 'Requests waiting for a batch', registers: [registry], collect() { this.set(server.stats().queued); } });
+  new client.Gauge({ name: 'tee_batches_in_flight', help: 'Batches running now', registers: [registry], collect() { this.set(server.stats().inFlight); } });
+  new client.Gauge({ name: 'tee_mean_batch_size', help: 'Mean samples per batch so far', registers: [registry], collect() { this.set(server.stats().meanBatchSize); } });
+  new client.Gauge({
+    name: 'tee_exit_share', help: 'Share of answered samples by exit (the last: the final output)', labelNames: ['exit'], registers: [registry],
+    collect() { server.stats().exitShares.forEach((share, exit) => this.set({ exit: String(exit) }, share)); },
+  });
+  new client.Gauge({
+    name: 'tee_exit_threshold', help: 'The threshold of each exit (absent: never exits there)', labelNames: ['exit'], registers: [registry],
+    collect() { server.stats().thresholds.forEach((t, exit) => { if (t !== null) this.set({ exit: String(exit) }, t); }); },
+  });
+
+  app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
+  app.addHook('onResponse', async (request, reply) => {
+    requests.inc({ route: request.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
+  });
+  app.setErrorHandler((error: Error & { validation?: unknown }, _request, reply) => {
+    const status = error.validation ? 400 : statusOf(error);
+    void reply.status(status).send({ error: error.message });
+  });
+  app.setNotFoundHandler((request, reply) => {
+    void reply.status(404).send({ error: `no route ${request.method} ${request.url}` });
+  });
+
+  const infer = async (data: Float32Array): Promise<InferResult> => {
+    const result = await server.infer(data);
+    latency.observe((result.queuedMs + result.computeMs) / 1000);
+    return result;
+  };
+
+  /** The samples of a body: `count` Float32Arrays of one sample each. */
+  const samples = (values: ArrayLike<number>, shape: number[] | undefined, what: string): Float32Array[] => {
+    const flat = Float32Array.from(values);
+    const given = shape ?? [...server.inputShape];
+    checkShape(given, flat.length, what);
+    const batched = given.length === server.inputShape.length + 1;
+    const sampleShape = batched ? given.slice(1) : given;
+    if (sampleShape.join() !== server.inputShape.join()) {
+      throw new BadRequestError(`${what}: shape [${given}]; expected [${server.inputShape}] or [N, ${server.inputShape}]`);
+    }
+    const count = flat.length / sampleSize;
+    return Array.from({ length: count }, (_, i) => flat.subarray(i * sampleSize, (i + 1) * sampleSize));
+  };
+
+  const answer = (result: InferResult) => {
+    const probabilities = softmax(result.output);
+    return { prediction: argmax(probabilities), probabilities, exit: result.exit, latencyMs: result.queuedMs + result.computeMs };
+  };
+
+  app.post('/predict', { schema: PREDICT_SCHEMA }, async (request: FastifyRequest, reply: FastifyReply) => {
+    let inputs: Float32Array[];
+    if (Buffer.isBuffer(request.body)) {
+      const body = request.body;
+      if (body.length % 4 !== 0) throw new BadRequestError(`the body has ${body.length} bytes, not a whole number of float32 values`);
+      const header = request.headers['x-input-shape'];
+      const shape = typeof header === 'string' ? header.split(',').map((d) => Number(d.trim())) : undefined;
+      if (shape && shape.some((d) => !Number.isInteger(d) || d < 1)) throw new BadRequestError(`X-Input-Shape must list positive integers, got '${header}'`);
+      const copy = new Float32Array(body.length / 4);
+      Buffer.from(copy.buffer).set(body);
+      inputs = samples(copy, shape, 'the float32 body');
+    } else {
+      const { input, shape } = request.body as { input: number[]; shape?: number[] };
+      inputs = samples(input, shape, 'input');
+    }
+    const results = await Promise.all(inputs.map(infer));
+    return reply.send(results.length === 1 ? answer(results[0]) : results.map(answer));
+  });
+
+  app.get('/v2/health/live', async () => ({ live: true }));
+  app.get('/v2/health/ready', async () => ({ ready: true }));
+  app.get('/v2', async () => ({ name: 'torch-early-exit', version: '0.1.0', extensions: [] }));
+  const metadata = {
+    name: modelName, versions: ['1'], platform: 'pytorch_torchscript',
+    inputs: [{ name: 'input', datatype: 'FP32', shape: [-1, ...server.inputShape] }],
+    outputs: [{ name: 'output', datatype: 'FP32', shape: [-1, -1] }, { name: 'exit', datatype: 'INT32', shape: [-1] }],
+  };
+  const checkModel = (request: FastifyRequest) => {
+    const { name } = request.params as { name: string };
+    if (name !== modelName) throw Object.assign(new Error(`no model '${name}' here; this server serves '${modelName}'`), { statusCode: 404 });
+  };
+  app.get('/v2/models/:name', async (request) => { checkModel(request); return metadata; });
+  app.get('/v2/models/:name/ready', async (request) => { checkModel(request); return { name: modelName, ready: true }; });
+  app.post('/v2/models/:name/infer', { schema: V2_INFER_SCHEMA }, async (request) => {
+    checkModel(request);
+    const body = request.body as { id?: string; inputs: Array<{ name: string; shape: number[]; datatype: string; data: number[] }> };
+    const [input] = body.inputs;
+    if (input.datatype !== 'FP32') throw new BadRequestError(`input '${input.name}' has datatype ${input.datatype}; this model takes FP32`);
+    const results = await Promise.all(samples(input.data, input.shape, `input '${input.name}'`).map(infer));
+    const width = results[0].output.length;
+    const exits = results.map((r) => r.exit);
+    return {
+      model_name: modelName, model_version: '1', ...(body.id !== undefined ? { id: body.id } : {}),
+      parameters: { exit: results.length === 1 ? exits[0] : exits },
+      outputs: [
+        { name: 'output', datatype: 'FP32', shape: [results.length, width], data: results.flatMap((r) => Array.from(r.output)) },
+        { name: 'exit', datatype: 'INT32', shape: [results.length], data: exits },
+      ],
+    };
+  });
+
+  app.get('/stats', async () => server.stats());
+  app.get('/healthz', async () => ({ ok: true }));
+  app.get('/metrics', async (_request, reply) => {
+    void reply.header('content-type', registry.contentType);
+    return registry.metrics();
+  });
+  return app;
+}

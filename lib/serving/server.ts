@@ -1,0 +1,181 @@
+/**
+ * Serving an early-exit model to many callers: requests are batched dynamically
+ * (`batcher.ts`), each batch runs off the event loop with per-sample exits, and each sample
+ * is answered the moment it leaves at its exit (early release), while the rest of its batch
+ * goes on with fewer rows.
+ *
+ *   const server = new EarlyExitServer(model.eval().optimizeForInference(), {
+ *     inputShape: [1, 28, 28], policy: { criterion: 'entropy', thresholds: [0.2] }, maxBatchSize: 32 });
+ *   const { output, exit, queuedMs, computeMs } = await server.infer(pixels);
+ *   await server.close();
+ */
+import * as os from 'os';
+import { checkOptions, describeValue } from '../check';
+import { LabelFreeCriterion } from '../early-exit/criteria';
+import { EarlyExitModel } from '../early-exit/model';
+import { quantile } from '../quantile';
+import { Tensor } from '../tensor';
+import { noGrad, tensor, tidy } from '../torch';
+import { BatcherOptions, Clock, DynamicBatcher, Pending, systemClock } from './batcher';
+import { BadRequestError } from './errors';
+
+export interface ServerOptions extends BatcherOptions {
+  /** The shape of one sample, without the batch dimension ([1, 28, 28] for an MNIST digit). */
+  inputShape: number[];
+  /** When samples leave: the criterion and one threshold (or null) per exit, as `forwardEarlyExit`'s policy. */
+  policy: { criterion: LabelFreeCriterion; thresholds: ReadonlyArray<number | null> };
+  /**
+   * Each sample leaves at the first exit where it meets the criterion (default true; the
+   * exits must be batch boundaries); false: a batch leaves at an exit only when all of it does.
+   */
+  perSample?: boolean;
+  /** Answer a sample the moment it leaves (default true); false: when its batch ends. */
+  earlyRelease?: boolean;
+}
+
+/** The answer to one request. */
+export interface InferResult {
+  /** The output row (logits) of the exit the sample took, or of the final layer. */
+  output: Float32Array;
+  /** That exit's index; the number of exits for the final output. */
+  exit: number;
+  /** From `infer()` to its batch's start, and from there to the answer (ms). */
+  queuedMs: number;
+  computeMs: number;
+}
+
+/** What `stats()` reports. */
+export interface ServerStats {
+  requests: number;
+  answered: number;
+  failed: number;
+  queued: number;
+  inFlight: number;
+  batches: number;
+  meanBatchSize: number;
+  rejected: { overloaded: number; timeout: number; closed: number };
+  /** Share of the answered samples that took each exit (the last entry: the final output). */
+  exitShares: number[];
+  thresholds: Array<number | null>;
+  /** Latency from `infer()` to the answer over the last answers (ms). */
+  latencyMs: { p50: number; p90: number; p99: number };
+}
+
+const LATENCY_WINDOW = 10000;
+
+export class EarlyExitServer {
+  readonly inputShape: readonly number[];
+  private readonly sampleSize: number;
+  private readonly batcher: DynamicBatcher<Float32Array, InferResult>;
+  private readonly policy: { criterion: LabelFreeCriterion; thresholds: Array<number | null>; perSample: boolean };
+  private readonly earlyRelease: boolean;
+  private readonly exitCounts: number[];
+  private readonly latencies: number[] = [];
+  private counts = { requests: 0, answered: 0, failed: 0 };
+
+  constructor(private readonly model: EarlyExitModel, options: ServerOptions, private readonly clock: Clock = systemClock) {
+    checkOptions(options, ['inputShape', 'policy', 'perSample', 'earlyRelease', 'maxBatchSize', 'maxQueueDelayMs',
+      'preferredBatchSizes', 'maxQueueSize', 'timeoutMs', 'instances'], 'EarlyExitServer: options');
+    if (!Array.isArray(options.inputShape) || options.inputShape.some((d) => !Number.isInteger(d) || d < 1)) {
+      throw new TypeError(`EarlyExitServer: inputShape must be the shape of one sample, positive integers, got ${describeValue(options.inputShape)}`);
+    }
+    this.inputShape = [...options.inputShape];
+    this.sampleSize = this.inputShape.reduce((a, b) => a * b, 1);
+    this.policy = { criterion: options.policy?.criterion, thresholds: [...(options.policy?.thresholds ?? [])], perSample: options.perSample ?? true };
+    this.earlyRelease = options.earlyRelease ?? true;
+    // A dry run on a blank sample: a policy the model refuses, or an input shape it cannot
+    // take, fails here with the model's own message, not at every request.
+    noGrad(() => tidy(() => { model.forwardEarlyExit(tensor(new Float32Array(this.sampleSize), { shape: [1, ...this.inputShape] }), this.policy); }));
+    this.exitCounts = new Array(this.policy.thresholds.length + 1).fill(0);
+    this.batcher = new DynamicBatcher((batch) => this.runBatch(batch), { instances: os.cpus().length, ...options }, clock);
+  }
+
+  /**
+   * Queues one sample (a Tensor or Float32Array of `inputShape`, with or without a batch
+   * dimension of 1) and resolves with its answer. Rejects at once with BadRequestError for a
+   * wrong shape, dtype, size or non-finite value, ServerOverloadedError when the queue is
+   * full, ServerClosedError after `close()`.
+   */
+  infer(input: Tensor | Float32Array): Promise<InferResult> {
+    let data: Float32Array;
+    try {
+      data = this.sample(input);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    this.counts.requests++;
+    const answer = this.batcher.submit(data);
+    answer.then((result) => {
+      this.counts.answered++;
+      this.exitCounts[result.exit]++;
+      this.latencies.push(result.queuedMs + result.computeMs);
+      if (this.latencies.length > LATENCY_WINDOW) this.latencies.splice(0, this.latencies.length - LATENCY_WINDOW);
+    }, () => { this.counts.failed++; });
+    return answer;
+  }
+
+  stats(): ServerStats {
+    const batcher = this.batcher.stats();
+    let samples = 0;
+    for (const [size, count] of batcher.batchSizes) samples += size * count;
+    const answered = Math.max(1, this.counts.answered);
+    return {
+      ...this.counts, queued: batcher.queued, inFlight: batcher.inFlight, batches: batcher.batches,
+      meanBatchSize: batcher.batches === 0 ? 0 : samples / batcher.batches, rejected: batcher.rejected,
+      exitShares: this.exitCounts.map((count) => count / answered), thresholds: [...this.policy.thresholds],
+      latencyMs: { p50: quantile(this.latencies, 0.5), p90: quantile(this.latencies, 0.9), p99: quantile(this.latencies, 0.99) },
+    };
+  }
+
+  /** Refuses what is queued and new requests, and resolves once the batches in flight have answered. */
+  close(): Promise<void> { return this.batcher.close(); }
+
+  /** The sample's values, checked against `inputShape`. */
+  private sample(input: Tensor | Float32Array): Float32Array {
+    const expected = `[${this.inputShape}] (or [1, ${this.inputShape}])`;
+    if (input instanceof Float32Array) {
+      if (input.length !== this.sampleSize) {
+        throw new BadRequestError(`the input has ${input.length} values; one sample of ${expected} has ${this.sampleSize}`);
+      }
+      return this.finite(Float32Array.from(input));
+    }
+    if (!(input instanceof Tensor)) throw new BadRequestError(`the input must be a Tensor or a Float32Array, got ${describeValue(input)}`);
+    const shape = input.shape[0] === 1 && input.shape.length === this.inputShape.length + 1 ? input.shape.slice(1) : input.shape;
+    if (shape.join() !== this.inputShape.join()) throw new BadRequestError(`the input has shape [${input.shape}]; expected ${expected}`);
+    if (input.dtype !== 'float32') throw new BadRequestError(`the input has dtype ${input.dtype}; expected float32`);
+    return this.finite(Float32Array.from(input.data() as Float32Array));
+  }
+
+  private finite(data: Float32Array): Float32Array {
+    const bad = data.findIndex((v) => !Number.isFinite(v));
+    if (bad >= 0) throw new BadRequestError(`the input holds a non-finite value (${data[bad]}) at flat position ${bad}`);
+    return data;
+  }
+
+  private async runBatch(batch: Array<Pending<Float32Array, InferResult>>): Promise<void> {
+    const flat = new Float32Array(batch.length * this.sampleSize);
+    batch.forEach((pending, i) => flat.set(pending.item, i * this.sampleSize));
+    const input = tensor(flat, { shape: [batch.length, ...this.inputShape] });
+    const answer = (pending: Pending<Float32Array, InferResult>, output: Float32Array, exit: number) => {
+      pending.resolve({ output, exit, queuedMs: pending.startedAt - pending.submittedAt, computeMs: this.clock.now() - pending.startedAt });
+    };
+    const rows = (values: Tensor): Float32Array[] => {
+      const data = values.data() as Float32Array;
+      const width = data.length / values.shape[0];
+      return Array.from({ length: values.shape[0] }, (_, i) => data.slice(i * width, (i + 1) * width));
+    };
+    try {
+      const onSampleExit = (exit: number, positions: number[], outputs: Tensor) => {
+        const split = rows(outputs);
+        outputs.dispose();
+        positions.forEach((position, j) => answer(batch[position], split[j], exit));
+      };
+      const result = await this.model.forwardEarlyExitAsync(input, this.policy, this.earlyRelease && this.policy.perSample ? { onSampleExit } : {});
+      const split = rows(result.output);
+      result.output.dispose();
+      batch.forEach((pending, i) => answer(pending, split[i], result.exits[i]));
+    } finally {
+      input.dispose();
+    }
+  }
+}
