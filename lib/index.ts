@@ -36,6 +36,12 @@ export type { EarlyExitPolicy, EarlyExitResult, EarlyExitAsyncOptions } from './
 export { calibrateThresholds, collectOutputs, measureBaselineLatency, measureExitLatencies, policyOf } from './early-exit/calibrate';
 export type { Calibration, CalibrationOptions, TradeOffPoint, HeldOutOutputs } from './early-exit/calibrate';
 export { serveOneAtATime } from './early-exit/serving';
+export {
+  EarlyExitServer, DynamicBatcher, createHttpApp, BadRequestError, RequestTimeoutError, ServerClosedError, ServerOverloadedError,
+} from './serving';
+export type {
+  ServerOptions, ServerStats, InferResult, BatcherOptions, BatcherStats, HttpOptions, Clock,
+} from './serving';
 export type { ServedExit, ServingReport } from './early-exit/serving';
 export { loadMnist } from './data/mnist';
 export type { DigitSet, MnistSplit } from './data/mnist';

@@ -212,3 +212,47 @@ describe('HTTP', () => {
     await small.close();
   });
 });
+
+describe('torch-early-exit serve', () => {
+  const CLI = require('path').join(__dirname, '..', 'bin', 'torch-early-exit.js') as string;
+
+  it('serves a checkpoint over HTTP, answering as the model does, and stops on SIGINT', async () => {
+    const fs = await import('fs');
+    const os = await import('os');
+    const path = await import('path');
+    const { spawn, spawnSync } = await import('child_process');
+    const { saveCheckpoint } = await import('../lib');
+    const model = mnistTwoExits();
+    const { x, thresholds } = medianEntropySplit(model);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-serve-'));
+    const policy = { criterion: 'entropy' as const, thresholds };
+    saveCheckpoint(path.join(dir, 'served'), model, { extra: { serving: { inputShape: [1, 28, 28], policy } } });
+    saveCheckpoint(path.join(dir, 'bare'), model);
+    const bare = spawnSync(process.execPath, [CLI, 'serve', path.join(dir, 'bare')], { encoding: 'utf8', timeout: 60000 });
+    expect(bare.status).toBe(1);
+    expect(bare.stderr).toMatch(/has no extra.serving \{ inputShape, policy \}/);
+
+    const child = spawn(process.execPath, [CLI, 'serve', path.join(dir, 'served'), '--port', '0', '--instances', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const url = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      child.stdout.on('data', (chunk: Buffer) => {
+        out += chunk.toString();
+        const found = /on (http:\/\/[^:]+:\d+)/.exec(out);
+        if (found) resolve(found[1]);
+      });
+      child.on('exit', (code) => reject(new Error(`serve exited with ${code}: ${out}`)));
+    });
+    const answers = await Promise.all([0, 1, 2, 3].map(async (i) => {
+      const reply = await fetch(`${url}/v2/models/model/infer`, {
+        method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ inputs: [{ name: 'input', shape: [1, 1, 28, 28], datatype: 'FP32', data: Array.from(x.narrow(0, i, 1).data() as Float32Array) }] }),
+      });
+      return ((await reply.json()) as { parameters: { exit: number } }).parameters.exit;
+    }));
+    expect(answers).toEqual([0, 1, 2, 3].map((i) => model.forwardEarlyExit(x.narrow(0, i, 1), { ...policy, perSample: true }).exit));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    child.kill('SIGINT');
+    expect(await exited).toBe(0);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+});

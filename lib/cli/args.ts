@@ -29,6 +29,7 @@ export interface DemoOptions {
 export class UsageError extends Error {}
 
 export const USAGE = `Usage: torch-early-exit demo [options]
+       torch-early-exit serve [CHECKPOINT] [options]   (serve --help tells more)
 
 Trains early exits on the 10,000 MNIST digits of the mnist package, prints Distiller's
 statistics, calibrates thresholds and serves the held-out digits with real early exits.

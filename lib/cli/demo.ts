@@ -11,6 +11,7 @@ import { SingleBar, Presets } from 'cli-progress';
 import { loadMnist } from '../data/mnist';
 import { Calibration, calibrateThresholds, collectOutputs, measureBaselineLatency, measureExitLatencies, policyOf } from '../early-exit/calibrate';
 import { LabelFreeCriterion } from '../early-exit/criteria';
+import { saveCheckpoint } from '../early-exit/checkpoint';
 import { EarlyExitModel } from '../early-exit/model';
 import { ServingReport, serveOneAtATime } from '../early-exit/serving';
 import { EarlyExitStats } from '../early-exit/stats';
@@ -70,6 +71,14 @@ function table(rows: string[][]): string {
 }
 
 function pct(value: number): string { return `${value.toFixed(2)}%`; }
+
+/** What the demo's checkpoint says about serving it (its `extra.serving`). */
+export interface DemoServing {
+  inputShape: number[];
+  policy: { criterion: LabelFreeCriterion; thresholds: Array<number | null> };
+  /** loadMnist's settings; the held-out digits from `calibration` on chose nothing. */
+  data: { seed: number; train: number; test: number; calibration: number };
+}
 
 /** Runs the demo, printing as it goes; writes `results.json` and `tradeoff.svg` into `options.out` at the end. */
 export async function runDemo(options: DemoOptions, signal: StopSignal = { stopped: false }, log: (line: string) => void = console.log): Promise<DemoResults> {
@@ -206,7 +215,15 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
     heldOutSplit: { calibration: half, report: labels.length }, calibration, serving,
   };
   writeResults(options.out, results, tradeOffSvg(calibration, `Early exits on MNIST: accuracy against speedup (${calibration.criterion})`));
-  log(`\nwrote ${path.join(options.out, 'results.json')} and ${path.join(options.out, 'tradeoff.svg')}`);
+  // What `torch-early-exit serve` serves: the trained model and its exits, the chosen policy,
+  // and which digits chose nothing (the served half of the held-out digits).
+  const servingSettings: DemoServing = {
+    inputShape: [1, 28, 28], policy: { criterion: policy.criterion, thresholds: [...policy.thresholds] },
+    data: { seed: options.seed, train: options.train, test: options.test, calibration: half },
+  };
+  saveCheckpoint(path.join(options.out, 'checkpoint'), model, { extra: { serving: servingSettings } });
+  log(`\nwrote ${path.join(options.out, 'results.json')}, ${path.join(options.out, 'tradeoff.svg')} and the checkpoint ` +
+    `${path.join(options.out, 'checkpoint')} (torch-early-exit serve serves it)`);
   return results;
 }
 

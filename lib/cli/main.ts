@@ -1,6 +1,7 @@
 /** `torch-early-exit <command>`: the package's command line. */
 import { DemoInterrupted, runDemo } from './demo';
 import { USAGE, UsageError, parseDemoArgs } from './args';
+import { serve } from './serve';
 
 /** Runs the command line; resolves to the process exit code. */
 export async function main(argv: readonly string[]): Promise<number> {
@@ -8,6 +9,14 @@ export async function main(argv: readonly string[]): Promise<number> {
   if (command === undefined || command === '-h' || command === '--help') {
     console.log(USAGE);
     return command === undefined ? 2 : 0;
+  }
+  if (command === 'serve') {
+    try {
+      return await serve(rest);
+    } catch (error) {
+      console.error(`torch-early-exit serve: ${(error as Error).message}`);
+      return 1;
+    }
   }
   if (command !== 'demo') {
     console.error(`torch-early-exit: unknown command '${command}'\n\n${USAGE}`);

@@ -56,3 +56,49 @@ export function tradeOffSvg(calibration: Calibration, title: string): string {
   parts.push('</svg>');
   return parts.join('\n') + '\n';
 }
+
+/** A line of `lineChartSvg`. */
+export interface Series {
+  name: string;
+  points: Array<{ x: number; y: number }>;
+  dashed?: boolean;
+}
+
+const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#e377c2', '#7f7f7f'];
+
+/** Lines over a shared x axis (from 0), with a legend: for benchmark curves such as latency against load. */
+export function lineChartSvg(series: Series[], labels: { title: string; x: string; y: string; xFormat?: (x: number) => string }): string {
+  const all = series.flatMap((s) => s.points);
+  const xMin = 0;
+  const xMax = Math.max(...all.map((p) => p.x)) * 1.05;
+  const yMin = 0;
+  const yMax = Math.max(...all.map((p) => p.y)) * 1.1;
+  const sx = (x: number) => MARGIN.left + ((x - xMin) / (xMax - xMin || 1)) * (WIDTH - MARGIN.left - MARGIN.right);
+  const sy = (y: number) => HEIGHT - MARGIN.bottom - ((y - yMin) / (yMax - yMin || 1)) * (HEIGHT - MARGIN.top - MARGIN.bottom);
+  const format = labels.xFormat ?? ((x: number) => x.toFixed(0));
+  const parts: string[] = [];
+  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${HEIGHT}" viewBox="0 0 ${WIDTH} ${HEIGHT}" font-family="sans-serif" font-size="12">`);
+  parts.push(`<rect width="${WIDTH}" height="${HEIGHT}" fill="white"/>`);
+  parts.push(`<text x="${WIDTH / 2}" y="22" text-anchor="middle" font-size="15">${escape(labels.title)}</text>`);
+  for (const x of ticks(xMin, xMax, 5)) {
+    parts.push(`<line x1="${sx(x)}" x2="${sx(x)}" y1="${MARGIN.top}" y2="${HEIGHT - MARGIN.bottom}" stroke="#eee"/>`);
+    parts.push(`<text x="${sx(x)}" y="${HEIGHT - MARGIN.bottom + 18}" text-anchor="middle">${escape(format(x))}</text>`);
+  }
+  for (const y of ticks(yMin, yMax, 5)) {
+    parts.push(`<line x1="${MARGIN.left}" x2="${WIDTH - MARGIN.right}" y1="${sy(y)}" y2="${sy(y)}" stroke="#eee"/>`);
+    parts.push(`<text x="${MARGIN.left - 8}" y="${sy(y) + 4}" text-anchor="end">${y.toFixed(y < 10 ? 1 : 0)}</text>`);
+  }
+  parts.push(`<text x="${WIDTH / 2}" y="${HEIGHT - 14}" text-anchor="middle">${escape(labels.x)}</text>`);
+  parts.push(`<text transform="translate(16 ${HEIGHT / 2}) rotate(-90)" text-anchor="middle">${escape(labels.y)}</text>`);
+  series.forEach((line, i) => {
+    const color = COLORS[i % COLORS.length];
+    const path = line.points.map((p, j) => `${j === 0 ? 'M' : 'L'}${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`).join(' ');
+    parts.push(`<path d="${path}" fill="none" stroke="${color}" stroke-width="2"${line.dashed ? ' stroke-dasharray="6 4"' : ''}/>`);
+    for (const p of line.points) parts.push(`<circle cx="${sx(p.x).toFixed(1)}" cy="${sy(p.y).toFixed(1)}" r="3" fill="${color}"/>`);
+    const ly = MARGIN.top + 8 + i * 16;
+    parts.push(`<line x1="${MARGIN.left + 10}" x2="${MARGIN.left + 34}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"${line.dashed ? ' stroke-dasharray="6 4"' : ''}/>`);
+    parts.push(`<text x="${MARGIN.left + 40}" y="${ly + 4}">${escape(line.name)}</text>`);
+  });
+  parts.push('</svg>');
+  return parts.join('\n') + '\n';
+}

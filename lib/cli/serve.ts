@@ -1,0 +1,125 @@
+/**
+ * `torch-early-exit serve [checkpoint]`: serves a checkpoint that `saveCheckpoint` wrote
+ * (with `extra.serving`: the input shape and the exit policy, as the demo writes them) over
+ * HTTP. With no checkpoint it serves the demo's, running the demo first when it is missing.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { loadCheckpoint } from '../early-exit/checkpoint';
+import { EarlyExitModel } from '../early-exit/model';
+import { EarlyExitServer, createHttpApp } from '../serving';
+import * as torch from '../torch';
+import { UsageError, parseDemoArgs } from './args';
+import { DemoServing, runDemo } from './demo';
+
+export const SERVE_USAGE = `Usage: torch-early-exit serve [CHECKPOINT] [options]
+
+Serves an early-exit model over HTTP: POST /predict, the Open Inference Protocol
+(/v2/models/NAME/infer), GET /stats, /healthz and /metrics. CHECKPOINT is a folder that
+saveCheckpoint wrote with extra.serving (inputShape, policy); by default the demo's
+(out/demo/checkpoint), trained first if it is missing.
+
+Options:
+  --port N               port (default 8080; 0 picks a free one)
+  --host H               address to listen on (default 127.0.0.1)
+  --name NAME            the model's name in /v2/models/NAME (default mnist for the demo, else model)
+  --max-batch-size N     the most samples in a batch (default 32)
+  --max-queue-delay-ms X how long a request may wait for others (default 2)
+  --max-queue-size N     requests queued before new ones get 503 (default 1024)
+  --timeout-ms X         refuse a request that waited this long in the queue (default: none)
+  --instances N          batches in flight at once, each on one intra-op thread (default: one per core)
+  --whole-batch          a batch leaves at an exit only when all of it does (default: each sample)
+  --full                 serve the network without its exits (what early exits are measured against)
+  -h, --help             this text`;
+
+interface ServeOptions {
+  checkpoint?: string; port: number; host: string; name?: string; maxBatchSize: number; maxQueueDelayMs: number;
+  maxQueueSize: number; timeoutMs?: number; instances?: number; perSample: boolean; full: boolean;
+}
+
+function parseServeArgs(argv: readonly string[]): ServeOptions | null {
+  const options: ServeOptions = { port: 8080, host: '127.0.0.1', maxBatchSize: 32, maxQueueDelayMs: 2, maxQueueSize: 1024, perSample: true, full: false };
+  const number = (flag: string, value: string | undefined, integer: boolean): number => {
+    const n = Number(value);
+    if (value === undefined || !Number.isFinite(n) || n < 0 || (integer && !Number.isInteger(n))) {
+      throw new UsageError(`${flag} needs a ${integer ? 'whole ' : ''}number, got '${value}'`);
+    }
+    return n;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    const value = argv[i + 1];
+    switch (flag) {
+      case '-h': case '--help': return null;
+      case '--port': options.port = number(flag, value, true); i++; break;
+      case '--host': options.host = value ?? ''; i++; break;
+      case '--name': options.name = value; i++; break;
+      case '--max-batch-size': options.maxBatchSize = number(flag, value, true); i++; break;
+      case '--max-queue-delay-ms': options.maxQueueDelayMs = number(flag, value, false); i++; break;
+      case '--max-queue-size': options.maxQueueSize = number(flag, value, true); i++; break;
+      case '--timeout-ms': options.timeoutMs = number(flag, value, false); i++; break;
+      case '--instances': options.instances = number(flag, value, true); i++; break;
+      case '--whole-batch': options.perSample = false; break;
+      case '--full': options.full = true; break;
+      default:
+        if (flag.startsWith('-') || options.checkpoint !== undefined) throw new UsageError(`unknown argument '${flag}'`);
+        options.checkpoint = flag;
+    }
+  }
+  return options;
+}
+
+/** Runs `serve` until SIGINT or SIGTERM; resolves to the exit code. */
+export async function serve(argv: readonly string[]): Promise<number> {
+  let options: ServeOptions | null;
+  try {
+    options = parseServeArgs(argv);
+  } catch (error) {
+    if (error instanceof UsageError) {
+      console.error(`torch-early-exit serve: ${error.message}\n\n${SERVE_USAGE}`);
+      return 2;
+    }
+    throw error;
+  }
+  if (options === null) {
+    console.log(SERVE_USAGE);
+    return 0;
+  }
+  const demoOptions = parseDemoArgs([])!;
+  const checkpoint = options.checkpoint ?? path.join(demoOptions.out, 'checkpoint');
+  if (!fs.existsSync(path.join(checkpoint, 'checkpoint.json'))) {
+    if (options.checkpoint !== undefined) throw new Error(`no checkpoint in ${checkpoint} (checkpoint.json is missing)`);
+    console.log(`no trained model in ${checkpoint} yet: running the demo first (torch-early-exit demo)\n`);
+    await runDemo(demoOptions);
+    console.log('');
+  }
+  const loaded = loadCheckpoint(checkpoint);
+  const serving = (loaded.extra as { serving?: DemoServing } | undefined)?.serving;
+  if (!serving || !Array.isArray(serving.inputShape) || !serving.policy) {
+    throw new Error(`${checkpoint} has no extra.serving { inputShape, policy }: save it with ` +
+      'saveCheckpoint(dir, model, { extra: { serving: { inputShape, policy: { criterion, thresholds } } } })');
+  }
+  torch.setNumThreads(1);
+  const model = (options.full ? new EarlyExitModel(loaded.model.plainBackbone(), []) : loaded.model).eval().optimizeForInference();
+  const policy = options.full ? { criterion: serving.policy.criterion, thresholds: [] } : serving.policy;
+  const server = new EarlyExitServer(model, {
+    inputShape: serving.inputShape, policy, perSample: options.perSample, maxBatchSize: options.maxBatchSize,
+    maxQueueDelayMs: options.maxQueueDelayMs, maxQueueSize: options.maxQueueSize, timeoutMs: options.timeoutMs,
+    ...(options.instances !== undefined ? { instances: options.instances } : {}),
+  });
+  const name = options.name ?? (options.checkpoint === undefined ? 'mnist' : 'model');
+  const app = createHttpApp(server, { modelName: name });
+  const address = await app.listen({ port: options.port, host: options.host });
+  console.log(`serving ${checkpoint} as '${name}' on ${address}: POST /predict, POST /v2/models/${name}/infer, ` +
+    `GET /stats /healthz /metrics; input [${serving.inputShape}], ${options.full ? 'no exits' : `${policy.criterion} thresholds ` +
+      `[${policy.thresholds.map((t) => (t === null ? 'never' : t.toFixed(4)))}]${options.perSample ? ', per sample' : ', whole batches'}`}; Ctrl-C stops`);
+  await new Promise<void>((resolve) => {
+    const stop = () => { process.off('SIGINT', stop); process.off('SIGTERM', stop); resolve(); };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+  console.log('stopping: finishing the batches in flight');
+  await app.close();
+  await server.close();
+  return 0;
+}
