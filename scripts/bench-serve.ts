@@ -9,10 +9,14 @@
  *   (a) full       the network without exits, with the same batching
  *   (b) batch      exits, a batch leaving only when all of it does
  *   (c) per-sample exits per sample, each answered when it leaves (early release)
+ *   (d) adaptive   (c) with thresholds retuned online (Apparate) to hold 99% agreement with
+ *                  the final output, from 5% of the requests also run to the end
  *
- * it reports p50/p90/p99 latency (client side, send to answer), throughput, accuracy and exit
- * shares, and draws latency against load (SVG). Thresholds are the demo's, chosen on the
- * other half of the held-out digits.
+ * it reports p50/p90/p99 latency (client side, send to answer), throughput, accuracy, agreement
+ * with the full network's answers (computed here, in this process) and exit shares, and draws
+ * latency against load (SVG). Thresholds start as the demo's, chosen on the other half of the
+ * held-out digits. Then (c) and (d) serve a mix that changes halfway, clean digits then noisy
+ * ones, and the agreement of each half is reported.
  *
  *   npm run bench:serve -- [--checkpoint DIR] [--seconds S] [--loads 0.3,0.6,0.9] [--out DIR]
  */
@@ -20,6 +24,7 @@ import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { EarlyExitModel, Tensor, loadCheckpoint, torch } from '../lib';
 import { loadMnist } from '../lib/data/mnist';
 import { lineChartSvg } from '../lib/cli/plot';
 import { DemoServing } from '../lib/cli/demo';
@@ -28,14 +33,19 @@ import { quantile, table } from './bench-stats';
 import { positiveInt } from './script-args';
 
 const ROOT = packageRoot();
+const NOISE = 1.0;
 const CLI = path.join(ROOT, 'bin', 'torch-early-exit.js');
 
-type Mode = 'full' | 'batch' | 'perSample';
-const MODES: Mode[] = ['full', 'batch', 'perSample'];
-const LABEL: Record<Mode, string> = { full: '(a) full network', batch: '(b) whole-batch exits', perSample: '(c) per-sample exits, early release' };
-const MODE_FLAGS: Record<Mode, string[]> = { full: ['--full'], batch: ['--whole-batch'], perSample: [] };
+type Mode = 'full' | 'batch' | 'perSample' | 'adaptive';
+const MODES: Mode[] = ['full', 'batch', 'perSample', 'adaptive'];
+const LABEL: Record<Mode, string> = {
+  full: '(a) full network', batch: '(b) whole-batch exits', perSample: '(c) per-sample exits, early release',
+  adaptive: '(d) (c) + online thresholds',
+};
+const MODE_FLAGS: Record<Mode, string[]> = { full: ['--full'], batch: ['--whole-batch'], perSample: [], adaptive: ['--adaptive'] };
 
-interface Digit { input: number[]; label: number }
+/** A digit, its label, and what the full network answers for it (computed here, in this process). */
+interface Digit { input: number[]; label: number; full: number }
 
 /** Starts `serve` in its own process and resolves with its URL once it listens. */
 function startServer(checkpoint: string, mode: Mode, batching: string[]): Promise<{ url: string; child: ChildProcess }> {
@@ -58,13 +68,26 @@ async function stopServer(child: ChildProcess): Promise<void> {
   await exited;
 }
 
-interface Sample { latencyMs: number; correct: boolean; exit: number; status: number }
+interface Sample { latencyMs: number; correct: boolean; agrees: boolean; exit: number; status: number }
 
 async function request(url: string, digit: Digit): Promise<Sample> {
   const started = performance.now();
   const reply = await fetch(`${url}/predict`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ input: digit.input }) });
   const body = await reply.json() as { prediction?: number; exit?: number };
-  return { latencyMs: performance.now() - started, correct: body.prediction === digit.label, exit: body.exit ?? -1, status: reply.status };
+  return {
+    latencyMs: performance.now() - started, correct: body.prediction === digit.label, agrees: body.prediction === digit.full,
+    exit: body.exit ?? -1, status: reply.status,
+  };
+}
+
+/** The digits of `images` with their labels and the full network's answers. */
+function digitsOf(model: EarlyExitModel, images: Tensor, labels: number[]): Digit[] {
+  const data = images.data() as Float32Array;
+  const full = torch.noGrad(() => torch.tidy(() => {
+    const outputs = model.forward(images);
+    return Array.from(outputs[outputs.length - 1].argmax(1).data() as BigInt64Array, Number);
+  }));
+  return labels.map((label, i) => ({ input: Array.from(data.subarray(i * 784, (i + 1) * 784)), label, full: full[i] }));
 }
 
 /** Closed loop with `concurrency` requests in flight for `seconds`: answers per second. */
@@ -81,8 +104,12 @@ async function capacity(url: string, digits: Digit[], concurrency: number, secon
   return answered / seconds;
 }
 
-/** Open loop: Poisson arrivals at `rate` a second for `seconds`, every answer awaited. */
-async function openLoop(url: string, digits: Digit[], rate: number, seconds: number, seed: number): Promise<{ samples: Sample[]; seconds: number }> {
+/**
+ * Open loop: Poisson arrivals at `rate` a second for `seconds`, every answer awaited; the
+ * digits come from `digits`, or from `later` once `switchAt` of the time has passed.
+ */
+async function openLoop(url: string, digits: Digit[], rate: number, seconds: number, seed: number,
+  later?: Digit[], switchAt = 0.5): Promise<{ samples: Sample[]; seconds: number }> {
   let state = seed >>> 0;
   const random = () => { state = (state * 1664525 + 1013904223) >>> 0; return (state + 0.5) / 2 ** 32; };
   const pending: Array<Promise<Sample>> = [];
@@ -91,14 +118,19 @@ async function openLoop(url: string, digits: Digit[], rate: number, seconds: num
   for (let i = 0; at < seconds * 1000; i++) {
     const wait = started + at - performance.now();
     if (wait > 1) await new Promise((resolve) => setTimeout(resolve, wait));
-    pending.push(request(url, digits[i % digits.length]));
+    const source = later && at >= switchAt * seconds * 1000 ? later : digits;
+    pending.push(request(url, source[i % source.length]));
     at += (-Math.log(random()) / rate) * 1000;
   }
   const samples = await Promise.all(pending);
   return { samples, seconds: (performance.now() - started) / 1000 };
 }
 
-interface Cell { mode: Mode; load: number; rate: number; p50: number; p90: number; p99: number; throughput: number; accuracy: number; exitShares: number[]; errors: number }
+interface Cell {
+  mode: Mode; load: number; rate: number; p50: number; p90: number; p99: number; throughput: number; accuracy: number;
+  /** Share of answers equal to the full network's (%). */
+  agreement: number; exitShares: number[]; errors: number;
+}
 
 function summarize(mode: Mode, load: number, rate: number, run: { samples: Sample[]; seconds: number }): Cell {
   const ok = run.samples.filter((s) => s.status === 200);
@@ -107,7 +139,8 @@ function summarize(mode: Mode, load: number, rate: number, run: { samples: Sampl
   const shares = Array.from({ length: exits }, (_, e) => ok.filter((s) => s.exit === e).length / ok.length);
   return {
     mode, load, rate, p50: quantile(latencies, 0.5), p90: quantile(latencies, 0.9), p99: quantile(latencies, 0.99),
-    throughput: ok.length / run.seconds, accuracy: (100 * ok.filter((s) => s.correct).length) / ok.length, exitShares: shares,
+    throughput: ok.length / run.seconds, accuracy: (100 * ok.filter((s) => s.correct).length) / ok.length,
+    agreement: (100 * ok.filter((s) => s.agrees).length) / ok.length, exitShares: shares,
     errors: run.samples.length - ok.length,
   };
 }
@@ -126,9 +159,13 @@ async function main(): Promise<void> {
   const serving = (JSON.parse(fs.readFileSync(path.join(checkpoint, 'checkpoint.json'), 'utf8')).extra as { serving: DemoServing }).serving;
   const { test } = loadMnist({ train: serving.data.train, test: serving.data.test, seed: serving.data.seed });
   const count = test.images.shape[0] - serving.data.calibration;
-  const images = test.images.narrow(0, serving.data.calibration, count).data() as Float32Array;
+  const images = test.images.narrow(0, serving.data.calibration, count);
   const labels = Array.from(test.labels.narrow(0, serving.data.calibration, count).data() as BigInt64Array, Number);
-  const digits: Digit[] = labels.map((label, i) => ({ input: Array.from(images.subarray(i * 784, (i + 1) * 784)), label }));
+  const model = loadCheckpoint(checkpoint).model.eval();
+  const digits = digitsOf(model, images, labels);
+  // The drift: the same digits with Gaussian noise (in the normalised scale), seeded.
+  torch.manualSeed(5);
+  const noisy = digitsOf(model, torch.noGrad(() => images.add(torch.randn(images.shape).mul(NOISE))), labels);
   console.log(`bench:serve: ${checkpoint} over HTTP on loopback, ${digits.length} held-out digits that chose nothing; ` +
     `${os.cpus().length} CPUs; server: ${batching.join(' ')}, instances one per core, one intra-op thread each; ` +
     `${serving.policy.criterion} thresholds [${serving.policy.thresholds}]`);
@@ -154,17 +191,43 @@ async function main(): Promise<void> {
     }
   }
 
-  const rows = [['serving', 'load', 'offered/s', 'p50 ms', 'p90 ms', 'p99 ms', 'answers/s', 'accuracy', 'exit shares', 'errors']];
+  const rows = [['serving', 'load', 'offered/s', 'p50 ms', 'p90 ms', 'p99 ms', 'answers/s', 'accuracy', 'agrees with (a)', 'exit shares', 'errors']];
   for (const c of cells) {
     rows.push([LABEL[c.mode], `${(c.load * 100).toFixed(0)}%`, c.rate.toFixed(0), c.p50.toFixed(2), c.p90.toFixed(2), c.p99.toFixed(2),
-      c.throughput.toFixed(0), `${c.accuracy.toFixed(2)}%`, c.exitShares.map((s) => (100 * s).toFixed(0) + '%').join(' / '), String(c.errors)]);
+      c.throughput.toFixed(0), `${c.accuracy.toFixed(2)}%`, `${c.agreement.toFixed(2)}%`,
+      c.exitShares.map((share) => (100 * share).toFixed(0) + '%').join(' / '), String(c.errors)]);
   }
-  console.log(table(rows, rows[0].map((_, i) => i > 0 && i !== 8)));
+  console.log(table(rows, rows[0].map((_, i) => i > 0 && i !== 9)));
   for (const load of loads) {
     const [a, c] = [cells.find((x) => x.mode === 'full' && x.load === load)!, cells.find((x) => x.mode === 'perSample' && x.load === load)!];
     console.log(`at ${(load * 100).toFixed(0)}%: (c)/(a) median ${(c.p50 / a.p50).toFixed(2)}, p99 ${(c.p99 / a.p99).toFixed(2)}, ` +
       `throughput ${(c.throughput / a.throughput).toFixed(2)}, accuracy ${(c.accuracy - a.accuracy).toFixed(2)} points`);
   }
+  // The input mix changes halfway: clean digits, then noisy ones, at the middle load.
+  const middle = loads[Math.floor(loads.length / 2)];
+  const drift: Array<{ mode: Mode; clean: number; noisy: number; cleanExit0: number; noisyExit0: number }> = [];
+  for (const mode of ['perSample', 'adaptive'] as const) {
+    const server = await startServer(checkpoint, mode, batching);
+    try {
+      await openLoop(server.url, digits, peak * 0.3, 2, 1); // warm up (and, adapting, settle on clean digits)
+      const run = await openLoop(server.url, digits, peak * middle, 2 * seconds, 7, noisy, 0.5);
+      const half = Math.floor(run.samples.length / 2);
+      const share = (samples: Sample[], test: (s: Sample) => boolean) => (100 * samples.filter(test).length) / samples.length;
+      const [first, second] = [run.samples.slice(0, half), run.samples.slice(half)];
+      drift.push({
+        mode, clean: share(first, (x) => x.agrees), noisy: share(second, (x) => x.agrees),
+        cleanExit0: share(first, (x) => x.exit === 0), noisyExit0: share(second, (x) => x.exit === 0),
+      });
+    } finally {
+      await stopServer(server.child);
+    }
+  }
+  console.log(`\ndrift at ${(middle * 100).toFixed(0)}% load: ${seconds} s of clean digits, then ${seconds} s of the same with noise ` +
+    `(N(0, ${NOISE}) in the normalised scale); agreement with the full network's answers, and the share leaving at exit 0:`);
+  console.log(table([['serving', 'clean: agrees', 'noisy: agrees', 'clean: exit 0', 'noisy: exit 0'],
+    ...drift.map((d) => [LABEL[d.mode], `${d.clean.toFixed(2)}%`, `${d.noisy.toFixed(2)}%`, `${d.cleanExit0.toFixed(0)}%`, `${d.noisyExit0.toFixed(0)}%`])],
+  [false, true, true, true, true]));
+
   fs.mkdirSync(out, { recursive: true });
   const series = MODES.flatMap((mode) => (['p50', 'p99'] as const).map((q) => ({
     name: `${LABEL[mode]}, ${q}`, dashed: q === 'p99',
@@ -174,7 +237,7 @@ async function main(): Promise<void> {
     title: 'Early exits served over HTTP: latency against load (MNIST)', x: 'load (% of the full network\'s batched capacity)',
     y: 'latency (ms)', xFormat: (x) => `${x.toFixed(0)}%`,
   }));
-  fs.writeFileSync(path.join(out, 'results.json'), JSON.stringify({ checkpoint, capacity: peak, batching, seconds, cells }, null, 2) + '\n');
+  fs.writeFileSync(path.join(out, 'results.json'), JSON.stringify({ checkpoint, capacity: peak, batching, seconds, cells, drift, noise: NOISE }, null, 2) + '\n');
   console.log(`\nwrote ${path.join(out, 'latency.svg')} and ${path.join(out, 'results.json')}`);
 }
 

@@ -30,11 +30,15 @@ Options:
   --instances N          batches in flight at once, each on one intra-op thread (default: one per core)
   --whole-batch          a batch leaves at an exit only when all of it does (default: each sample)
   --full                 serve the network without its exits (what early exits are measured against)
+  --adaptive             retune the thresholds online from the final output's feedback (Apparate)
+  --target-agreement X   with --adaptive: agreement with the final output to hold per exit (default 0.99)
+  --sample-rate X        with --adaptive: share of requests also run to the final output (default 0.05)
   -h, --help             this text`;
 
 interface ServeOptions {
   checkpoint?: string; port: number; host: string; name?: string; maxBatchSize: number; maxQueueDelayMs: number;
   maxQueueSize: number; timeoutMs?: number; instances?: number; perSample: boolean; full: boolean;
+  adaptive?: { targetAgreement?: number; sampleRate?: number };
 }
 
 function parseServeArgs(argv: readonly string[]): ServeOptions | null {
@@ -61,6 +65,9 @@ function parseServeArgs(argv: readonly string[]): ServeOptions | null {
       case '--instances': options.instances = number(flag, value, true); i++; break;
       case '--whole-batch': options.perSample = false; break;
       case '--full': options.full = true; break;
+      case '--adaptive': options.adaptive = { ...options.adaptive }; break;
+      case '--target-agreement': options.adaptive = { ...options.adaptive, targetAgreement: number(flag, value, false) }; i++; break;
+      case '--sample-rate': options.adaptive = { ...options.adaptive, sampleRate: number(flag, value, false) }; i++; break;
       default:
         if (flag.startsWith('-') || options.checkpoint !== undefined) throw new UsageError(`unknown argument '${flag}'`);
         options.checkpoint = flag;
@@ -106,13 +113,15 @@ export async function serve(argv: readonly string[]): Promise<number> {
     inputShape: serving.inputShape, policy, perSample: options.perSample, maxBatchSize: options.maxBatchSize,
     maxQueueDelayMs: options.maxQueueDelayMs, maxQueueSize: options.maxQueueSize, timeoutMs: options.timeoutMs,
     ...(options.instances !== undefined ? { instances: options.instances } : {}),
+    ...(options.adaptive && !options.full ? { adaptive: options.adaptive } : {}),
   });
   const name = options.name ?? (options.checkpoint === undefined ? 'mnist' : 'model');
   const app = createHttpApp(server, { modelName: name });
   const address = await app.listen({ port: options.port, host: options.host });
   console.log(`serving ${checkpoint} as '${name}' on ${address}: POST /predict, POST /v2/models/${name}/infer, ` +
     `GET /stats /healthz /metrics; input [${serving.inputShape}], ${options.full ? 'no exits' : `${policy.criterion} thresholds ` +
-      `[${policy.thresholds.map((t) => (t === null ? 'never' : t.toFixed(4)))}]${options.perSample ? ', per sample' : ', whole batches'}`}; Ctrl-C stops`);
+      `[${policy.thresholds.map((t) => (t === null ? 'never' : t.toFixed(4)))}]${options.perSample ? ', per sample' : ', whole batches'}` +
+      `${options.adaptive ? ', adapting online' : ''}`}; Ctrl-C stops`);
   await new Promise<void>((resolve) => {
     const stop = () => { process.off('SIGINT', stop); process.off('SIGTERM', stop); resolve(); };
     process.on('SIGINT', stop);

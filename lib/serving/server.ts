@@ -15,7 +15,9 @@ import { LabelFreeCriterion } from '../early-exit/criteria';
 import { EarlyExitModel } from '../early-exit/model';
 import { quantile } from '../quantile';
 import { Tensor } from '../tensor';
-import { noGrad, tensor, tidy } from '../torch';
+import { isGradEnabled, noGrad, setGradEnabled, tensor, tidy } from '../torch';
+import { exitScores } from '../early-exit/criteria';
+import { AdaptiveOptions, ThresholdTuner } from './adaptive';
 import { BatcherOptions, Clock, DynamicBatcher, Pending, systemClock } from './batcher';
 import { BadRequestError } from './errors';
 
@@ -31,6 +33,12 @@ export interface ServerOptions extends BatcherOptions {
   perSample?: boolean;
   /** Answer a sample the moment it leaves (default true); false: when its batch ends. */
   earlyRelease?: boolean;
+  /**
+   * Retune the thresholds online to hold an agreement with the final output (`adaptive.ts`):
+   * a share of the requests also runs to the final output after its batch (its answer is
+   * still the one released at its exit). `true` takes the defaults.
+   */
+  adaptive?: AdaptiveOptions | boolean;
 }
 
 /** The answer to one request. */
@@ -57,6 +65,8 @@ export interface ServerStats {
   /** Share of the answered samples that took each exit (the last entry: the final output). */
   exitShares: number[];
   thresholds: Array<number | null>;
+  /** With adaptive thresholds: the measured agreement with the final output (see ThresholdTuner.agreement). */
+  agreement: { target: number; perExit: number[]; overall: number; monitored: number; retunes: number } | null;
   /** Latency from `infer()` to the answer over the last answers (ms). */
   latencyMs: { p50: number; p90: number; p99: number };
 }
@@ -72,9 +82,10 @@ export class EarlyExitServer {
   private readonly exitCounts: number[];
   private readonly latencies: number[] = [];
   private counts = { requests: 0, answered: 0, failed: 0 };
+  private readonly tuner?: ThresholdTuner;
 
   constructor(private readonly model: EarlyExitModel, options: ServerOptions, private readonly clock: Clock = systemClock) {
-    checkOptions(options, ['inputShape', 'policy', 'perSample', 'earlyRelease', 'maxBatchSize', 'maxQueueDelayMs',
+    checkOptions(options, ['inputShape', 'policy', 'perSample', 'earlyRelease', 'adaptive', 'maxBatchSize', 'maxQueueDelayMs',
       'preferredBatchSizes', 'maxQueueSize', 'timeoutMs', 'instances'], 'EarlyExitServer: options');
     if (!Array.isArray(options.inputShape) || options.inputShape.some((d) => !Number.isInteger(d) || d < 1)) {
       throw new TypeError(`EarlyExitServer: inputShape must be the shape of one sample, positive integers, got ${describeValue(options.inputShape)}`);
@@ -87,6 +98,9 @@ export class EarlyExitServer {
     // take, fails here with the model's own message, not at every request.
     noGrad(() => tidy(() => { model.forwardEarlyExit(tensor(new Float32Array(this.sampleSize), { shape: [1, ...this.inputShape] }), this.policy); }));
     this.exitCounts = new Array(this.policy.thresholds.length + 1).fill(0);
+    if (options.adaptive) {
+      this.tuner = new ThresholdTuner(this.policy.criterion, this.policy.thresholds, options.adaptive === true ? {} : options.adaptive);
+    }
     this.batcher = new DynamicBatcher((batch) => this.runBatch(batch), { instances: os.cpus().length, ...options }, clock);
   }
 
@@ -123,6 +137,7 @@ export class EarlyExitServer {
       ...this.counts, queued: batcher.queued, inFlight: batcher.inFlight, batches: batcher.batches,
       meanBatchSize: batcher.batches === 0 ? 0 : samples / batcher.batches, rejected: batcher.rejected,
       exitShares: this.exitCounts.map((count) => count / answered), thresholds: [...this.policy.thresholds],
+      agreement: this.tuner ? { target: this.tuner.targetAgreement, ...this.tuner.agreement() } : null,
       latencyMs: { p50: quantile(this.latencies, 0.5), p90: quantile(this.latencies, 0.9), p99: quantile(this.latencies, 0.99) },
     };
   }
@@ -170,12 +185,44 @@ export class EarlyExitServer {
         outputs.dispose();
         positions.forEach((position, j) => answer(batch[position], split[j], exit));
       };
-      const result = await this.model.forwardEarlyExitAsync(input, this.policy, this.earlyRelease && this.policy.perSample ? { onSampleExit } : {});
+      const policy = { ...this.policy, thresholds: this.tuner ? this.tuner.thresholds : this.policy.thresholds };
+      const monitored = this.tuner ? batch.flatMap((_, i) => (this.tuner!.monitor() ? [i] : [])) : [];
+      const result = await this.model.forwardEarlyExitAsync(input, policy, this.earlyRelease && this.policy.perSample ? { onSampleExit } : {});
       const split = rows(result.output);
       result.output.dispose();
       batch.forEach((pending, i) => answer(pending, split[i], result.exits[i]));
+      if (monitored.length > 0) await this.feedback(input, monitored);
     } finally {
       input.dispose();
     }
+  }
+
+  /** Runs the monitored samples to the final output, after their answers went out, and tells the tuner. */
+  private async feedback(input: Tensor, monitored: number[]): Promise<void> {
+    const tuner = this.tuner!;
+    const chosen = tensor(BigInt64Array.from(monitored.map(BigInt)), { shape: [monitored.length] });
+    const samples = input.indexSelect(0, chosen);
+    chosen.dispose();
+    // The forward's grad mode is taken when it is queued, which happens synchronously here.
+    const previous = isGradEnabled();
+    setGradEnabled(false);
+    let pending: Promise<Tensor[]>;
+    try {
+      pending = this.model.forwardAsync(samples);
+    } finally {
+      setGradEnabled(previous);
+    }
+    const outputs = await pending;
+    samples.dispose();
+    const exits = outputs.slice(0, -1);
+    const scores = exitScores(exits, tuner.criterion);
+    const predictions = noGrad(() => tidy(() => outputs.map((o) => Array.from(o.argmax(1).data() as BigInt64Array, Number))));
+    for (const output of outputs) output.dispose();
+    const final = predictions[predictions.length - 1];
+    monitored.forEach((_, j) => {
+      if (tuner.observe(exits.map((__, i) => scores[i][j]), exits.map((__, i) => predictions[i][j]), final[j])) {
+        this.policy.thresholds = tuner.thresholds;
+      }
+    });
   }
 }
