@@ -67,7 +67,8 @@ describe('EarlyExitServer', () => {
   it('answers concurrent requests as forwardEarlyExit answers each input alone, releasing early exits first', async () => {
     const { model, x, threshold } = resnetWithEarlyExit();
     const policy = { criterion: 'entropy' as const, thresholds: [threshold] };
-    const server = new EarlyExitServer(model, { inputShape: [3, 64, 64], policy, maxBatchSize: 8, maxQueueDelayMs: 50, instances: 1 });
+    // One batch of all eight: it starts when the eighth arrives, however slowly the machine submits them.
+    const server = new EarlyExitServer(model, { inputShape: [3, 64, 64], policy, maxBatchSize: 8, maxQueueDelayMs: 60000, instances: 1 });
     const inputs = Array.from({ length: 8 }, (_, i) => x.narrow(0, i, 1));
     const order: number[] = [];
     const answers = await Promise.all(inputs.map((input, i) => server.infer(input).then((answer) => { order.push(i); return answer; })));
@@ -199,7 +200,8 @@ describe('HTTP', () => {
   });
 
   it('answers 503 when the queue is full, and serves again after', async () => {
-    const small = new EarlyExitServer(model, { inputShape: [1, 28, 28], policy, maxBatchSize: 64, maxQueueDelayMs: 200, maxQueueSize: 2, instances: 1 });
+    // The first two wait 2 s for company, long enough for the other three to arrive however busy the machine is.
+    const small = new EarlyExitServer(model, { inputShape: [1, 28, 28], policy, maxBatchSize: 64, maxQueueDelayMs: 2000, maxQueueSize: 2, instances: 1 });
     const smallApp = createHttpApp(small);
     await smallApp.listen({ port: 0, host: '127.0.0.1' });
     const url = `http://127.0.0.1:${(smallApp.server.address() as AddressInfo).port}/predict`;
