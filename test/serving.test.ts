@@ -70,6 +70,10 @@ describe('EarlyExitServer', () => {
     // One batch of all eight: it starts when the eighth arrives, however slowly the machine submits them.
     const server = new EarlyExitServer(model, { inputShape: [3, 64, 64], policy, maxBatchSize: 8, maxQueueDelayMs: 60000, instances: 1 });
     const inputs = Array.from({ length: 8 }, (_, i) => x.narrow(0, i, 1));
+    // One intra-op thread, as a server runs each instance (serve sets it): with every core
+    // computing, the main thread that hands out the early answers would wait for a slot.
+    const threads = torch.getNumThreads();
+    torch.setNumThreads(1);
     const order: number[] = [];
     const answers = await Promise.all(inputs.map((input, i) => server.infer(input).then((answer) => { order.push(i); return answer; })));
     inputs.forEach((input, i) => {
@@ -82,14 +86,23 @@ describe('EarlyExitServer', () => {
     expect(early.length).toBeLessThan(8);
     // Every sample that left at the exit was answered before any that went to the end.
     expect(order.slice(0, early.length).sort()).toEqual(early);
-    const lastEarly = Math.max(...early.map((i) => answers[i].computeMs));
-    const firstLate = Math.min(...answers.filter((a) => a.exit === 1).map((a) => a.computeMs));
-    // Released at the exit, not when the batch ended: layers 2-4 of the rest of the batch are
-    // not in an early answer's time (about 20 ms against 33 ms here).
-    expect(lastEarly).toBeLessThan(0.85 * firstLate);
     const stats = server.stats();
     expect(stats).toMatchObject({ requests: 8, answered: 8, failed: 0, batches: 1, meanBatchSize: 8 });
     expect(stats.exitShares[0]).toBeCloseTo(early.length / 8, 10);
+    // Released at the exit, not when the batch ended: layers 2-4 of the rest of the batch
+    // (5-13 ms here) are not in an early answer's time, where answers given when the call
+    // ends would all come within a fraction of a millisecond. The median of five batches,
+    // so that one pause of this process (a garbage collection) cannot decide it.
+    const gaps: number[] = [];
+    for (let round = 0; round < 5; round++) {
+      const again = round === 0 ? answers : await Promise.all(inputs.map((input) => server.infer(input)));
+      const lastEarly = Math.max(...again.filter((a) => a.exit === 0).map((a) => a.computeMs));
+      const firstLate = Math.min(...again.filter((a) => a.exit === 1).map((a) => a.computeMs));
+      gaps.push(firstLate - lastEarly);
+    }
+    torch.setNumThreads(threads);
+    expect(gaps.every((gap) => gap > 0)).toBe(true);
+    expect([...gaps].sort((a, b) => a - b)[2]).toBeGreaterThan(1);
     await server.close();
   });
 
