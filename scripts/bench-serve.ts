@@ -205,7 +205,7 @@ async function main(): Promise<void> {
   }
   // The input mix changes halfway: clean digits, then noisy ones, at the middle load.
   const middle = loads[Math.floor(loads.length / 2)];
-  const drift: Array<{ mode: Mode; clean: number; noisy: number; cleanExit0: number; noisyExit0: number }> = [];
+  const drift: Array<{ mode: Mode; clean: number; noisy: number; noisyLate: number; cleanExit0: number; noisyExit0: number }> = [];
   for (const mode of ['perSample', 'adaptive'] as const) {
     const server = await startServer(checkpoint, mode, batching);
     try {
@@ -216,6 +216,7 @@ async function main(): Promise<void> {
       const [first, second] = [run.samples.slice(0, half), run.samples.slice(half)];
       drift.push({
         mode, clean: share(first, (x) => x.agrees), noisy: share(second, (x) => x.agrees),
+        noisyLate: share(second.slice(Math.floor(second.length / 2)), (x) => x.agrees),
         cleanExit0: share(first, (x) => x.exit === 0), noisyExit0: share(second, (x) => x.exit === 0),
       });
     } finally {
@@ -224,9 +225,10 @@ async function main(): Promise<void> {
   }
   console.log(`\ndrift at ${(middle * 100).toFixed(0)}% load: ${seconds} s of clean digits, then ${seconds} s of the same with noise ` +
     `(N(0, ${NOISE}) in the normalised scale); agreement with the full network's answers, and the share leaving at exit 0:`);
-  console.log(table([['serving', 'clean: agrees', 'noisy: agrees', 'clean: exit 0', 'noisy: exit 0'],
-    ...drift.map((d) => [LABEL[d.mode], `${d.clean.toFixed(2)}%`, `${d.noisy.toFixed(2)}%`, `${d.cleanExit0.toFixed(0)}%`, `${d.noisyExit0.toFixed(0)}%`])],
-  [false, true, true, true, true]));
+  console.log(table([['serving', 'clean: agrees', 'noisy: agrees', 'noisy, last half: agrees', 'clean: exit 0', 'noisy: exit 0'],
+    ...drift.map((d) => [LABEL[d.mode], `${d.clean.toFixed(2)}%`, `${d.noisy.toFixed(2)}%`, `${d.noisyLate.toFixed(2)}%`,
+      `${d.cleanExit0.toFixed(0)}%`, `${d.noisyExit0.toFixed(0)}%`])],
+  [false, true, true, true, true, true]));
 
   fs.mkdirSync(out, { recursive: true });
   const series = MODES.flatMap((mode) => (['p50', 'p99'] as const).map((q) => ({

@@ -15,9 +15,9 @@ export interface AdaptiveOptions {
   targetAgreement?: number;
   /** Share of the requests also run to the final output (default 0.05). */
   sampleRate?: number;
-  /** Monitored samples remembered (default 1000). */
+  /** Monitored samples remembered (default 250: at 5% of 500 requests a second, the last 10 s). */
   window?: number;
-  /** Retune after this many new monitored samples (default 25). */
+  /** Retune after this many new monitored samples (default 10). */
   every?: number;
   /** Fewest monitored samples before the first retune, and fewest leaving at an exit to set its threshold (default 50). */
   minSamples?: number;
@@ -55,8 +55,8 @@ export class ThresholdTuner {
     };
     this.targetAgreement = share(options.targetAgreement, 0.99, 'targetAgreement');
     this.sampleRate = share(options.sampleRate, 0.05, 'sampleRate');
-    this.window = count(options.window, 1000, 'window');
-    this.every = count(options.every, 25, 'every');
+    this.window = count(options.window, 250, 'window');
+    this.every = count(options.every, 10, 'every');
     this.minSamples = count(options.minSamples, 50, 'minSamples');
     this.current = [...initial];
   }
