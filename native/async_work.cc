@@ -39,14 +39,7 @@ class MethodWorker : public Napi::AsyncWorker {
     Settled();
     // Samples released early reach JS before the call's result does.
     if (releaser_) releaser_->Drain(Env());
-    if (releaser_ && releaser_->error().IsSet()) {
-      try {
-        releaser_->error().ThrowIfSet(Env());
-      } catch (const Napi::Error& callbackError) {
-        deferred_.Reject(callbackError.Value());
-        return;
-      }
-    }
+    if (releaser_ && RejectIfThrown(releaser_->error())) return;
     try {
       deferred_.Resolve(call_->ToJs(Env()));
     } catch (const Napi::Error& error) {
@@ -57,19 +50,23 @@ class MethodWorker : public Napi::AsyncWorker {
   void OnError(const Napi::Error& error) override {
     Settled();
     if (releaser_) releaser_->Drain(Env());
-    if (js_ && js_->error().IsSet()) {
-      try {
-        js_->error().ThrowIfSet(Env());
-      } catch (const Napi::Error& hookError) {
-        deferred_.Reject(hookError.Value());
-        return;
-      }
-    }
+    if (js_ && RejectIfThrown(js_->error())) return;
     deferred_.Reject(Napi::Error::New(Env(), call_->method + ": " + error.Message()).Value());
   }
 
  private:
   void Settled() { --call_->state->inFlight; }
+
+  // Rejects the call with what a JS hook or callback threw, the very same error; true if it did.
+  bool RejectIfThrown(PendingJsError& pending) {
+    if (!pending.IsSet()) return false;
+    try {
+      pending.ThrowIfSet(Env());
+    } catch (const Napi::Error& thrown) {
+      deferred_.Reject(thrown.Value());
+    }
+    return true;
+  }
 
   Napi::Promise::Deferred deferred_;
   std::unique_ptr<MethodCall> call_;
