@@ -253,7 +253,9 @@ export async function runPairs(script: string, pairs: Pair[], environment: Envir
         if (!outA || !outB || outA.length !== outB.length) {
           throw new Error(`${pair.name}: the sides' outputs cannot be compared (${outA?.length} and ${outB?.length} values)`);
         }
-        const difference = Math.max(...outA.map((v, i) => Math.abs(v - outB[i])));
+        // A loop, not Math.max(...): outputs can hold millions of values.
+        let difference = 0;
+        for (let i = 0; i < outA.length; i++) difference = Math.max(difference, Math.abs(outA[i] - outB[i]));
         if (!(difference <= pair.tolerance)) {
           throw new Error(`${pair.name}: the sides' outputs differ by ${difference} ${when}, more than ${pair.tolerance}`);
         }
