@@ -3,6 +3,8 @@
 #include <c10/core/GradMode.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 
+#include <algorithm>
+
 #include "errors.h"
 #include "tensor.h"
 #include "values.h"
@@ -143,11 +145,14 @@ void MethodCall::Run(JsHookCaller* js) {
   context.js = js;
   ForwardScope scope(&context);
   if (inference) return RunCompiled();
-  // The graph executor's optimized plans (profiling runs, then autodiff subgraphs) made a
-  // training step's backward 4-8% slower than eager autograd on CPU (ResNet-20, batch 64)
-  // and gained nothing measurable in eval: methods run in the plain interpreter, as under
-  // torch.jit.optimized_execution(False). Compiled inference (above) is apart.
-  torch::jit::GraphOptimizerEnabledGuard plainInterpreter(false);
+  // On CPU the graph executor's optimized plans (profiling runs, then autodiff subgraphs)
+  // made a training step's backward 4-8% slower than eager autograd (ResNet-20, batch 64)
+  // and gained nothing measurable in eval: CPU calls run in the plain interpreter, as under
+  // torch.jit.optimized_execution(False). CUDA calls keep the executor's setting (its fusers
+  // are for GPUs; not measured here). Compiled inference (above) is apart.
+  bool onCuda = std::any_of(inputs.begin(), inputs.end(),
+                            [](const c10::IValue& input) { return input.isTensor() && input.toTensor().is_cuda(); });
+  torch::jit::GraphOptimizerEnabledGuard plainInterpreter(onCuda && torch::jit::getGraphExecutorOptimize());
   try {
     result = module.get_method(method)(inputs);
   } catch (const ForwardStopped&) {
