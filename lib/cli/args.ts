@@ -28,6 +28,28 @@ export interface DemoOptions {
 /** A wrong command line: the CLI prints the message and the usage, and exits with 2. */
 export class UsageError extends Error {}
 
+/**
+ * A command's options from `parse`, or the exit code once the usage is printed: 2 after a
+ * UsageError (with its message), 0 for --help (`parse` gives null).
+ */
+export function parseCommand<T>(command: string, usage: string, parse: () => T | null): T | number {
+  let options: T | null;
+  try {
+    options = parse();
+  } catch (error) {
+    if (error instanceof UsageError) {
+      console.error(`torch-early-exit ${command}: ${error.message}\n\n${usage}`);
+      return 2;
+    }
+    throw error;
+  }
+  if (options === null) {
+    console.log(usage);
+    return 0;
+  }
+  return options;
+}
+
 export const USAGE = `Usage: torch-early-exit demo [options]
        torch-early-exit serve [CHECKPOINT] [options]   (serve --help tells more)
 

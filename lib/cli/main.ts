@@ -1,6 +1,6 @@
 /** `torch-early-exit <command>`: the package's command line. */
 import { DemoInterrupted, runDemo } from './demo';
-import { USAGE, UsageError, parseDemoArgs } from './args';
+import { USAGE, parseCommand, parseDemoArgs } from './args';
 import { serve } from './serve';
 
 /** Runs the command line; resolves to the process exit code. */
@@ -22,20 +22,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     console.error(`torch-early-exit: unknown command '${command}'\n\n${USAGE}`);
     return 2;
   }
-  let options;
-  try {
-    options = parseDemoArgs(rest);
-  } catch (error) {
-    if (error instanceof UsageError) {
-      console.error(`torch-early-exit demo: ${error.message}\n\n${USAGE}`);
-      return 2;
-    }
-    throw error;
-  }
-  if (options === null) {
-    console.log(USAGE);
-    return 0;
-  }
+  const options = parseCommand('demo', USAGE, () => parseDemoArgs(rest));
+  if (typeof options === 'number') return options;
   const signal = { stopped: false };
   const onInterrupt = () => {
     if (signal.stopped) process.exit(130);

@@ -9,7 +9,7 @@ import { loadCheckpoint } from '../early-exit/checkpoint';
 import { EarlyExitModel } from '../early-exit/model';
 import { EarlyExitServer, createHttpApp } from '../serving';
 import * as torch from '../torch';
-import { UsageError, parseDemoArgs } from './args';
+import { UsageError, parseCommand, parseDemoArgs } from './args';
 import { DemoServing, runDemo } from './demo';
 
 export const SERVE_USAGE = `Usage: torch-early-exit serve [CHECKPOINT] [options]
@@ -78,20 +78,8 @@ function parseServeArgs(argv: readonly string[]): ServeOptions | null {
 
 /** Runs `serve` until SIGINT or SIGTERM; resolves to the exit code. */
 export async function serve(argv: readonly string[]): Promise<number> {
-  let options: ServeOptions | null;
-  try {
-    options = parseServeArgs(argv);
-  } catch (error) {
-    if (error instanceof UsageError) {
-      console.error(`torch-early-exit serve: ${error.message}\n\n${SERVE_USAGE}`);
-      return 2;
-    }
-    throw error;
-  }
-  if (options === null) {
-    console.log(SERVE_USAGE);
-    return 0;
-  }
+  const options = parseCommand('serve', SERVE_USAGE, () => parseServeArgs(argv));
+  if (typeof options === 'number') return options;
   const demoOptions = parseDemoArgs([])!;
   const checkpoint = options.checkpoint ?? path.join(demoOptions.out, 'checkpoint');
   if (!fs.existsSync(path.join(checkpoint, 'checkpoint.json'))) {
