@@ -142,19 +142,35 @@ export function resetPeakMemoryStats(): void { binding.resetPeakMemoryStats(); }
 export function isGradEnabled(): boolean { return binding.isGradEnabled(); }
 export function setGradEnabled(enabled: boolean): void { binding.setGradEnabled(enabled); }
 
-/** Runs `fn` with gradient recording off (PyTorch's `torch.no_grad()`), restoring it after. */
-export function noGrad<T>(fn: () => T): T {
+/** Runs `fn` with gradient recording off, restoring it when `fn` returns or throws. */
+function withoutGrad<T>(fn: () => T): T {
   const previous = binding.isGradEnabled();
   binding.setGradEnabled(false);
   try {
-    const result = fn();
-    if (result instanceof Promise) {
-      throw new Error('noGrad() cannot span an await: grad mode is per thread; wrap the synchronous part instead');
-    }
-    return result;
+    return fn();
   } finally {
     binding.setGradEnabled(previous);
   }
+}
+
+/** Runs `fn` with gradient recording off (PyTorch's `torch.no_grad()`), restoring it after. */
+export function noGrad<T>(fn: () => T): T {
+  return withoutGrad(() => {
+    const result = fn();
+    if (result instanceof Promise) {
+      throw new Error('noGrad() cannot span an await: grad mode is per thread; for an async call such as forwardAsync, use noGradAsync');
+    }
+    return result;
+  });
+}
+
+/**
+ * Starts an async call of the library (`forwardAsync`, `callMethodAsync`, ...) with gradient
+ * recording off: a call takes the grad mode of the moment it is queued, which `start` does
+ * before its first `await`; the mode is restored as soon as `start` returns.
+ */
+export function noGradAsync<T>(start: () => Promise<T>): Promise<T> {
+  return withoutGrad(start);
 }
 
 export { keep, tidy };

@@ -195,15 +195,7 @@ async function eventLoopTicks(model: string, concurrent: number): Promise<Array<
   const optimized = jit.optimizeForInference(jit.load(path.join(dir, entry.files.backbone)).eval());
   const library = await measure('torch-early-exit forwardAsync', async () => {
     const x = torch.tensor(data, { shape });
-    // The grad mode is taken when the call is queued: off for the queuing, not across the await.
-    torch.setGradEnabled(false);
-    let pending: Promise<unknown>;
-    try {
-      pending = optimized.forwardAsync(x);
-    } finally {
-      torch.setGradEnabled(true);
-    }
-    const output = await pending as Tensor;
+    const output = await torch.noGradAsync(() => optimized.forwardAsync(x)) as Tensor;
     output.data();
     output.dispose();
     x.dispose();

@@ -47,6 +47,18 @@ describe('forwardAsync', () => {
     expect(maxAbsDiff(async, sync)).toBe(0);
   });
 
+  it('runs without gradients under noGradAsync, and the grad mode is back at once', async () => {
+    expect(torch.isGradEnabled()).toBe(true);
+    const withGrad = (await model.forwardAsync(input())) as Tensor;
+    const pending = torch.noGradAsync(() => model.forwardAsync(input()));
+    expect(torch.isGradEnabled()).toBe(true);
+    const without = (await pending) as Tensor;
+    expect(withGrad.requiresGrad).toBe(true);
+    expect(without.requiresGrad).toBe(false);
+    expect(maxAbsDiff(without, withGrad)).toBe(0);
+    expect(() => torch.noGrad(() => model.forwardAsync(input()))).toThrow(/cannot span an await.*use noGradAsync/);
+  });
+
   it('leaves the event loop free while it runs', async () => {
     const big = torch.randn([64, 3, 32, 32]);
     let ticks = 0;

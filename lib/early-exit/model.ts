@@ -10,7 +10,7 @@ import * as path from 'path';
 import { CallWithHooks, InferenceOptions, LoadOptions, ScriptModule, checkInferenceOptions, load } from '../jit';
 import { Module } from '../nn';
 import { Tensor } from '../tensor';
-import { isGradEnabled, noGrad, setGradEnabled, tidy, zeros } from '../torch';
+import { noGrad, noGradAsync, tidy, zeros } from '../torch';
 import { checkFinite, checkOptions, describeValue } from '../check';
 import { LabelFreeCriterion } from './criteria';
 import { EarlyExitMgr, ExitBranch, ExitsDef } from './exit-mgr';
@@ -170,16 +170,8 @@ export class EarlyExitModel {
         thrown = { error };
       }
     });
-    // The addon takes the grad mode when the call is queued, which happens synchronously here.
-    const previous = isGradEnabled();
-    setGradEnabled(false);
-    let call: Promise<CallWithHooks>;
-    try {
-      call = this.backbone.callWithHooksAsync('forward', [input], rules, this.inferenceMode, release);
-    } finally {
-      setGradEnabled(previous);
-    }
-    const result = this.exitResult(await call, input.shape[0]);
+    const call = await noGradAsync(() => this.backbone.callWithHooksAsync('forward', [input], rules, this.inferenceMode, release));
+    const result = this.exitResult(call, input.shape[0]);
     if (thrown) {
       result.output.dispose();
       throw thrown.error;

@@ -15,7 +15,7 @@ import { LabelFreeCriterion } from '../early-exit/criteria';
 import { EarlyExitModel } from '../early-exit/model';
 import { quantile } from '../quantile';
 import { Tensor } from '../tensor';
-import { isGradEnabled, noGrad, setGradEnabled, tensor, tidy } from '../torch';
+import { noGrad, noGradAsync, tensor, tidy } from '../torch';
 import { exitScores } from '../early-exit/criteria';
 import { AdaptiveOptions, ThresholdTuner } from './adaptive';
 import { BatcherOptions, Clock, DynamicBatcher, Pending, systemClock } from './batcher';
@@ -203,16 +203,7 @@ export class EarlyExitServer {
     const chosen = tensor(BigInt64Array.from(monitored.map(BigInt)), { shape: [monitored.length] });
     const samples = input.indexSelect(0, chosen);
     chosen.dispose();
-    // The forward's grad mode is taken when it is queued, which happens synchronously here.
-    const previous = isGradEnabled();
-    setGradEnabled(false);
-    let pending: Promise<Tensor[]>;
-    try {
-      pending = this.model.forwardAsync(samples);
-    } finally {
-      setGradEnabled(previous);
-    }
-    const outputs = await pending;
+    const outputs = await noGradAsync(() => this.model.forwardAsync(samples));
     samples.dispose();
     const exits = outputs.slice(0, -1);
     const scores = exitScores(exits, tuner.criterion);
