@@ -23,7 +23,7 @@ import { EarlyExitModel, Tensor, jit, nn, torch } from '../lib';
 import { packageRoot } from '../lib/package-root';
 import { Environment, Pair, Side, allocatorSetting, describeEnvironment, ratioTable, runPairs, serveSide } from './bench-harness';
 import { median } from './bench-stats';
-import { jsonFile, positiveInt } from './script-args';
+import { flagValue, jsonFile, positiveInt } from './script-args';
 
 const EXIT_POINT = 'layer1.2.relu2';
 
@@ -60,7 +60,7 @@ serveSide({ hooks: hooksSide });
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
-  const flag = (name: string) => { const i = args.indexOf(name); return i >= 0 ? args[i + 1] : undefined; };
+  const flag = (name: string) => flagValue(args, name);
   const steps = flag('--steps') === undefined ? 40 : positiveInt('--steps', flag('--steps'));
   const batches = (flag('--batches') ?? '1,64').split(',').map((b) => positiveInt('--batches', b));
   const fixtures = (flag('--fixtures') ?? 'scripted,traced').split(',');

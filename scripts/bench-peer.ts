@@ -26,7 +26,7 @@ import { parseBranchSpec } from '../lib/cli/branch-spec';
 import { packageRoot } from '../lib/package-root';
 import { Environment, Pair, Side, allocatorSetting, describeEnvironment, ratioTable, runPairs, serveSide } from './bench-harness';
 import { OrtSession, createSingleThreadSession, loadOnnxRuntimeWithInfo } from './peer-runtime';
-import { positiveInt, jsonFile } from './script-args';
+import { flagValue, jsonFile, positiveInt } from './script-args';
 
 interface PeerModel {
   exitPoint: string;
@@ -235,7 +235,7 @@ function handCutPairs(model: string, steps: number): Pair[] {
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
-  const flag = (name: string) => { const i = args.indexOf(name); return i >= 0 ? args[i + 1] : undefined; };
+  const flag = (name: string) => flagValue(args, name);
   const models = (flag('--models') ?? 'resnet20,mnist_cnn,mobilenet_v2').split(',');
   const allocator = allocatorSetting(flag('--allocator'), 'as-installed');
   const steps = flag('--steps') === undefined ? 60 : positiveInt('--steps', flag('--steps'));

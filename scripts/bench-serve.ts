@@ -32,7 +32,7 @@ import { lineChartSvg } from '../lib/cli/plot';
 import { DemoServing } from '../lib/cli/demo';
 import { packageRoot } from '../lib/package-root';
 import { quantile, table } from './bench-stats';
-import { positiveInt } from './script-args';
+import { flagValue, positiveInt } from './script-args';
 
 const ROOT = packageRoot();
 const NOISE = 1.0;
@@ -171,7 +171,7 @@ function summarize(mode: Mode, load: number, rate: number, run: { samples: Sampl
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
-  const flag = (name: string) => { const i = args.indexOf(name); return i >= 0 ? args[i + 1] : undefined; };
+  const flag = (name: string) => flagValue(args, name);
   const checkpoint = flag('--checkpoint') ?? path.join('out', 'demo', 'checkpoint');
   const seconds = flag('--seconds') === undefined ? 10 : positiveInt('--seconds', flag('--seconds'));
   const loads = (flag('--loads') ?? '0.3,0.6,0.9').split(',').map(Number);

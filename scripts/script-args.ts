@@ -12,3 +12,9 @@ export function jsonFile(value: string | undefined): string {
   if (!value) throw new Error('--json needs a file name');
   return value;
 }
+
+/** The value after `name` in `args` (`--models a,b` gives 'a,b'), or undefined when `name` is absent. */
+export function flagValue(args: readonly string[], name: string): string | undefined {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+}
