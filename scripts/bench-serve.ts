@@ -31,7 +31,8 @@ import { loadMnist } from '../lib/data/mnist';
 import { lineChartSvg } from '../lib/cli/plot';
 import { DemoServing } from '../lib/cli/demo';
 import { packageRoot } from '../lib/package-root';
-import { quantile, table } from './bench-stats';
+import { quantiles } from '../lib/quantile';
+import { table } from './bench-stats';
 import { flagValue, positiveInt } from './script-args';
 
 const ROOT = packageRoot();
@@ -156,13 +157,18 @@ interface Cell {
   agreement: number; exitShares: number[]; errors: number;
 }
 
+function percentiles(latencies: number[]): { p50: number; p90: number; p99: number } {
+  const [p50, p90, p99] = quantiles(latencies, [0.5, 0.9, 0.99]);
+  return { p50, p90, p99 };
+}
+
 function summarize(mode: Mode, load: number, rate: number, run: { samples: Sample[]; seconds: number }): Cell {
   const ok = run.samples.filter((s) => s.status === 200);
   const latencies = ok.map((s) => s.latencyMs);
   const exits = Math.max(0, ...ok.map((s) => s.exit)) + 1;
   const shares = Array.from({ length: exits }, (_, e) => ok.filter((s) => s.exit === e).length / ok.length);
   return {
-    mode, load, rate, p50: quantile(latencies, 0.5), p90: quantile(latencies, 0.9), p99: quantile(latencies, 0.99),
+    mode, load, rate, ...percentiles(latencies),
     throughput: ok.length / run.seconds, accuracy: (100 * ok.filter((s) => s.correct).length) / ok.length,
     agreement: (100 * ok.filter((s) => s.agrees).length) / ok.length, exitShares: shares,
     errors: run.samples.length - ok.length,

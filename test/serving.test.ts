@@ -212,6 +212,24 @@ describe('HTTP', () => {
     expect(metrics).toMatch(/tee_inference_latency_seconds_count \d+/);
   });
 
+  it('drops the threshold series of an exit that adaptive thresholds close', async () => {
+    // Every sample may leave at first (entropy 10); holding 100% agreement with the final
+    // output on an untrained model closes both exits once 16 answers came back.
+    const adaptive = new EarlyExitServer(model, {
+      inputShape: [1, 28, 28], policy: { criterion: 'entropy', thresholds: [10, 10] }, maxBatchSize: 16, maxQueueDelayMs: 1, instances: 1,
+      adaptive: { sampleRate: 1, every: 16, minSamples: 16, targetAgreement: 1 },
+    });
+    const adaptiveApp = createHttpApp(adaptive);
+    await adaptiveApp.listen({ port: 0, host: '127.0.0.1' });
+    const url = `http://127.0.0.1:${(adaptiveApp.server.address() as AddressInfo).port}`;
+    expect(await (await fetch(`${url}/metrics`)).text()).toMatch(/tee_exit_threshold\{exit="0"\} 10/);
+    await Promise.all(Array.from({ length: 16 }, (_, i) => adaptive.infer(x.narrow(0, i, 1))));
+    await adaptive.close(); // the feedback of the batch has run
+    expect(adaptive.stats().thresholds).toEqual([null, null]);
+    expect(await (await fetch(`${url}/metrics`)).text()).not.toMatch(/tee_exit_threshold\{/);
+    await adaptiveApp.close();
+  });
+
   it('answers 503 when the queue is full, and serves again after', async () => {
     // The first two wait 2 s for company, long enough for the other three to arrive however busy the machine is.
     const small = new EarlyExitServer(model, { inputShape: [1, 28, 28], policy, maxBatchSize: 64, maxQueueDelayMs: 2000, maxQueueSize: 2, instances: 1 });

@@ -107,17 +107,25 @@ export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}
     name: 'tee_inference_latency_seconds', help: 'From infer() to the answer, per sample', registers: [registry],
     buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1],
   });
-  new client.Gauge({ name: 'tee_queue_length', help: 'Requests waiting for a batch', registers: [registry], collect() { this.set(server.stats().queued); } });
-  new client.Gauge({ name: 'tee_batches_in_flight', help: 'Batches running now', registers: [registry], collect() { this.set(server.stats().inFlight); } });
-  new client.Gauge({ name: 'tee_mean_batch_size', help: 'Mean samples per batch so far', registers: [registry], collect() { this.set(server.stats().meanBatchSize); } });
-  new client.Gauge({
+  const queueLength = new client.Gauge({ name: 'tee_queue_length', help: 'Requests waiting for a batch', registers: [registry] });
+  const inFlight = new client.Gauge({ name: 'tee_batches_in_flight', help: 'Batches running now', registers: [registry] });
+  const batchSize = new client.Gauge({ name: 'tee_mean_batch_size', help: 'Mean samples per batch so far', registers: [registry] });
+  const exitShare = new client.Gauge({
     name: 'tee_exit_share', help: 'Share of answered samples by exit (the last: the final output)', labelNames: ['exit'], registers: [registry],
-    collect() { server.stats().exitShares.forEach((share, exit) => this.set({ exit: String(exit) }, share)); },
   });
-  new client.Gauge({
+  const exitThreshold = new client.Gauge({
     name: 'tee_exit_threshold', help: 'The threshold of each exit (absent: never exits there)', labelNames: ['exit'], registers: [registry],
-    collect() { server.stats().thresholds.forEach((t, exit) => { if (t !== null) this.set({ exit: String(exit) }, t); }); },
   });
+  /** The gauges from one `stats()` a scrape; an exit whose threshold became null loses its series. */
+  const observe = (): void => {
+    const stats = server.stats();
+    queueLength.set(stats.queued);
+    inFlight.set(stats.inFlight);
+    batchSize.set(stats.meanBatchSize);
+    stats.exitShares.forEach((share, exit) => exitShare.set({ exit: String(exit) }, share));
+    exitThreshold.reset();
+    stats.thresholds.forEach((t, exit) => { if (t !== null) exitThreshold.set({ exit: String(exit) }, t); });
+  };
 
   app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
   app.addHook('onResponse', async (request, reply) => {
@@ -210,6 +218,7 @@ export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}
   app.get('/stats', async () => server.stats());
   app.get('/healthz', async () => ({ ok: true }));
   app.get('/metrics', async (_request, reply) => {
+    observe();
     void reply.header('content-type', registry.contentType);
     return registry.metrics();
   });

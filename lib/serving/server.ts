@@ -13,7 +13,7 @@ import * as os from 'os';
 import { checkOptions, describeValue } from '../check';
 import { LabelFreeCriterion } from '../early-exit/criteria';
 import { EarlyExitModel } from '../early-exit/model';
-import { quantile } from '../quantile';
+import { quantiles } from '../quantile';
 import { Tensor } from '../tensor';
 import { noGrad, noGradAsync, tensor, tidy } from '../torch';
 import { exitScores } from '../early-exit/criteria';
@@ -133,12 +133,13 @@ export class EarlyExitServer {
     let samples = 0;
     for (const [size, count] of batcher.batchSizes) samples += size * count;
     const answered = Math.max(1, this.counts.answered);
+    const [p50, p90, p99] = quantiles(this.latencies, [0.5, 0.9, 0.99]);
     return {
       ...this.counts, queued: batcher.queued, inFlight: batcher.inFlight, batches: batcher.batches,
       meanBatchSize: batcher.batches === 0 ? 0 : samples / batcher.batches, rejected: batcher.rejected,
       exitShares: this.exitCounts.map((count) => count / answered), thresholds: [...this.policy.thresholds],
       agreement: this.tuner ? { target: this.tuner.targetAgreement, ...this.tuner.agreement() } : null,
-      latencyMs: { p50: quantile(this.latencies, 0.5), p90: quantile(this.latencies, 0.9), p99: quantile(this.latencies, 0.99) },
+      latencyMs: { p50, p90, p99 },
     };
   }
 
