@@ -71,12 +71,11 @@ export abstract class Optimizer {
    */
   step(): void {
     for (const group of this.paramGroups) {
-      const stepped = this.stepGroup(group, group.params.map((param) => this.state.get(param)));
-      stepped.forEach((made, i) => {
+      const states = group.params.map((param) => this.state.get(param));
+      this.stepGroup(group, states).forEach((made, i) => {
         if (made === false) return;
-        const param = group.params[i];
-        let state = this.state.get(param);
-        if (!state) this.state.set(param, (state = {}));
+        let state = states[i];
+        if (!state) this.state.set(group.params[i], (state = {}));
         this.record(state, made);
       });
     }
