@@ -173,9 +173,10 @@ async function main(): Promise<void> {
   console.log('torch-early-exit: training memory soak without explicit disposal (no tidy, no dispose)');
   console.log(`${description}; ${options.steps} steps; SGD lr 0.05 momentum 0.9 wd 5e-4; earlyExitLoss [0.3]; ` +
     `1 intra-op thread; LibTorch ${torch.version.libtorch}, Node ${process.version}`);
+  const cache = torch.memoryStats();
   console.log(`loop: ${options.yieldEvery === 0 ? 'synchronous (the event loop never turns)' : `yields to the event loop every ${options.yieldEvery} step(s)`}; ` +
     `MALLOC_MMAP_THRESHOLD_=${process.env.MALLOC_MMAP_THRESHOLD_ ?? '(glibc default, dynamic)'}; ` +
-    `CPU block cache ${torch.memoryStats().enabled ? `on, limit ${fmt(torch.memoryStats().limitBytes / MB, 0)} MB (TEE_CPU_CACHE_MB)` : 'off (TEE_CPU_CACHE_MB=0)'}`);
+    `CPU block cache ${cache.enabled ? `on, limit ${fmt(cache.limitBytes / MB, 0)} MB (TEE_CPU_CACHE_MB)` : 'off (TEE_CPU_CACHE_MB=0)'}`);
   console.log(`PASS when RSS stays within ${options.limitMb} MB of the RSS after step ${BASELINE_STEP}; ` +
     `sampled every ${options.sampleEvery} steps; stops early past +${options.abortMb} MB`);
 
