@@ -13,7 +13,8 @@
  *   (d) adaptive   (c) with thresholds retuned online (Apparate) to hold 99% agreement with
  *                  the final output, from 5% of the requests also run to the end
  *
- * it reports p50/p90/p99 latency (client side, send to answer), throughput, accuracy, agreement
+ * it reports p50/p90/p99 latency (client side, send to answer), the server's own median (queued
+ * + computed), the cores the client and the server kept busy, throughput, accuracy, agreement
  * with the full network's answers (computed here, in this process) and exit shares, and draws
  * latency against load (SVG). Thresholds start as the demo's, chosen on the other half of the
  * held-out digits. Then (c) and (d) serve a mix that changes halfway, clean digits then noisy
@@ -21,7 +22,7 @@
  *
  *   npm run bench:serve -- [--checkpoint DIR] [--seconds S] [--loads 0.3,0.6,0.9] [--out DIR]
  */
-import { ChildProcess, spawn } from 'child_process';
+import { ChildProcess, execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as http from 'http';
 import * as os from 'os';
@@ -47,6 +48,28 @@ const LABEL: Record<Mode, string> = {
 };
 const MODE_FLAGS: Record<Mode, string[]> = { full: ['--full'], batch: ['--whole-batch'], perSample: [], adaptive: ['--adaptive'] };
 
+/** Clock ticks a second of /proc/<pid>/stat's CPU times. */
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
+
+/** CPU seconds (user + system, all threads) that process `pid` has used, from /proc. */
+function cpuSeconds(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS; // utime and stime, fields 14 and 15
+}
+
+/** Runs `work` and says how many cores the client (this process) and the server kept busy meanwhile. */
+async function coresBusy<T>(server: ChildProcess, work: () => Promise<T & { seconds: number }>): Promise<T & { seconds: number; clientCores: number; serverCores: number }> {
+  const [client, serverBefore] = [process.cpuUsage(), cpuSeconds(server.pid!)];
+  const result = await work();
+  const used = process.cpuUsage(client);
+  return {
+    ...result,
+    clientCores: (used.user + used.system) / 1e6 / result.seconds,
+    serverCores: (cpuSeconds(server.pid!) - serverBefore) / result.seconds,
+  };
+}
+
 /** A digit, its label, and what the full network answers for it (computed here, in this process). */
 interface Digit { bytes: Buffer; label: number; full: number }
 
@@ -71,7 +94,8 @@ async function stopServer(child: ChildProcess): Promise<void> {
   await exited;
 }
 
-interface Sample { latencyMs: number; correct: boolean; agrees: boolean; exit: number; status: number }
+/** One answer: the client's latency, and the server's own (queued + computed, from arrival in the batcher to the answer). */
+interface Sample { latencyMs: number; serverMs: number; correct: boolean; agrees: boolean; exit: number; status: number }
 
 /** Kept-alive connections, as many as requests in flight: an open loop must never wait for a socket. */
 const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
@@ -92,9 +116,9 @@ function request(url: string, digit: Digit): Promise<Sample> {
       const chunks: Buffer[] = [];
       res.on('data', (chunk: Buffer) => chunks.push(chunk));
       res.on('end', () => {
-        const answer = JSON.parse(Buffer.concat(chunks).toString()) as { prediction?: number; exit?: number };
+        const answer = JSON.parse(Buffer.concat(chunks).toString()) as { prediction?: number; exit?: number; latencyMs?: number };
         resolve({
-          latencyMs: performance.now() - started, correct: answer.prediction === digit.label, agrees: answer.prediction === digit.full,
+          latencyMs: performance.now() - started, serverMs: answer.latencyMs ?? NaN, correct: answer.prediction === digit.label, agrees: answer.prediction === digit.full,
           exit: answer.exit ?? -1, status: res.statusCode ?? 0,
         });
       });
@@ -153,6 +177,10 @@ async function openLoop(url: string, digits: Digit[], rate: number, seconds: num
 
 interface Cell {
   mode: Mode; load: number; rate: number; p50: number; p90: number; p99: number; throughput: number; accuracy: number;
+  /** The server's median time (queued + computed); the rest of p50 is HTTP, parsing and the two event loops. */
+  serverP50: number;
+  /** Cores kept busy during the run, by the client (this process) and by the server. */
+  clientCores: number; serverCores: number;
   /** Share of answers equal to the full network's (%). */
   agreement: number; exitShares: number[]; errors: number;
 }
@@ -162,16 +190,17 @@ function percentiles(latencies: number[]): { p50: number; p90: number; p99: numb
   return { p50, p90, p99 };
 }
 
-function summarize(mode: Mode, load: number, rate: number, run: { samples: Sample[]; seconds: number }): Cell {
+function summarize(mode: Mode, load: number, rate: number,
+  run: { samples: Sample[]; seconds: number; clientCores: number; serverCores: number }): Cell {
   const ok = run.samples.filter((s) => s.status === 200);
   const latencies = ok.map((s) => s.latencyMs);
   const exits = Math.max(0, ...ok.map((s) => s.exit)) + 1;
   const shares = Array.from({ length: exits }, (_, e) => ok.filter((s) => s.exit === e).length / ok.length);
   return {
-    mode, load, rate, ...percentiles(latencies),
+    mode, load, rate, ...percentiles(latencies), serverP50: quantiles(ok.map((s) => s.serverMs), [0.5])[0],
     throughput: ok.length / run.seconds, accuracy: (100 * ok.filter((s) => s.correct).length) / ok.length,
     agreement: (100 * ok.filter((s) => s.agrees).length) / ok.length, exitShares: shares,
-    errors: run.samples.length - ok.length,
+    errors: run.samples.length - ok.length, clientCores: run.clientCores, serverCores: run.serverCores,
   };
 }
 
@@ -212,7 +241,8 @@ async function main(): Promise<void> {
     try {
       await openLoop(server.url, digits, peak * 0.3, 1, 1); // warm up
       for (const [i, load] of loads.entries()) {
-        const cell = summarize(mode, load, peak * load, await openLoop(server.url, digits, peak * load, seconds, 100 + i));
+        const cell = summarize(mode, load, peak * load,
+          await coresBusy(server.child, () => openLoop(server.url, digits, peak * load, seconds, 100 + i)));
         cells.push(cell);
         console.error(`${LABEL[mode]} at ${(load * 100).toFixed(0)}%: p50 ${cell.p50.toFixed(2)} ms, p99 ${cell.p99.toFixed(2)} ms`);
       }
@@ -221,17 +251,20 @@ async function main(): Promise<void> {
     }
   }
 
-  const rows = [['serving', 'load', 'offered/s', 'p50 ms', 'p90 ms', 'p99 ms', 'answers/s', 'accuracy', 'agrees with (a)', 'exit shares', 'errors']];
+  const rows = [['serving', 'load', 'offered/s', 'p50 ms', 'p90 ms', 'p99 ms', 'server p50 ms', 'answers/s', 'accuracy', 'agrees with (a)', 'exit shares', 'errors', 'cores: client + server']];
   for (const c of cells) {
-    rows.push([LABEL[c.mode], `${(c.load * 100).toFixed(0)}%`, c.rate.toFixed(0), c.p50.toFixed(2), c.p90.toFixed(2), c.p99.toFixed(2),
+    rows.push([LABEL[c.mode], `${(c.load * 100).toFixed(0)}%`, c.rate.toFixed(0), c.p50.toFixed(2), c.p90.toFixed(2), c.p99.toFixed(2), c.serverP50.toFixed(2),
       c.throughput.toFixed(0), `${c.accuracy.toFixed(2)}%`, `${c.agreement.toFixed(2)}%`,
-      c.exitShares.map((share) => (100 * share).toFixed(0) + '%').join(' / '), String(c.errors)]);
+      c.exitShares.map((share) => (100 * share).toFixed(0) + '%').join(' / '), String(c.errors),
+      `${c.clientCores.toFixed(2)} + ${c.serverCores.toFixed(2)}`]);
   }
-  console.log(table(rows, rows[0].map((_, i) => i > 0 && i !== 9)));
+  console.log(table(rows, rows[0].map((_, i) => i > 0 && i !== 10)));
   for (const load of loads) {
     const [a, c] = [cells.find((x) => x.mode === 'full' && x.load === load)!, cells.find((x) => x.mode === 'perSample' && x.load === load)!];
     console.log(`at ${(load * 100).toFixed(0)}%: (c)/(a) median ${(c.p50 / a.p50).toFixed(2)}, p99 ${(c.p99 / a.p99).toFixed(2)}, ` +
-      `throughput ${(c.throughput / a.throughput).toFixed(2)}, accuracy ${(c.accuracy - a.accuracy).toFixed(2)} points`);
+      `throughput ${(c.throughput / a.throughput).toFixed(2)}, accuracy ${(c.accuracy - a.accuracy).toFixed(2)} points; ` +
+      `server's own median ${(c.serverP50 / a.serverP50).toFixed(2)} (${c.serverP50.toFixed(2)} vs ${a.serverP50.toFixed(2)} ms), ` +
+      `the rest of the median ${(c.p50 - c.serverP50).toFixed(2)} vs ${(a.p50 - a.serverP50).toFixed(2)} ms`);
   }
   // The input mix changes halfway: clean digits, then noisy ones, at the middle load.
   const middle = loads[Math.floor(loads.length / 2)];
