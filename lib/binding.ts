@@ -145,6 +145,22 @@ export interface Binding {
   createNnModule(kind: string, options: Record<string, unknown>, children?: NativeNnModule[]): NativeNnModule;
   /** Bytes in the torch.save format of LibTorch's own pickler (what torch.save wrote before 0.2; tests only). */
   pickleSave(value: NativeValue): Buffer;
+  /** c10d (native/distributed.h): a TCPStore rendezvous and a Gloo group; handles are opaque. */
+  createProcessGroup(host: string, port: number, rank: number, worldSize: number, timeoutMs: number): Promise<unknown>;
+  destroyProcessGroup(group: unknown): void;
+  allReduce(group: unknown, tensor: NativeTensor, op: string): Promise<void>;
+  broadcast(group: unknown, tensor: NativeTensor, src: number): Promise<void>;
+  allGather(group: unknown, tensor: NativeTensor): Promise<NativeTensor[]>;
+  barrier(group: unknown): Promise<void>;
+  /** Every tensor from rank `src`, one message per dtype, waited for (blocks). */
+  broadcastCoalesced(group: unknown, tensors: NativeTensor[], src: number): void;
+  /** DistributedDataParallel's bucketed gradient averaging (native/gradient_reducer.h). */
+  createGradientReducer(group: unknown, params: NativeTensor[], bucketCapBytes: number, firstBucketBytes: number): unknown;
+  reducerPrepare(reducer: unknown): void;
+  reducerBuckets(reducer: unknown): number[][];
+  reducerRemove(reducer: unknown): void;
+  /** torch.randperm(n) from a generator seeded with `seed`, the default generator untouched. */
+  randpermWithSeed(n: number, seed: number): NativeTensor;
   setNumThreads(threads: number): void;
   getNumThreads(): number;
   /** Gives the CPU block cache's free blocks back to the system; returns the bytes released. */

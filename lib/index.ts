@@ -13,8 +13,9 @@ import * as torch from './torch';
 import * as nn from './nn';
 import * as jit from './jit';
 import * as optim from './optim';
+import * as distributed from './distributed';
 
-export { torch, nn, jit, optim };
+export { torch, nn, jit, optim, distributed };
 export { Tensor } from './tensor';
 export type { NestedArray, TensorOptions, TypedArray } from './tensor';
 export type { DType, Device } from './dtype';

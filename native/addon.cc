@@ -1,8 +1,11 @@
 // Registers the addon's classes and functions for each Node environment.
+#include "distributed.h"  // first: see its note on <fcntl.h>
+
 #include <napi.h>
 
 #include "cpu_block_cache.h"
 #include "errors.h"
+#include "gradient_reducer.h"
 #include "instance_data.h"
 #include "memory_ledger.h"
 #include "nn_modules.h"
@@ -47,6 +50,17 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sgdStep", Napi::Function::New(env, Guarded<SgdStep>));
   exports.Set("adamStep", Napi::Function::New(env, Guarded<AdamStep>));
   exports.Set("pickleSave", Napi::Function::New(env, Guarded<PickleSave>));
+  exports.Set("createProcessGroup", Napi::Function::New(env, Guarded<CreateProcessGroup>));
+  exports.Set("destroyProcessGroup", Napi::Function::New(env, Guarded<DestroyProcessGroup>));
+  exports.Set("allReduce", Napi::Function::New(env, Guarded<AllReduce>));
+  exports.Set("broadcast", Napi::Function::New(env, Guarded<Broadcast>));
+  exports.Set("allGather", Napi::Function::New(env, Guarded<AllGather>));
+  exports.Set("barrier", Napi::Function::New(env, Guarded<Barrier>));
+  exports.Set("broadcastCoalesced", Napi::Function::New(env, Guarded<BroadcastCoalesced>));
+  exports.Set("createGradientReducer", Napi::Function::New(env, Guarded<CreateGradientReducer>));
+  exports.Set("reducerPrepare", Napi::Function::New(env, Guarded<ReducerPrepare>));
+  exports.Set("reducerBuckets", Napi::Function::New(env, Guarded<ReducerBuckets>));
+  exports.Set("reducerRemove", Napi::Function::New(env, Guarded<ReducerRemove>));
   ExportRuntime(env, exports);
   return exports;
 }

@@ -1,5 +1,6 @@
 #include "runtime.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <c10/core/GradMode.h>
@@ -13,6 +14,7 @@
 
 #include "cpu_block_cache.h"
 #include "errors.h"
+#include "tensor.h"
 
 namespace tee {
 namespace {
@@ -40,6 +42,15 @@ Napi::Value GetNumThreads(const Napi::CallbackInfo& info) {
 Napi::Value ManualSeed(const Napi::CallbackInfo& info) {
   torch::manual_seed(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()));
   return info.Env().Undefined();
+}
+
+// randpermWithSeed(n, seed): torch.randperm(n, generator=torch.Generator().manual_seed(seed)),
+// leaving the default generator alone (DistributedSampler's shuffle).
+Napi::Value RandpermWithSeed(const Napi::CallbackInfo& info) {
+  return Guard(info.Env(), "randperm", [&] {
+    at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value()));
+    return Tensor::Wrap(info.Env(), at::randperm(info[0].As<Napi::Number>().Int64Value(), generator));
+  });
 }
 
 // Grad mode is thread-local; async work copies the caller's mode to its worker thread.
@@ -108,6 +119,7 @@ void ExportRuntime(Napi::Env env, Napi::Object exports) {
   exports.Set("resetPeakMemoryStats", Napi::Function::New(env, ResetPeakMemoryStats));
   exports.Set("getNumThreads", Napi::Function::New(env, GetNumThreads));
   exports.Set("manualSeed", Napi::Function::New(env, ManualSeed));
+  exports.Set("randpermWithSeed", Napi::Function::New(env, RandpermWithSeed));
   exports.Set("setGradEnabled", Napi::Function::New(env, SetGradEnabled));
   exports.Set("isGradEnabled", Napi::Function::New(env, IsGradEnabled));
   exports.Set("cudaIsAvailable", Napi::Function::New(env, CudaIsAvailable));

@@ -38,6 +38,7 @@ CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 #   libtorch-dev, libopenblas0-pthread   LibTorch 2.6 to build against; OpenBLAS explicitly,
 #                                        since without recommends libtorch's BLAS dependency
 #                                        could be met by the slow reference BLAS
+#   libgloo-dev                          Gloo's headers, for c10d's Gloo process group
 #   python3-torch                        PyTorch 2.6 makes test/fixtures (scripts/fixtures.js)
 #   python3-torchvision                  scripts/setup.sh checks for it; without it setup.sh
 #                                        would run apt-get inside on every test run
@@ -46,7 +47,7 @@ CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 #   ninja-build                          cmake-js picks Ninja when it is there, as on the host
 #   ca-certificates                      TLS for npm and python inside (/etc/ssl/certs)
 # git is not needed: the file list is taken on the host, and npm pack does not use git.
-PACKAGES=(libtorch-dev libopenblas0-pthread python3-torch python3-torchvision
+PACKAGES=(libtorch-dev libgloo-dev libopenblas0-pthread python3-torch python3-torchvision
   nodejs npm g++ cmake make ninja-build ca-certificates)
 
 log() { echo "[libtorch2-env] $*" >&2; }

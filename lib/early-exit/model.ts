@@ -280,6 +280,20 @@ export class EarlyExitModel {
     return this.namedParameters().map(([, tensor]) => tensor);
   }
 
+  /** Backbone buffers then each branch's (batch-norm statistics), named as `namedParameters` names. */
+  namedBuffers(): Array<[string, Tensor]> {
+    const named = this.backbone.namedBuffers();
+    this.branches.forEach((branch, index) => {
+      for (const [name, tensor] of (branch as Module | ScriptModule).namedBuffers()) named.push([`exits.${index}.${name}`, tensor]);
+    });
+    return named;
+  }
+
+  /** Every buffer: the backbone's and the branches'. */
+  buffers(): Tensor[] {
+    return this.namedBuffers().map(([, tensor]) => tensor);
+  }
+
   /** Whether `freezeBackbone()` froze the backbone. */
   get backboneFrozen(): boolean { return this.frozen; }
 

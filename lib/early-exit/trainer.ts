@@ -4,8 +4,10 @@
  */
 import { accuracy } from '../functional';
 import { CosineAnnealingLR, Optimizer, SGD } from '../optim';
+import { DistributedDataParallel } from '../distributed/ddp';
+import { DistributedSampler } from '../distributed/sampler';
 import { Tensor } from '../tensor';
-import { manualSeed, noGrad, randperm, tidy } from '../torch';
+import { manualSeed, noGrad, randperm, tensor, tidy } from '../torch';
 import { EarlyExitLossOptions, earlyExitLoss } from './loss';
 import { EarlyExitModel } from './model';
 
@@ -43,8 +45,13 @@ export interface TrainOptions {
   shouldStop?: () => boolean;
 }
 
-/** Trains every exit and the final output; returns the last epoch's held-out accuracy, if any. */
-export function trainEarlyExit(model: EarlyExitModel, data: LabelledData, options: TrainOptions): number[] | undefined {
+/**
+ * Trains every exit and the final output; returns the last epoch's held-out accuracy, if any.
+ * Given a `DistributedDataParallel`, each rank trains on its own shard of `data`
+ * (`DistributedSampler`, reshuffled each epoch from `seed`, default 0) and the gradients are
+ * averaged across the ranks; `batchSize` is then per rank, as in PyTorch.
+ */
+export function trainEarlyExit(model: EarlyExitModel | DistributedDataParallel, data: LabelledData, options: TrainOptions): number[] | undefined {
   const steps = trainingSteps(model, data, options);
   for (let next = steps.next(); ; next = steps.next()) if (next.done) return next.value;
 }
@@ -53,7 +60,7 @@ export function trainEarlyExit(model: EarlyExitModel, data: LabelledData, option
  * `trainEarlyExit` that gives the event loop a turn after every batch, so timers, I/O
  * and signal handlers (Ctrl-C through `shouldStop`) run while it trains.
  */
-export async function trainEarlyExitAsync(model: EarlyExitModel, data: LabelledData, options: TrainOptions): Promise<number[] | undefined> {
+export async function trainEarlyExitAsync(model: EarlyExitModel | DistributedDataParallel, data: LabelledData, options: TrainOptions): Promise<number[] | undefined> {
   const steps = trainingSteps(model, data, options);
   for (let next = steps.next(); ; next = steps.next()) {
     if (next.done) return next.value;
@@ -62,11 +69,15 @@ export async function trainEarlyExitAsync(model: EarlyExitModel, data: LabelledD
 }
 
 /** The training loop, pausing after each batch. */
-function* trainingSteps(model: EarlyExitModel, data: LabelledData, options: TrainOptions): Generator<void, number[] | undefined> {
+function* trainingSteps(wrapped: EarlyExitModel | DistributedDataParallel, data: LabelledData, options: TrainOptions): Generator<void, number[] | undefined> {
+  const ddp = wrapped instanceof DistributedDataParallel ? wrapped : undefined;
+  const model = ddp ? ddp.module : wrapped as EarlyExitModel;
   const batchSize = options.batchSize ?? 64;
   const count = data.images.shape[0];
-  const batches = Math.floor(count / batchSize);
-  if (batches < 1) throw new Error(`trainEarlyExit: ${count} samples do not fill one batch of ${batchSize}`);
+  const sampler = ddp && new DistributedSampler(count, { numReplicas: ddp.worldSize, rank: ddp.rank, seed: options.seed ?? 0 });
+  const shard = sampler ? sampler.numSamples : count;
+  const batches = Math.floor(shard / batchSize);
+  if (batches < 1) throw new Error(`trainEarlyExit: ${shard} samples${sampler ? ` (rank ${ddp!.rank}'s shard)` : ''} do not fill one batch of ${batchSize}`);
   if (options.seed !== undefined) manualSeed(options.seed);
   const optimizer = options.optimizer ?? new SGD(model.parameters().filter((p) => p.requiresGrad),
     { lr: options.lr ?? 0.05, momentum: options.momentum ?? 0.9, weightDecay: options.weightDecay ?? 5e-4 });
@@ -76,7 +87,8 @@ function* trainingSteps(model: EarlyExitModel, data: LabelledData, options: Trai
   let step = 0;
   for (let epoch = 0; epoch < options.epochs; epoch++) {
     model.train();
-    const order = randperm(count);
+    sampler?.setEpoch(epoch);
+    const order = sampler ? tensor(sampler.indices(), { dtype: 'int64' }) : randperm(count);
     for (let batch = 0; batch < batches; batch++) {
       if (options.shouldStop?.()) {
         order.dispose();
@@ -86,7 +98,7 @@ function* trainingSteps(model: EarlyExitModel, data: LabelledData, options: Trai
         const index = order.narrow(0, batch * batchSize, batchSize);
         const x = data.images.indexSelect(0, index);
         const y = data.labels.indexSelect(0, index);
-        const outputs = model.forward(x);
+        const outputs = ddp ? ddp.forward(x) : model.forward(x);
         const loss = earlyExitLoss(outputs, y, weightsAt(step), options.loss);
         optimizer.zeroGrad();
         loss.backward();
