@@ -162,6 +162,26 @@ describe('DistributedDataParallel', () => {
     expect(buckets.flat().sort()).toEqual(lib.torch.noGrad(() => recipe.makeModel(lib, FIXTURES).namedParameters().map(([n]: [string]) => n)).sort());
   });
 
+  it.each(['train', 'eval'] as const)('two ranks end %s-mode batch norm with the parameters of PyTorch\'s DistributedDataParallel on the same data', async (bn) => {
+    const runs = await runRanks(2, 'ddp', { steps, bn });
+    expect(runs.map((run) => run.code)).toEqual([0, 0]);
+    const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-ddp-python-'));
+    try {
+      const model = recipe.makeModel(lib, FIXTURES);
+      const { x, y } = recipe.makeData(lib);
+      lib.torch.save({ ...Object.fromEntries([...model.namedParameters(), ...model.namedBuffers()]), x, y }, path.join(folder, 'state.pt'));
+      const { execFileSync } = await import('child_process');
+      execFileSync('/usr/bin/python3', [path.join(__dirname, 'workers', 'ddp_python.py'), ROOT, String(await freePort()),
+        path.join(folder, 'state.pt'), path.join(folder, 'python.json'), String(steps), bn], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, OMP_NUM_THREADS: '1' } });
+      const theirs = JSON.parse(fs.readFileSync(path.join(folder, 'python.json'), 'utf8')) as Record<string, number[]>;
+      const ours = runs[0].result.snapshot as Record<string, number[]>;
+      // PyTorch's DDP keeps its own buffers: compare parameters and the batch-norm statistics alike.
+      expect(maxDiff(ours, theirs)).toBeLessThanOrEqual(1e-5);
+    } finally {
+      fs.rmSync(folder, { recursive: true, force: true });
+    }
+  });
+
   it('trainEarlyExit trains each rank on its own shard and ends the ranks equal', async () => {
     const runs = await runRanks(2, 'train');
     for (const run of runs) expect({ code: run.code, stderr: run.stderr.split('\n').filter((l) => l.startsWith('rank')) }).toEqual({ code: 0, stderr: [] });
