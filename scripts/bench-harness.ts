@@ -86,14 +86,14 @@ export function sideEnvironment(environment: Environment): Record<string, string
 }
 
 /** The header line that states the environment. */
-export function describeEnvironment(environment: Environment): string {
+export function describeEnvironment(environment: Environment, placement?: string): string {
   const allocator = {
     'as-installed': 'memory as installed: torch-early-exit\'s CPU block cache on, glibc malloc as installed for the others',
     glibc: 'glibc malloc as installed on both sides (torch-early-exit\'s block cache off: TEE_CPU_CACHE_MB=0)',
     tuned: `glibc malloc tuned on both sides (${Object.entries(TUNED_GLIBC).map(([k, v]) => `${k}=${v}`).join(' ')}; ` +
       'torch-early-exit\'s block cache off)',
   }[environment.allocator];
-  const pinned = SIDE_CPU === undefined ? 'sides not pinned' : `both sides pinned to CPU ${SIDE_CPU}`;
+  const pinned = placement ?? (SIDE_CPU === undefined ? 'sides not pinned' : `both sides pinned to CPU ${SIDE_CPU}`);
   return `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'unknown CPU'}; ${environment.threads} intra-op thread(s) per side; ${pinned}; ${allocator}`;
 }
 
