@@ -80,6 +80,8 @@ describe('process groups and collectives', () => {
       expect(run.result.fromLast).toEqual([21]);
       expect(run.result.gathered).toEqual([[0, 0], [1, 1], [2, 4]]);
     }
+    // Rank 0 waited 300 ms at the barrier for rank 1 with its event loop turning (a 10 ms timer).
+    expect(runs[0].result.turns).toBeGreaterThanOrEqual(10);
   });
 
   it('a rank that cannot reach the master fails within the timeout, naming the master', async () => {
@@ -182,8 +184,13 @@ describe('DistributedDataParallel', () => {
     }
   });
 
-  it('trainEarlyExit trains each rank on its own shard and ends the ranks equal', async () => {
-    const runs = await runRanks(2, 'train');
+  it('trainEarlyExit trains each rank on its own shard and ends the ranks equal; rank 0 alone writes the checkpoint, all load it', async () => {
+    const checkpoint = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tee-ddp-ckpt-')), 'checkpoint');
+    const runs = await runRanks(2, 'train', { checkpoint });
+    expect(fs.existsSync(path.join(`${checkpoint}-r0`, 'checkpoint.json'))).toBe(true);
+    expect(fs.existsSync(`${checkpoint}-r1`)).toBe(false);
+    fs.rmSync(path.dirname(checkpoint), { recursive: true, force: true });
+    expect(runs.map((run) => run.result.loadedDiff)).toEqual([0, 0]);
     for (const run of runs) expect({ code: run.code, stderr: run.stderr.split('\n').filter((l) => l.startsWith('rank')) }).toEqual({ code: 0, stderr: [] });
     // 40 samples over two ranks: 20 each, five batches of 4.
     expect(runs.map((run) => run.result.batches)).toEqual([5, 5]);

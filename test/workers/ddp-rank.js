@@ -3,13 +3,17 @@
  * One rank of test/distributed.test.ts, run as its own process:
  *   node ddp-rank.js LIB FIXTURES PORT RANK WORLD MODE OUT [OPTIONS_JSON]
  * MODE:
- *   collectives  allReduce (sum, avg, max), broadcast, allGather and barrier; OUT gets the results
+ *   collectives  allReduce (sum, avg, max), broadcast, allGather and barrier (rank 1 comes to
+ *                the barrier 300 ms late; rank 0 counts its event loop's turns meanwhile);
+ *                OUT gets the results
  *   ddp          DistributedDataParallel on this rank's half of the recipe's batch for
  *                OPTIONS.steps steps (OPTIONS.bn 'train' | 'eval'); OUT gets every parameter and
  *                buffer (rank 0) — ranks other than 0 start perturbed
  *   die          as ddp, but rank 1 exits (code 7) before its second step
  *   train        trainEarlyExit on a DistributedDataParallel: 40 seeded samples, batches of
- *                4 per rank, one epoch; OUT gets the parameters and the batches seen
+ *                4 per rank, one epoch, then DistributedDataParallel.saveCheckpoint to
+ *                OPTIONS.checkpoint + '-r' + rank and a load of rank 0's; OUT gets the
+ *                parameters, the batches seen and how far the loaded parameters are from its own
  * Errors go to stderr and exit 1.
  */
 const fs = require('fs');
@@ -30,9 +34,13 @@ async function collectives() {
   const fromLast = torch.tensor([10 * r + 1], { dtype: 'float32' });
   await distributed.broadcast(fromLast, distributed.getWorldSize() - 1);
   const gathered = await distributed.allGather(torch.tensor([r, r * r], { dtype: 'int64' }));
+  if (r === 1) await new Promise((resolve) => setTimeout(resolve, 300));
+  let turns = 0;
+  const ticker = setInterval(() => turns++, 10);
   await distributed.barrier();
+  clearInterval(ticker);
   const data = (t) => Array.from(t.data(), Number);
-  return { sum: data(sum), avg: data(avg), max: data(max), fromLast: data(fromLast), gathered: gathered.map(data) };
+  return { sum: data(sum), avg: data(avg), max: data(max), fromLast: data(fromLast), gathered: gathered.map(data), turns };
 }
 
 async function ddp(die) {
@@ -60,7 +68,12 @@ async function train() {
   const data = { images: torch.randn([40, 3, 32, 32]), labels: torch.randint(0, 10, [40]) };
   let batches = 0;
   library.trainEarlyExit(ddp, data, { epochs: 1, batchSize: 4, lossWeights: recipe.SETTINGS.lossWeights, seed: 2, onBatch: () => batches++ });
-  return { snapshot: recipe.snapshot(model), batches };
+  await ddp.saveCheckpoint(`${options.checkpoint}-r${distributed.getRank()}`);
+  const loaded = library.loadCheckpoint(`${options.checkpoint}-r0`).model;
+  // Parameters only: batch-norm statistics stay each rank's own until the next forward's broadcast.
+  const theirs = Object.fromEntries(loaded.namedParameters());
+  const loadedDiff = Math.max(...model.namedParameters().map(([n, t]) => t.sub(theirs[n]).abs().max().item()));
+  return { snapshot: recipe.snapshot(model), batches, loadedDiff };
 }
 
 (async () => {
