@@ -64,7 +64,7 @@ describe('npm run demo', () => {
     [['demo', '--exit', 'features1'], "--exit needs NAME=SPEC, got 'features1'"],
     [['demo', '--device', 'tpu'], "--device must be cpu, cuda or cuda:N, got 'tpu'"],
     [['demo', '--train', '9000'], '--train plus --test cannot exceed the 10000 digits'],
-    [['launch'], "unknown command 'launch'"],
+    [['train'], "unknown command 'train'"],
     [['demo', '--optimizer', 'rmsprop'], "--optimizer must be sgd or adam, got 'rmsprop'"],
     [['demo', '--criterion', 'loss'], '--criterion must be one of auto, entropy, maxProbability, margin, patience'],
     [['demo', '--calibration-split', '1'], '--calibration-split needs a share strictly between 0 and 1'],

@@ -52,6 +52,7 @@ export function parseCommand<T>(command: string, usage: string, parse: () => T |
 
 export const USAGE = `Usage: torch-early-exit demo [options]
        torch-early-exit serve [CHECKPOINT] [options]   (serve --help tells more)
+       torch-early-exit launch [options] SCRIPT [args...]   (launch --help tells more)
 
 Trains early exits on the 10,000 MNIST digits of the mnist package, prints Distiller's
 statistics, calibrates thresholds and serves the held-out digits with real early exits.

@@ -1,6 +1,7 @@
 /** `torch-early-exit <command>`: the package's command line. */
 import { DemoInterrupted, runDemo } from './demo';
 import { USAGE, parseCommand, parseDemoArgs } from './args';
+import { launch } from './launch';
 import { serve } from './serve';
 
 /** Runs the command line; resolves to the process exit code. */
@@ -18,6 +19,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       return 1;
     }
   }
+  if (command === 'launch') return launch(rest);
   if (command !== 'demo') {
     console.error(`torch-early-exit: unknown command '${command}'\n\n${USAGE}`);
     return 2;
