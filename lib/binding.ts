@@ -177,6 +177,8 @@ export interface Binding {
   /** The version of the LibTorch loaded in the process (from its build configuration). */
   loadedLibtorchVersion: string;
   builtWithCuda: boolean;
+  /** Whether the addon was compiled with Gloo's headers, so with `distributed` (CMakeLists.txt). */
+  builtWithGloo: boolean;
 }
 
 /** The addon binary this process loaded, and why it was the one. */

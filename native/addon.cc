@@ -1,11 +1,13 @@
 // Registers the addon's classes and functions for each Node environment.
+#ifdef TEE_WITH_GLOO
 #include "distributed.h"  // first: see its note on <fcntl.h>
+#include "gradient_reducer.h"
+#endif
 
 #include <napi.h>
 
 #include "cpu_block_cache.h"
 #include "errors.h"
-#include "gradient_reducer.h"
 #include "instance_data.h"
 #include "memory_ledger.h"
 #include "nn_modules.h"
@@ -50,6 +52,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sgdStep", Napi::Function::New(env, Guarded<SgdStep>));
   exports.Set("adamStep", Napi::Function::New(env, Guarded<AdamStep>));
   exports.Set("pickleSave", Napi::Function::New(env, Guarded<PickleSave>));
+#ifdef TEE_WITH_GLOO
   exports.Set("createProcessGroup", Napi::Function::New(env, Guarded<CreateProcessGroup>));
   exports.Set("destroyProcessGroup", Napi::Function::New(env, Guarded<DestroyProcessGroup>));
   exports.Set("allReduce", Napi::Function::New(env, Guarded<AllReduce>));
@@ -61,6 +64,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("reducerPrepare", Napi::Function::New(env, Guarded<ReducerPrepare>));
   exports.Set("reducerBuckets", Napi::Function::New(env, Guarded<ReducerBuckets>));
   exports.Set("reducerRemove", Napi::Function::New(env, Guarded<ReducerRemove>));
+  exports.Set("builtWithGloo", Napi::Boolean::New(env, true));
+#else
+  exports.Set("builtWithGloo", Napi::Boolean::New(env, false));
+#endif
   ExportRuntime(env, exports);
   return exports;
 }

@@ -11,6 +11,7 @@
 
 #include "errors.h"
 #include "tensor.h"
+#include "torch_compat.h"
 
 namespace tee {
 namespace {
@@ -124,6 +125,7 @@ class GroupMaker : public Napi::AsyncWorker {
       options.numWorkers = static_cast<std::size_t>(handle_->size);
       options.waitWorkers = true;
       options.timeout = handle_->timeout;
+      TEE_TCPSTORE_CLASSIC_SERVER(options);
       try {
         handle_->store = c10::make_intrusive<c10d::TCPStore>(host_, options);
       } catch (...) {

@@ -19,3 +19,12 @@
 #define TEE_ALLOCATE_CONST const
 #define TEE_ALLOCATOR_COPY_DATA
 #endif
+
+// c10d's TCPStoreOptions gained useLibUV in LibTorch 2.2 and made the libuv server the default
+// in 2.4; Debian 13's 2.6 is built without libuv, where asking for it fails. The classic
+// server, which every version has, is what the store asks for.
+#if TEE_TORCH_AT_LEAST(2, 2)
+#define TEE_TCPSTORE_CLASSIC_SERVER(options) ((options).useLibUV = false)
+#else
+#define TEE_TCPSTORE_CLASSIC_SERVER(options) ((void)(options))
+#endif

@@ -90,6 +90,8 @@ async function runConfig(config: typeof CONFIGS[number], environment: Environmen
         ...process.env, ...sideEnvironment(environment), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), RANK: String(r),
         LOCAL_RANK: String(r), WORLD_SIZE: String(config.ranks), TEE_BENCH_STEPS: String(steps), TEE_BENCH_WARMUP: String(warmup),
         TEE_BENCH_FIXTURE: FIXTURE,
+        // Debian 13's PyTorch 2.6 has no libuv, which its TCPStore asks for by default.
+        USE_LIBUV: '0',
       },
     });
     let out = '';

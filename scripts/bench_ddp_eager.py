@@ -14,29 +14,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_fixtures import ResNetCifar  # noqa: E402
+from seed_exit import SeedExitResNet  # noqa: E402
 
 world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
 steps, warmup = int(os.environ["TEE_BENCH_STEPS"]), int(os.environ["TEE_BENCH_WARMUP"])
 torch.set_num_threads(1)
 torch.manual_seed(1)
-model = ResNetCifar()
-model.load_state_dict(torch.jit.load(os.environ["TEE_BENCH_FIXTURE"]).state_dict())
-branch = nn.Sequential(nn.AvgPool2d(3), nn.Flatten(), nn.Linear(1600, 10))
-
-
-class WithExit(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.model, self.branch, self.cache = model, branch, {}
-        model.layer1[2].relu2.register_forward_hook(lambda m, i, o: self.cache.__setitem__("exit", self.branch(o)))
-
-    def forward(self, x):
-        final = self.model(x)
-        return self.cache.pop("exit"), final
-
-
-net = WithExit().train()
+net = SeedExitResNet().train()
+net.model.load_state_dict(torch.jit.load(os.environ["TEE_BENCH_FIXTURE"]).state_dict())
 if world > 1:
     dist.init_process_group("gloo")
     net = nn.parallel.DistributedDataParallel(net)

@@ -92,6 +92,13 @@ describe('process groups and collectives', () => {
     expect(run.ms).toBeLessThan(15_000);
   });
 
+  it('a master whose peers never come fails within the timeout, saying they did not connect', async () => {
+    const [run] = await runRanks(2, 'collectives', { timeoutMs: 2000 }, [0]);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain('initProcessGroup (rank 0 of 2): the ranks did not all connect within 2000 ms');
+    expect(run.ms).toBeLessThan(15_000);
+  });
+
   it('initProcessGroup rejects bad settings before any connection, each with its reason', async () => {
     const { distributed } = lib;
     await expect(distributed.initProcessGroup({ initMethod: 'tcp://127.0.0.1:1', rank: 2, worldSize: 2 })).rejects.toThrow('rank 2 is not in a world of 2');
@@ -174,7 +181,11 @@ describe('DistributedDataParallel', () => {
       lib.torch.save({ ...Object.fromEntries([...model.namedParameters(), ...model.namedBuffers()]), x, y }, path.join(folder, 'state.pt'));
       const { execFileSync } = await import('child_process');
       execFileSync('/usr/bin/python3', [path.join(__dirname, 'workers', 'ddp_python.py'), ROOT, String(await freePort()),
-        path.join(folder, 'state.pt'), path.join(folder, 'python.json'), String(steps), bn], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, OMP_NUM_THREADS: '1' } });
+        path.join(folder, 'state.pt'), path.join(folder, 'python.json'), String(steps), bn], {
+          stdio: ['ignore', 'ignore', 'pipe'],
+          // Debian 13's PyTorch 2.6 has no libuv, which its TCPStore asks for by default.
+          env: { ...process.env, OMP_NUM_THREADS: '1', USE_LIBUV: '0' },
+        });
       const theirs = JSON.parse(fs.readFileSync(path.join(folder, 'python.json'), 'utf8')) as Record<string, number[]>;
       const ours = runs[0].result.snapshot as Record<string, number[]>;
       // PyTorch's DDP keeps its own buffers: compare parameters and the batch-norm statistics alike.
@@ -199,6 +210,34 @@ describe('DistributedDataParallel', () => {
     expect(maxDiff(params(r0), params(r1))).toBe(0);
     // And they trained: rank 0's parameters moved from where they started.
     expect(maxDiff(params(r0), params(lib.torch.noGrad(() => recipe.snapshot(recipe.makeModel(lib, FIXTURES)))))).toBeGreaterThan(1e-3);
+  });
+
+  it('leaves frozen parameters out, and a world of one trains exactly as without it', async () => {
+    const { distributed } = lib;
+    await distributed.initProcessGroup({ initMethod: `tcp://127.0.0.1:${await freePort()}`, rank: 0, worldSize: 1, timeoutMs: 10_000 });
+    try {
+      const frozen = recipe.makeModel(lib, FIXTURES).freezeBackbone();
+      const exitsOnly = new distributed.DistributedDataParallel(frozen);
+      expect(exitsOnly.buckets()).toEqual([['exits.0.2.bias', 'exits.0.2.weight']]);
+      exitsOnly.dispose();
+
+      const train = (wrap: boolean) => {
+        const model = recipe.makeModel(lib, FIXTURES);
+        const ddp = wrap ? new distributed.DistributedDataParallel(model) : undefined;
+        const optimizer = recipe.makeOptimizer(lib, model);
+        const { x, y } = recipe.makeData(lib);
+        for (let step = 0; step < 2; step++) {
+          optimizer.zeroGrad();
+          recipe.loss(lib, ddp ? ddp.forward(x) : model.forward(x), y).backward();
+          optimizer.step();
+        }
+        ddp?.dispose();
+        return recipe.snapshot(model);
+      };
+      expect(maxDiff(train(true), train(false))).toBe(0);
+    } finally {
+      distributed.destroyProcessGroup();
+    }
   });
 
   it('a rank that dies mid-training ends the other with an error naming the lost peer, well within the timeout', async () => {

@@ -142,7 +142,7 @@ const { distributed, torch } = require(${JSON.stringify(path.join(__dirname, '..
 })();`);
     try {
       const run = await start(['--nproc-per-node', '2', '--master-port', String(randomPort()), script]).done;
-      expect(run.code).toBe(0);
+      expect({ code: run.code, stderr: run.code === 0 ? '' : run.stderr }).toEqual({ code: 0, stderr: '' });
       expect(run.stdout).toMatch(/^\[rank 0\]: sum 3 of 2$/m);
       expect(run.stdout).toMatch(/^\[rank 1\]: sum 3 of 2$/m);
     } finally {

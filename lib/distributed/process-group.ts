@@ -50,6 +50,8 @@ export class ProcessGroup {
 const DEFAULT_TIMEOUT_MS = 30 * 60 * 1000;
 
 let defaultGroup: ProcessGroup | undefined;
+/** True while an initProcessGroup waits for the other ranks. */
+let joining = false;
 
 function integer(name: string, value: unknown, source: string): number {
   const n = typeof value === 'string' && value.trim() !== '' ? Number(value) : value;
@@ -98,19 +100,30 @@ function rendezvous(options: InitProcessGroupOptions): { host: string; port: num
  * rank has arrived, or rejects after `timeoutMs` naming the master it could not reach.
  */
 export async function initProcessGroup(options: InitProcessGroupOptions = {}): Promise<ProcessGroup> {
-  if (defaultGroup) throw new Error('initProcessGroup: the default process group is already initialized (destroyProcessGroup() first)');
+  if (defaultGroup || joining) {
+    throw new Error(`initProcessGroup: the default process group is already ${joining ? 'being made' : 'initialized (destroyProcessGroup() first)'}`);
+  }
   const backend = options.backend ?? 'gloo';
   if (backend === 'nccl') {
     throw new Error(`initProcessGroup: the nccl backend needs CUDA tensors and a CUDA build; this addon is built against LibTorch ${binding.libtorchVersion} ` +
       `${binding.builtWithCuda ? 'with' : 'without'} CUDA and has no NCCL process group: use backend 'gloo'`);
   }
   if (backend !== 'gloo') throw new Error(`initProcessGroup: backend must be 'gloo' or 'nccl', not '${String(backend)}'`);
+  if (!binding.builtWithGloo) {
+    throw new Error('initProcessGroup: this build of the addon has no Gloo process group: it was compiled without Gloo\'s headers ' +
+      '(Debian: apt-get install libgloo-dev, then npm run build:native in the package folder)');
+  }
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw new Error(`initProcessGroup: timeoutMs must be a positive number, not ${timeoutMs}`);
   const { host, port, rank, worldSize } = rendezvous(options);
-  const handle = await binding.createProcessGroup(host, port, rank, worldSize, Math.ceil(timeoutMs));
-  defaultGroup = new ProcessGroup(handle, rank, worldSize, backend, `${host}:${port}`);
-  return defaultGroup;
+  joining = true;
+  try {
+    const handle = await binding.createProcessGroup(host, port, rank, worldSize, Math.ceil(timeoutMs));
+    defaultGroup = new ProcessGroup(handle, rank, worldSize, backend, `${host}:${port}`);
+    return defaultGroup;
+  } finally {
+    joining = false;
+  }
 }
 
 /** Whether `initProcessGroup` has made the default group. */

@@ -17,30 +17,19 @@ import torch.nn.functional as F
 
 ROOT, PORT, STATE, OUT, STEPS, BN = sys.argv[1:7]
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from make_fixtures import ResNetCifar  # noqa: E402
+from seed_exit import SeedExitResNet  # noqa: E402
 
 LR, MOMENTUM, WEIGHT_DECAY, EXIT_WEIGHT = 0.05, 0.9, 5e-4, 0.3
-
-
-class WithExit(nn.Module):
-    def __init__(self, model, branch):
-        super().__init__()
-        self.model, self.branch, self.cache = model, branch, {}
-        model.layer1[2].relu2.register_forward_hook(lambda m, i, o: self.cache.__setitem__("exit", self.branch(o)))
-
-    def forward(self, x):
-        final = self.model(x)
-        return self.cache.pop("exit"), final
 
 
 def run(rank):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{PORT}", rank=rank, world_size=2)
     saved = torch.load(STATE)
-    model, branch = ResNetCifar(), nn.Sequential(nn.AvgPool2d(3), nn.Flatten(), nn.Linear(1600, 10))
+    net = SeedExitResNet().train()
+    model, branch = net.model, net.branch
     model.load_state_dict({k: v for k, v in saved.items() if k not in ("x", "y") and not k.startswith("exits.0.")})
     branch.load_state_dict({k[len("exits.0."):]: v for k, v in saved.items() if k.startswith("exits.0.")})
-    net = WithExit(model, branch).train()
     if BN == "eval":
         model.eval()
     ddp = nn.parallel.DistributedDataParallel(net)
