@@ -129,10 +129,14 @@ class GroupMaker : public Napi::AsyncWorker {
       try {
         handle_->store = c10::make_intrusive<c10d::TCPStore>(host_, options);
       } catch (...) {
-        throw std::runtime_error(std::string(handle_->rank == 0 ? "could not serve the rendezvous at "
-                                                                 : "could not reach the master at ") +
+        std::string message = DescribeCurrentException();
+        // LibTorch 2.x's master waits for the other ranks here already; 1.13's, in the group below.
+        bool waited = handle_->rank == 0 && Contains(message, "waiting for clients");
+        throw std::runtime_error(std::string(waited ? "the ranks did not all connect at "
+                                             : handle_->rank == 0 ? "could not serve the rendezvous at "
+                                                                  : "could not reach the master at ") +
                                  handle_->master + " within " + std::to_string(handle_->timeout.count()) +
-                                 " ms: " + DescribeCurrentException());
+                                 " ms: " + message);
       }
       auto groupOptions = c10d::ProcessGroupGloo::Options::create(handle_->timeout);
       groupOptions->devices.push_back(MakeDevice(host_));
@@ -140,8 +144,8 @@ class GroupMaker : public Napi::AsyncWorker {
         handle_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(handle_->store, handle_->rank, handle_->size,
                                                                       groupOptions);
       } catch (...) {
-        throw std::runtime_error("the ranks did not all connect within " + std::to_string(handle_->timeout.count()) +
-                                 " ms: " + DescribeCurrentException());
+        throw std::runtime_error("the ranks did not all connect at " + handle_->master + " within " +
+                                 std::to_string(handle_->timeout.count()) + " ms: " + DescribeCurrentException());
       }
     } catch (...) {
       SetError(DescribeCurrentException());

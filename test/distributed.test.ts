@@ -93,9 +93,10 @@ describe('process groups and collectives', () => {
   });
 
   it('a master whose peers never come fails within the timeout, saying they did not connect', async () => {
-    const [run] = await runRanks(2, 'collectives', { timeoutMs: 2000 }, [0]);
+    const port = await freePort();
+    const [run] = await runRanks(2, 'collectives', { timeoutMs: 2000 }, [0], port);
     expect(run.code).toBe(1);
-    expect(run.stderr).toContain('initProcessGroup (rank 0 of 2): the ranks did not all connect within 2000 ms');
+    expect(run.stderr).toContain(`initProcessGroup (rank 0 of 2): the ranks did not all connect at 127.0.0.1:${port} within 2000 ms`);
     expect(run.ms).toBeLessThan(15_000);
   });
 
