@@ -32,7 +32,7 @@ import { loadMnist } from '../lib/data/mnist';
 import { lineChartSvg } from '../lib/cli/plot';
 import { DemoServing } from '../lib/cli/demo';
 import { packageRoot } from '../lib/package-root';
-import { quantiles } from '../lib/quantile';
+import { quantile, quantiles } from '../lib/quantile';
 import { table } from './bench-stats';
 import { flagValue, positiveInt } from './script-args';
 
@@ -197,7 +197,7 @@ function summarize(mode: Mode, load: number, rate: number,
   const exits = Math.max(0, ...ok.map((s) => s.exit)) + 1;
   const shares = Array.from({ length: exits }, (_, e) => ok.filter((s) => s.exit === e).length / ok.length);
   return {
-    mode, load, rate, ...percentiles(latencies), serverP50: quantiles(ok.map((s) => s.serverMs), [0.5])[0],
+    mode, load, rate, ...percentiles(latencies), serverP50: quantile(ok.map((s) => s.serverMs), 0.5),
     throughput: ok.length / run.seconds, accuracy: (100 * ok.filter((s) => s.correct).length) / ok.length,
     agreement: (100 * ok.filter((s) => s.agrees).length) / ok.length, exitShares: shares,
     errors: run.samples.length - ok.length, clientCores: run.clientCores, serverCores: run.serverCores,

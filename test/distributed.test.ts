@@ -57,6 +57,16 @@ async function runRanks(world: number, mode: string, options: Record<string, unk
   }
 }
 
+/** Every rank exited 0 and printed no error line. */
+function expectClean(runs: RankRun[]): void {
+  for (const run of runs) expect({ code: run.code, stderr: run.stderr.split('\n').filter((l) => l.startsWith('rank')) }).toEqual({ code: 0, stderr: [] });
+}
+
+/** A snapshot without batch-norm statistics, which stay each rank's own until the next forward. */
+function parametersOnly(snapshot: Record<string, number[]>): Record<string, number[]> {
+  return Object.fromEntries(Object.entries(snapshot).filter(([n]) => !/running_|num_batches/.test(n)));
+}
+
 function maxDiff(a: Record<string, number[]>, b: Record<string, number[]>): number {
   expect(Object.keys(a).sort()).toEqual(Object.keys(b).sort());
   let worst = 0;
@@ -157,14 +167,13 @@ describe('DistributedDataParallel', () => {
 
   it.each(['train', 'eval'] as const)('two ranks, each on half the batch, end %s-mode batch norm with the parameters of the halves averaged in one process', async (bn) => {
     const runs = await runRanks(2, 'ddp', { steps, bn });
-    for (const run of runs) expect({ code: run.code, stderr: run.stderr.split('\n').filter((l) => l.startsWith('rank')) }).toEqual({ code: 0, stderr: [] });
+    expectClean(runs);
     const [r0, r1] = runs.map((run) => run.result.snapshot as Record<string, number[]>);
-    const params = (s: Record<string, number[]>) => Object.fromEntries(Object.entries(s).filter(([n]) => !/running_|num_batches/.test(n)));
     // Rank 1 started perturbed: only rank 0's broadcast and the averaged gradients make them equal.
-    expect(maxDiff(params(r0), params(r1))).toBe(0);
+    expect(maxDiff(parametersOnly(r0), parametersOnly(r1))).toBe(0);
     const reference = halvesByHand(bn);
     expect(maxDiff(r0, reference)).toBeLessThanOrEqual(1e-5);
-    if (bn === 'eval') expect(maxDiff(params(r0), params(wholeBatch('eval')))).toBeLessThanOrEqual(1e-5);
+    if (bn === 'eval') expect(maxDiff(parametersOnly(r0), parametersOnly(wholeBatch('eval')))).toBeLessThanOrEqual(1e-5);
     // The seed model's 1.1 MB of parameters: a first bucket of 1 MB, then the rest, in reverse order.
     const buckets = runs[0].result.buckets as string[][];
     expect(buckets.length).toBe(2);
@@ -203,14 +212,13 @@ describe('DistributedDataParallel', () => {
     expect(fs.existsSync(`${checkpoint}-r1`)).toBe(false);
     fs.rmSync(path.dirname(checkpoint), { recursive: true, force: true });
     expect(runs.map((run) => run.result.loadedDiff)).toEqual([0, 0]);
-    for (const run of runs) expect({ code: run.code, stderr: run.stderr.split('\n').filter((l) => l.startsWith('rank')) }).toEqual({ code: 0, stderr: [] });
+    expectClean(runs);
     // 40 samples over two ranks: 20 each, five batches of 4.
     expect(runs.map((run) => run.result.batches)).toEqual([5, 5]);
     const [r0, r1] = runs.map((run) => run.result.snapshot as Record<string, number[]>);
-    const params = (s: Record<string, number[]>) => Object.fromEntries(Object.entries(s).filter(([n]) => !/running_|num_batches/.test(n)));
-    expect(maxDiff(params(r0), params(r1))).toBe(0);
+    expect(maxDiff(parametersOnly(r0), parametersOnly(r1))).toBe(0);
     // And they trained: rank 0's parameters moved from where they started.
-    expect(maxDiff(params(r0), params(lib.torch.noGrad(() => recipe.snapshot(recipe.makeModel(lib, FIXTURES)))))).toBeGreaterThan(1e-3);
+    expect(maxDiff(parametersOnly(r0), parametersOnly(lib.torch.noGrad(() => recipe.snapshot(recipe.makeModel(lib, FIXTURES)))))).toBeGreaterThan(1e-3);
   });
 
   it('leaves frozen parameters out, and a world of one trains exactly as without it', async () => {

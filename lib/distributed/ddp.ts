@@ -39,6 +39,8 @@ export class DistributedDataParallel {
   readonly broadcastBuffers: boolean;
   /** The trainable parameters whose gradients are averaged (frozen ones are left out). */
   private readonly params: Array<[string, Tensor]>;
+  /** The module's buffers (batch-norm statistics), looked up once: every forward with gradients broadcasts them. */
+  private readonly buffers: Tensor[];
   private reducer: unknown;
 
   /** Blocks until every rank has made its own (the broadcast from rank 0), as PyTorch's does. */
@@ -49,7 +51,8 @@ export class DistributedDataParallel {
     if (!(capMb > 0)) throw new Error(`DistributedDataParallel: bucketCapMb must be positive, not ${capMb}`);
     this.params = module.namedParameters().filter(([, param]) => param.requiresGrad);
     if (this.params.length === 0) throw new Error('DistributedDataParallel: the model has no parameter that requires grad');
-    binding.broadcastCoalesced(this.processGroup.handle, [...module.parameters(), ...module.buffers()].map((t) => t.native), 0);
+    this.buffers = module.buffers();
+    binding.broadcastCoalesced(this.processGroup.handle, [...module.parameters(), ...this.buffers].map((t) => t.native), 0);
     this.reducer = binding.createGradientReducer(this.processGroup.handle, this.params.map(([, param]) => param.native),
       Math.round(capMb * 1024 * 1024), FIRST_BUCKET_BYTES);
   }
@@ -65,9 +68,8 @@ export class DistributedDataParallel {
   forward(input: Tensor): Tensor[] {
     const reducer = this.live('forward');
     if (isGradEnabled()) {
-      const buffers = this.module.buffers();
-      if (this.broadcastBuffers && buffers.length > 0) {
-        binding.broadcastCoalesced(this.processGroup.handle, buffers.map((t) => t.native), 0);
+      if (this.broadcastBuffers && this.buffers.length > 0) {
+        binding.broadcastCoalesced(this.processGroup.handle, this.buffers.map((t) => t.native), 0);
       }
       binding.reducerPrepare(reducer);
     }

@@ -8,7 +8,7 @@ import { binding } from '../binding';
 import { Tensor } from '../tensor';
 
 export interface DistributedSamplerOptions {
-  /** The number of ranks (default: the default group's world size). */
+  /** The number of ranks (the group's world size). */
   numReplicas: number;
   /** This rank. */
   rank: number;
