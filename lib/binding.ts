@@ -4,7 +4,7 @@
  */
 import * as path from 'path';
 import { baseVersion, chooseBinary, findRuntimeLibTorch, missingLibraryRemedy, preloadLibTorch } from './libtorch';
-import { packageRoot } from './package-root';
+import { packageRoot } from './util/package-root';
 
 /** A JS value that crosses into TorchScript: tensors, numbers, strings, nested arrays and dicts. */
 export type NativeValue = unknown;
@@ -129,7 +129,7 @@ export interface Binding {
   /** A 1-D tensor of `dtype` over a copy of raw little-endian bytes. */
   fromBytes(bytes: Buffer, dtype: string): NativeTensor;
   callOp(name: string, overload: string, args: NativeValue[], kwargs?: Record<string, NativeValue>): NativeValue;
-  /** One SGD step of a group (native/optimizer_step.h): per parameter false, true or its new momentum buffer. */
+  /** One SGD step of a group (native/nn/optimizer_step.h): per parameter false, true or its new momentum buffer. */
   sgdStep(params: NativeTensor[], buffers: Array<NativeTensor | null>, lr: number, momentum: number, dampening: number,
     weightDecay: number, nesterov: boolean, maximize: boolean): Array<boolean | NativeTensor>;
   /** One Adam step of a group: per parameter false, true or its new [expAvg, expAvgSq]. */
@@ -145,7 +145,7 @@ export interface Binding {
   createNnModule(kind: string, options: Record<string, unknown>, children?: NativeNnModule[]): NativeNnModule;
   /** Bytes in the torch.save format of LibTorch's own pickler (what torch.save wrote before 0.2; tests only). */
   pickleSave(value: NativeValue): Buffer;
-  /** c10d (native/distributed.h): a TCPStore rendezvous and a Gloo group; handles are opaque. */
+  /** c10d (native/distributed/process_group.h): a TCPStore rendezvous and a Gloo group; handles are opaque. */
   createProcessGroup(host: string, port: number, rank: number, worldSize: number, timeoutMs: number): Promise<unknown>;
   destroyProcessGroup(group: unknown): void;
   allReduce(group: unknown, tensor: NativeTensor, op: string): Promise<void>;
@@ -154,7 +154,7 @@ export interface Binding {
   barrier(group: unknown): Promise<void>;
   /** Every tensor from rank `src`, one message per dtype, waited for (blocks). */
   broadcastCoalesced(group: unknown, tensors: NativeTensor[], src: number): void;
-  /** DistributedDataParallel's bucketed gradient averaging (native/gradient_reducer.h). */
+  /** DistributedDataParallel's bucketed gradient averaging (native/distributed/gradient_reducer.h). */
   createGradientReducer(group: unknown, params: NativeTensor[], bucketCapBytes: number, firstBucketBytes: number): unknown;
   reducerPrepare(reducer: unknown): void;
   reducerBuckets(reducer: unknown): number[][];

@@ -9,19 +9,19 @@
  * const [exit0, final] = model.forward(images);
  * ```
  */
-import * as torch from './torch';
-import * as nn from './nn';
-import * as jit from './jit';
-import * as optim from './optim';
+import * as torch from './torch/torch';
+import * as nn from './torch/nn';
+import * as jit from './torch/jit';
+import * as optim from './torch/optim';
 import * as distributed from './distributed';
 
 export { torch, nn, jit, optim, distributed };
-export { Tensor } from './tensor';
-export type { NestedArray, TensorOptions, TypedArray } from './tensor';
-export type { DType, Device } from './dtype';
+export { Tensor } from './torch/tensor';
+export type { NestedArray, TensorOptions, TypedArray } from './torch/tensor';
+export type { DType, Device } from './torch/dtype';
 export type { MemoryStats } from './binding';
-export { ScriptModule } from './jit';
-export type { ForwardHook, RemovableHandle, LoadOptions, InferenceOptions } from './jit';
+export { ScriptModule } from './torch/jit';
+export type { ForwardHook, RemovableHandle, LoadOptions, InferenceOptions } from './torch/jit';
 export { EarlyExitMgr } from './early-exit/exit-mgr';
 export type { ExitBranch, ExitsDef } from './early-exit/exit-mgr';
 export { EarlyExitModel } from './early-exit/model';

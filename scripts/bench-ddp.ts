@@ -21,7 +21,7 @@ import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
 import { EarlyExitModel, distributed, earlyExitLoss, jit, nn, optim, torch } from '../lib';
-import { packageRoot } from '../lib/package-root';
+import { packageRoot } from '../lib/util/package-root';
 import { allocatorSetting, describeEnvironment, Environment, sideEnvironment } from './bench-harness';
 import { median, table } from './bench-stats';
 import { flagValue, jsonFile, positiveInt } from './script-args';

@@ -20,7 +20,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { EarlyExitModel, Tensor, jit, nn, torch } from '../lib';
-import { packageRoot } from '../lib/package-root';
+import { packageRoot } from '../lib/util/package-root';
 import { Environment, Pair, Side, allocatorSetting, describeEnvironment, ratioTable, runPairs, serveSide } from './bench-harness';
 import { median } from './bench-stats';
 import { flagValue, jsonFile, positiveInt } from './script-args';

@@ -15,7 +15,7 @@ import {
   EarlyExitModel, ScriptModule, Tensor, calibrateThresholds, collectOutputs, exitScores, jit, loadMnist, measureExitLatencies, nn,
   policyOf, serveOneAtATime, torch, trainEarlyExit,
 } from '../lib';
-import { packageRoot } from '../lib/package-root';
+import { packageRoot } from '../lib/util/package-root';
 import { Side, describeEnvironment, ratioTable, runPairs, serveSide } from './bench-harness';
 
 const ROOT = packageRoot();

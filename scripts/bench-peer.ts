@@ -23,7 +23,7 @@ import { spawnSync } from 'child_process';
 import { EarlyExitModel, Tensor, jit, torch } from '../lib';
 import { binding } from '../lib/binding';
 import { parseBranchSpec } from '../lib/cli/branch-spec';
-import { packageRoot } from '../lib/package-root';
+import { packageRoot } from '../lib/util/package-root';
 import { Environment, Pair, Side, allocatorSetting, describeEnvironment, ratioTable, runPairs, serveSide } from './bench-harness';
 import { OrtSession, createSingleThreadSession, loadOnnxRuntimeWithInfo } from './peer-runtime';
 import { flagValue, jsonFile, positiveInt } from './script-args';

@@ -31,8 +31,8 @@ import { EarlyExitModel, Tensor, loadCheckpoint, torch } from '../lib';
 import { loadMnist } from '../lib/data/mnist';
 import { lineChartSvg } from '../lib/cli/plot';
 import { DemoServing } from '../lib/cli/demo';
-import { packageRoot } from '../lib/package-root';
-import { quantile, quantiles } from '../lib/quantile';
+import { packageRoot } from '../lib/util/package-root';
+import { quantile, quantiles } from '../lib/util/quantile';
 import { table } from './bench-stats';
 import { flagValue, positiveInt } from './script-args';
 

@@ -1,5 +1,5 @@
 /** Statistics and tables shared by the benchmark scripts. */
-import { quantile } from '../lib/quantile';
+import { quantile } from '../lib/util/quantile';
 
 export { quantile };
 

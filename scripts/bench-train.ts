@@ -32,7 +32,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { EarlyExitModel, Tensor, earlyExitLoss, jit, nn, optim, torch } from '../lib';
-import { packageRoot } from '../lib/package-root';
+import { packageRoot } from '../lib/util/package-root';
 import {
   ALLOCATOR_SETTINGS, AllocatorSetting, Environment, Pair, PairResult, Phases, Side, allocatorSetting, describeEnvironment,
   phaseTable, ratioTable, runPairs, serveSide,

@@ -4,7 +4,7 @@ import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { torch } from '../lib';
-import { writeFileAtomic } from '../lib/atomic-write';
+import { writeFileAtomic } from '../lib/io/atomic-write';
 import { fillDisk, python } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-atomic-'));

@@ -2,7 +2,7 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { crc32, crc32Portable, verifyZipArchive } from '../lib/zip-integrity';
+import { crc32, crc32Portable, verifyZipArchive } from '../lib/io/zip-integrity';
 import { fixture, python } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-zip-'));

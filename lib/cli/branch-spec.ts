@@ -5,7 +5,7 @@
  * Arguments follow each `torch.nn` constructor: its positional order and its keyword
  * names; values are numbers, `True`/`False`, `None`, tuples `(2, 2)` and quoted strings.
  */
-import * as nn from '../nn';
+import * as nn from '../torch/nn';
 
 /** A layer's PyTorch signature (positional order and keyword names) and how to build it. */
 interface Layer {

@@ -6,7 +6,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { writeFileAtomic } from '../atomic-write';
+import { writeFileAtomic } from '../io/atomic-write';
 import { SingleBar, Presets } from 'cli-progress';
 import { loadMnist } from '../data/mnist';
 import { Calibration, calibrateThresholds, collectOutputs, measureBaselineLatency, measureExitLatencies, policyOf } from '../early-exit/calibrate';
@@ -16,12 +16,12 @@ import { EarlyExitModel } from '../early-exit/model';
 import { ServingReport, serveOneAtATime } from '../early-exit/serving';
 import { EarlyExitStats } from '../early-exit/stats';
 import { evaluateAccuracy, trainEarlyExitAsync } from '../early-exit/trainer';
-import { load, optimizeForInference } from '../jit';
-import { Module } from '../nn';
-import { packageRoot } from '../package-root';
-import { Tensor } from '../tensor';
-import { Adam } from '../optim';
-import * as torch from '../torch';
+import { load, optimizeForInference } from '../torch/jit';
+import { Module } from '../torch/nn';
+import { packageRoot } from '../util/package-root';
+import { Tensor } from '../torch/tensor';
+import { Adam } from '../torch/optim';
+import * as torch from '../torch/torch';
 import { DemoOptions } from './args';
 import { parseBranchSpec } from './branch-spec';
 import { tradeOffSvg } from './plot';

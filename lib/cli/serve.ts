@@ -8,7 +8,7 @@ import * as path from 'path';
 import { loadCheckpoint } from '../early-exit/checkpoint';
 import { EarlyExitModel } from '../early-exit/model';
 import { EarlyExitServer, createHttpApp } from '../serving';
-import * as torch from '../torch';
+import * as torch from '../torch/torch';
 import { UsageError, parseCommand, parseDemoArgs } from './args';
 import { DemoServing, runDemo } from './demo';
 

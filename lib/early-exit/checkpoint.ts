@@ -12,13 +12,13 @@
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { describeFileKind, fsyncFile, fsyncFolder, writeFileAtomic } from '../atomic-write';
-import { Device } from '../dtype';
-import { ScriptModule, load as loadScript } from '../jit';
-import { Module, ModuleSpec, fromSpec } from '../nn';
-import { Optimizer, OptimizerStateDict } from '../optim';
-import { load as loadTensors, save as saveTensors } from '../serialization';
-import { Tensor } from '../tensor';
+import { describeFileKind, fsyncFile, fsyncFolder, writeFileAtomic } from '../io/atomic-write';
+import { Device } from '../torch/dtype';
+import { ScriptModule, load as loadScript } from '../torch/jit';
+import { Module, ModuleSpec, fromSpec } from '../torch/nn';
+import { Optimizer, OptimizerStateDict } from '../torch/optim';
+import { load as loadTensors, save as saveTensors } from '../io/serialization';
+import { Tensor } from '../torch/tensor';
 import { EarlyExitModel } from './model';
 
 const FORMAT = 'torch-early-exit checkpoint';

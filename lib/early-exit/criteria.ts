@@ -3,9 +3,9 @@
  * softmax entropy (BranchyNet), top probability, top-two margin, patience (PABEE) — and
  * Distiller's cross-entropy against the label, for validation.
  */
-import { crossEntropyPerSample } from '../functional';
-import { Tensor } from '../tensor';
-import { noGrad, tidy } from '../torch';
+import { crossEntropyPerSample } from '../torch/functional';
+import { Tensor } from '../torch/tensor';
+import { noGrad, tidy } from '../torch/torch';
 
 /** A criterion a deployed model can evaluate without labels; the addon evaluates the same ones. */
 export type LabelFreeCriterion = 'entropy' | 'maxProbability' | 'margin' | 'patience';

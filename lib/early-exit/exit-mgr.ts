@@ -2,8 +2,8 @@
  * Distiller's `EarlyExitMgr` for TorchScript models loaded in Node: attaches exit
  * branches to modules named by their fully qualified names and collects their outputs.
  */
-import { ScriptModule, RemovableHandle, HookModule } from '../jit';
-import { Tensor } from '../tensor';
+import { ScriptModule, RemovableHandle, HookModule } from '../torch/jit';
+import { Tensor } from '../torch/tensor';
 
 /** An exit branch: an nn module (usually an `nn.Sequential`) or a loaded TorchScript module. */
 export type ExitBranch = HookModule;

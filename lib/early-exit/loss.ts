@@ -2,8 +2,8 @@
  * Distiller's early-exit training loss, and what later work added to it: distillation of
  * each exit from the final output (FastBERT, BERxiT) and loss weights on a schedule.
  */
-import { crossEntropy, klDiv } from '../functional';
-import { Tensor } from '../tensor';
+import { crossEntropy, klDiv } from '../torch/functional';
+import { Tensor } from '../torch/tensor';
 
 export interface EarlyExitLossOptions {
   /** The loss of one output against the target; cross-entropy by default, as Distiller. */

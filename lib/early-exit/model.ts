@@ -2,16 +2,16 @@
  * The seed's `ResNetCifarEarlyExit` as a reusable class: a loaded TorchScript backbone
  * with exit branches, whose forward returns `[...exitOutputs, finalOutput]`.
  */
-import { Device } from '../dtype';
+import { Device } from '../torch/dtype';
 import { InferenceOptimization, NativeStopRule, NativeTensor } from '../binding';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CallWithHooks, InferenceOptions, LoadOptions, ScriptModule, checkInferenceOptions, load } from '../jit';
-import { Module } from '../nn';
-import { Tensor } from '../tensor';
-import { noGrad, noGradAsync, tidy, zeros } from '../torch';
-import { checkFinite, checkOptions, describeValue } from '../check';
+import { CallWithHooks, InferenceOptions, LoadOptions, ScriptModule, checkInferenceOptions, load } from '../torch/jit';
+import { Module } from '../torch/nn';
+import { Tensor } from '../torch/tensor';
+import { noGrad, noGradAsync, tidy, zeros } from '../torch/torch';
+import { checkFinite, checkOptions, describeValue } from '../util/check';
 import { LabelFreeCriterion } from './criteria';
 import { EarlyExitMgr, ExitBranch, ExitsDef } from './exit-mgr';
 

@@ -2,9 +2,9 @@
  * Serving inputs one at a time with real early exits, against the full network, on the
  * same inputs and alternating sample by sample so both see the same machine state.
  */
-import { ScriptModule } from '../jit';
-import { Tensor } from '../tensor';
-import { noGrad, tidy } from '../torch';
+import { ScriptModule } from '../torch/jit';
+import { Tensor } from '../torch/tensor';
+import { noGrad, tidy } from '../torch/torch';
 import { EarlyExitModel, EarlyExitPolicy } from './model';
 
 export interface ServedExit {

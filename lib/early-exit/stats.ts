@@ -4,9 +4,9 @@
  * against its label is below that exit's threshold, else the final output; Distiller
  * computes every exit and reports what would have happened.
  */
-import { topkCorrect } from '../functional';
-import { Tensor } from '../tensor';
-import { noGrad, tensor, tidy } from '../torch';
+import { topkCorrect } from '../torch/functional';
+import { Tensor } from '../torch/tensor';
+import { noGrad, tensor, tidy } from '../torch/torch';
 import { exitDecisions, exitScores } from './criteria';
 
 export interface EarlyExitReport {

@@ -2,12 +2,12 @@
  * A training loop for early-exit models, as Distiller's image classifier trains them:
  * every exit and the final output together, with the weighted early-exit loss.
  */
-import { accuracy } from '../functional';
-import { CosineAnnealingLR, Optimizer, SGD } from '../optim';
+import { accuracy } from '../torch/functional';
+import { CosineAnnealingLR, Optimizer, SGD } from '../torch/optim';
 import { DistributedDataParallel } from '../distributed/ddp';
 import { DistributedSampler } from '../distributed/sampler';
-import { Tensor } from '../tensor';
-import { manualSeed, noGrad, randperm, tensor, tidy } from '../torch';
+import { Tensor } from '../torch/tensor';
+import { manualSeed, noGrad, randperm, tensor, tidy } from '../torch/torch';
 import { EarlyExitLossOptions, earlyExitLoss } from './loss';
 import { EarlyExitModel } from './model';
 

@@ -10,12 +10,12 @@
  *   await server.close();
  */
 import * as os from 'os';
-import { checkOptions, describeValue } from '../check';
+import { checkOptions, describeValue } from '../util/check';
 import { LabelFreeCriterion } from '../early-exit/criteria';
 import { EarlyExitModel } from '../early-exit/model';
-import { quantiles } from '../quantile';
-import { Tensor } from '../tensor';
-import { noGrad, noGradAsync, tensor, tidy } from '../torch';
+import { quantiles } from '../util/quantile';
+import { Tensor } from '../torch/tensor';
+import { noGrad, noGradAsync, tensor, tidy } from '../torch/torch';
 import { exitScores } from '../early-exit/criteria';
 import { AdaptiveOptions, ThresholdTuner } from './adaptive';
 import { BatcherOptions, Clock, DynamicBatcher, Pending, systemClock } from './batcher';

@@ -1,0 +1,386 @@
+/**
+ * TorchScript models loaded from files exported by Python (`torch.jit.script` or
+ * `torch.jit.trace`): forward, submodules by name, parameters, forward hooks.
+ */
+import { writeFileAtomic } from '../io/atomic-write';
+import { binding, InferenceOptimization, NativeCallResult, NativeScriptModule, NativeStopRule, NativeTensor } from '../binding';
+import { Device } from './dtype';
+import { checkOptions, checkString } from '../util/check';
+import { closestNames } from '../util/names';
+import { readArchive } from '../io/zip-integrity';
+import { ParameterOwner } from './parameters';
+import { Tensor, fromNative, toNative } from './tensor';
+
+/** What `registerForwardHook` accepts: a JS function, or a module run natively. */
+export type ForwardHook = ((module: ScriptModule, inputs: unknown[], output: unknown) => void) | HookModule;
+
+/** A module that can run as a native hook: an nn branch or a loaded TorchScript module. */
+export interface HookModule {
+  /** @internal */
+  readonly nativeHook: unknown;
+}
+
+/** Returned by `registerForwardHook`: `remove()` unregisters the hook. */
+export interface RemovableHandle {
+  readonly id: number;
+  remove(): void;
+}
+
+/** The outputs of a call together with those of the native hooks it ran. */
+export interface CallWithHooks {
+  output: unknown;
+  /** Hook id -> what the native hook returned during this call. */
+  hookOutputs: Map<number, unknown>;
+  /** The hook whose stop rule ended the call (its output is `output`), if one did. */
+  stoppedBy?: number;
+  /** Samples that left the batch early at a hook: their input positions and exit rows. */
+  sampleExits?: Array<{ hookId: number; indices: Tensor; rows: Tensor }>;
+  /** The input positions of the samples `output` holds, when some left early. */
+  remaining?: Tensor;
+}
+
+/** State shared by a loaded model and every submodule object taken from it. */
+class LoadedModel {
+  /** The latest output of each native hook, kept until deleted (as Distiller's BranchPoint.output). */
+  readonly hookOutputs = new Map<number, unknown>();
+  constructor(readonly path: string) {}
+}
+
+/** LibTorch's words for "the data made no sense to me", which say nothing to a user. */
+const INTERNAL_FAILURE = /INTERNAL ASSERT FAILED|please report a bug|_M_range_check|was not in the map|^\s*$|without a message/;
+
+/**
+ * The error to give when LibTorch cannot read a model whose archive checksums are all right:
+ * its own message when that says something, else what it means, with LibTorch's words kept.
+ */
+function contentError(what: string, error: unknown): Error {
+  const message = (error as Error | undefined)?.message ?? String(error);
+  const reason = message.startsWith(`${what}: `) ? message.slice(what.length + 2) : message;
+  const first = reason.split('\n')[0];
+  if (!INTERNAL_FAILURE.test(first)) return new Error(`${what}: ${reason}`);
+  return new Error(`${what}: the archive is whole but its TorchScript code or pickled data is damaged or was written by an incompatible PyTorch ` +
+    `(LibTorch: ${first.trim() || 'no message'})${reason.includes('\n') ? `\n${reason}` : ''}`);
+}
+
+/** `[1, 3, 32, 32] float32` for a tensor, the type of anything else. */
+function describeInput(input: unknown): string {
+  if (input instanceof Tensor) return input.isDisposed ? 'a disposed Tensor' : `[${input.shape.join(', ')}] ${input.dtype}`;
+  if (Array.isArray(input)) return `[${input.map(describeInput).join(', ')}]`;
+  return input === null ? 'null' : typeof input;
+}
+
+/**
+ * Puts the line that says what went wrong first, before TorchScript's tracebacks, and ends
+ * it with where: the model file, the module and the inputs' shapes.
+ */
+function clarify(error: unknown, method: string, where: string, inputs: unknown[]): Error {
+  // Not `instanceof Error`: errors made by the addon may come from another realm (jest, vm).
+  const message = (error as Error | undefined)?.message;
+  if (typeof message !== 'string' || !message.startsWith(`${method}: `)) return error as Error;
+  const context = ` (${where}, inputs ${inputs.map(describeInput).join(', ') || 'none'})`;
+  if (!message.includes('Traceback of TorchScript')) {
+    const [first, ...rest] = message.split('\n');
+    const clarified = new Error([first + context, ...rest].join('\n'));
+    clarified.name = (error as Error).name;
+    return clarified;
+  }
+  // The interpreter puts the cause last, after one traceback per frame.
+  // (`RuntimeError: ...`, or `builtins.ValueError: ...` for an exception raised by TorchScript code).
+  const causes = [...message.matchAll(/^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.*)$/gm)];
+  const cause = causes.length > 0 ? causes[causes.length - 1] : undefined;
+  const clarified = new Error(`${method}: ${cause ? cause[2] : 'the TorchScript interpreter failed'}${context}\n\n${message}`);
+  clarified.name = !cause || cause[1] === 'RuntimeError' ? 'Error' : cause[1];
+  return clarified;
+}
+
+/** Wraps a JS hook so that whatever it throws reaches the caller as an Error that says where. */
+function guardedHook(hook: (inputs: unknown[], output: unknown) => unknown, where: string): (inputs: unknown[], output: unknown) => unknown {
+  return (inputs, output) => {
+    try {
+      return hook(inputs, output);
+    } catch (thrown) {
+      // An Error (of any realm) is the user's own and passes through as the very same object.
+      if (thrown !== null && typeof thrown === 'object' && typeof (thrown as Error).message === 'string' &&
+          typeof (thrown as Error).stack === 'string') throw thrown;
+      let shown: string;
+      try { shown = typeof thrown === 'symbol' ? thrown.toString() : JSON.stringify(thrown) ?? String(thrown); } catch { shown = String(thrown); }
+      throw new Error(`the forward hook on ${where} threw a value that is not an Error: ${shown}`, { cause: thrown });
+    }
+  };
+}
+
+export class ScriptModule extends ParameterOwner implements HookModule {
+  /** @internal */
+  readonly native: NativeScriptModule;
+  /** @internal */
+  readonly model: LoadedModel;
+  /** The fully qualified name of this module in the loaded model ('' for the root). */
+  readonly qualifiedName: string;
+
+  /** For a module made by `optimizeForInference`: how it was compiled ('oneDNN' or 'frozen'). */
+  inferenceOptimization?: InferenceOptimization;
+
+  /** @internal Modules come from `jit.load` and from `getModule`/`namedModules`. */
+  constructor(native: NativeScriptModule, model: LoadedModel, qualifiedName: string) {
+    super();
+    this.native = native;
+    this.model = model;
+    this.qualifiedName = qualifiedName;
+  }
+
+  /** @internal */
+  get nativeHook(): unknown { return this.native; }
+
+  /** The TorchScript class name of this module (e.g. `__torch__.BasicBlock`). */
+  get typeName(): string { return this.native.typeName(); }
+
+  /** Runs `forward` on the calling thread. */
+  forward(...inputs: unknown[]): any {
+    return this.callMethod('forward', ...inputs);
+  }
+
+  /** Runs `forward` on a worker thread; the event loop keeps running meanwhile. */
+  forwardAsync(...inputs: unknown[]): Promise<any> {
+    return this.callMethodAsync('forward', ...inputs);
+  }
+
+  /** Runs another method of the module (one exported with `@torch.jit.export`). */
+  callMethod(method: string, ...inputs: unknown[]): any {
+    return this.callWithHooks(method, inputs).output;
+  }
+
+  /** Runs another method of the module on a worker thread. */
+  async callMethodAsync(method: string, ...inputs: unknown[]): Promise<any> {
+    return (await this.callWithHooksAsync(method, inputs)).output;
+  }
+
+  /**
+   * @internal Runs a method and returns what its native hooks produced too. A stop rule
+   * ends the call at its hook when every sample meets it.
+   */
+  callWithHooks(method: string, inputs: unknown[], stopRules?: NativeStopRule[], inference = false): CallWithHooks {
+    checkString(method, 'callMethod: method');
+    let result: NativeCallResult;
+    try {
+      result = this.native.runMethod(method, inputs.map(toNative), stopRules, inference);
+    } catch (error) {
+      throw clarify(error, method, this.where, inputs);
+    }
+    return this.received(result);
+  }
+
+  /** @internal `onSampleExit` hears of samples as they leave the batch (per-sample stop rules). */
+  async callWithHooksAsync(method: string, inputs: unknown[], stopRules?: NativeStopRule[], inference = false,
+    onSampleExit?: (hookId: number, positions: number[], rows: NativeTensor) => void): Promise<CallWithHooks> {
+    checkString(method, 'callMethodAsync: method');
+    let result: NativeCallResult;
+    try {
+      result = await this.native.runMethodAsync(method, inputs.map(toNative), stopRules, inference, onSampleExit);
+    } catch (error) {
+      throw clarify(error, method, this.where, inputs);
+    }
+    return this.received(result);
+  }
+
+  /** `module 'layer1' of 'model.pt'`: where this module is, for error messages. */
+  private get where(): string {
+    return this.qualifiedName === '' ? `model '${this.model.path}'` : `module '${this.qualifiedName}' of '${this.model.path}'`;
+  }
+
+  private received([output, hooks, stoppedBy, sampleExits, remaining]: NativeCallResult): CallWithHooks {
+    const hookOutputs = new Map<number, unknown>();
+    for (const [id, value] of hooks) {
+      const wrapped = fromNative(value);
+      hookOutputs.set(id, wrapped);
+      this.model.hookOutputs.set(id, wrapped);
+    }
+    const result: CallWithHooks = stoppedBy !== null
+      ? { output: hookOutputs.get(stoppedBy), hookOutputs, stoppedBy }
+      : { output: fromNative(output), hookOutputs };
+    if (sampleExits.length > 0) {
+      result.sampleExits = sampleExits.map(([hookId, indices, rows]) => ({ hookId, indices: new Tensor(indices), rows: new Tensor(rows) }));
+      result.remaining = new Tensor(remaining!);
+    }
+    return result;
+  }
+
+  /**
+   * Whether samples can leave the batch after this module: with every call of the root's
+   * forward inlined (through containers such as Sequential and methods such as
+   * `_forward_impl`), this module is called once, unconditionally, and no batch-sized
+   * tensor made before it (a skip connection, the input) is read after it. The block
+   * boundaries of a chain, as between ResNet's blocks, nested or not.
+   */
+  get isBatchBoundary(): boolean { return this.native.callSites()[1]; }
+
+  /**
+   * How many times one forward of the root calls this module's forward: 0 (never), 1, 2
+   * and more (a module reused, as torchvision's BasicBlock reuses its `relu`), or -1 when
+   * the call sits in a loop.
+   */
+  get callsPerForward(): number { return this.native.callSites()[0]; }
+
+  /** Every module below this one, itself first as '', in the order of PyTorch's `named_modules()`. */
+  namedModules(): Array<[string, ScriptModule]> {
+    return this.native.namedModules().map(([name, native]) => [name, this.sub(native, name)]);
+  }
+
+  /** The direct children, as PyTorch's `named_children()`. */
+  namedChildren(): Array<[string, ScriptModule]> {
+    return this.native.namedChildren().map(([name, native]) => [name, this.sub(native, name)]);
+  }
+
+  /** The module with the fully qualified name `name` below this one ('' is this module). */
+  getModule(name: string): ScriptModule {
+    checkString(name, 'getModule: name', false);
+    const modules = this.namedModules();
+    const found = modules.find(([candidate]) => candidate === name);
+    if (found) return found[1];
+    const names = modules.map(([candidate]) => candidate);
+    const hint = names.length <= 1
+      ? 'it has no submodules (a frozen or inlined model loses them; export it without torch.jit.freeze)'
+      : `closest names: ${closestNames(name, names).join(', ')}`;
+    throw new Error(`no module named '${name}' in this model; ${hint}`);
+  }
+
+  /** Parameters and buffers by name (PyTorch's `state_dict()`), aliasing the model's. */
+  stateDict(): Record<string, Tensor> {
+    return Object.fromEntries([...this.namedParameters(), ...this.namedBuffers()]);
+  }
+
+  /** Sets training mode on this module and every module below it. */
+  train(mode = true): this {
+    this.native.train(mode);
+    return this;
+  }
+
+  eval(): this { return this.train(false); }
+
+  /** Whether this module is in training mode (PyTorch's `training`). */
+  get training(): boolean { return this.native.isTraining(); }
+
+  /** The same as `training`. */
+  get isTraining(): boolean { return this.training; }
+
+  /** Moves parameters and buffers to `device` (tensors taken from the model before stay where they were). */
+  to(device: Device | string): this {
+    this.native.to(device);
+    return this;
+  }
+
+  /** Saves the module as TorchScript that Python's `torch.jit.load` reads (hooks are not saved). */
+  save(path: string): void {
+    checkString(path, 'ScriptModule.save: path');
+    writeFileAtomic(path, this.native.serialize(), 'ScriptModule.save');
+  }
+
+  /** The names of the methods that can be called. */
+  methodNames(): string[] { return this.native.methodNames(); }
+
+  /** A method's TorchScript schema, e.g. `forward(__torch__.Net self, Tensor x) -> Tensor`. */
+  methodSchema(method = 'forward'): string { return this.native.methodSchema(method); }
+
+  /**
+   * Registers a hook that runs after every call of this module's forward, as PyTorch's
+   * `register_forward_hook`: a JS function `(module, inputs, output) => void` (its return
+   * value cannot replace the output), or a module (an nn branch, a ScriptModule) that
+   * runs natively on the output, whose result is kept as the hook's output.
+   */
+  registerForwardHook(hook: ForwardHook): RemovableHandle {
+    const where = this.qualifiedName === '' ? 'the root module' : `'${this.qualifiedName}'`;
+    if (typeof hook !== 'function' && (hook === null || typeof hook !== 'object' || !('nativeHook' in hook))) {
+      throw new TypeError(`registerForwardHook on ${where}: a forward hook must be a function, an nn module or a ScriptModule, got ${hook === null ? 'null' : typeof hook}`);
+    }
+    const nativeHook = typeof hook === 'function'
+      ? guardedHook((inputs, output) => hook(this, fromNative(inputs) as unknown[], fromNative(output)), where)
+      : hook.nativeHook;
+    const id = this.native.registerHook(nativeHook as never);
+    const native = this.native;
+    const model = this.model;
+    return {
+      id,
+      remove(): void {
+        native.removeHook(id);
+        model.hookOutputs.delete(id);
+      },
+    };
+  }
+
+  /** @internal The latest output of a native hook, if it has one. */
+  hookOutput(id: number): unknown { return this.model.hookOutputs.get(id); }
+
+  /** @internal Forgets the latest output of a native hook. */
+  deleteHookOutput(id: number): void { this.model.hookOutputs.delete(id); }
+
+  /** Releases this module object (the model lives on while other objects of it do). */
+  dispose(): void { this.native.dispose(); }
+
+  get isDisposed(): boolean { return this.native.isDisposed(); }
+
+  private sub(native: NativeScriptModule, name: string): ScriptModule {
+    const qualified = this.qualifiedName === '' ? name : name === '' ? this.qualifiedName : `${this.qualifiedName}.${name}`;
+    return new ScriptModule(native, this.model, qualified);
+  }
+}
+
+/** Options of `jit.optimizeForInference` and `EarlyExitModel.optimizeForInference`. */
+export interface InferenceOptions {
+  /**
+   * After freezing (weights as constants, batch norm folded into convolutions), also run
+   * LibTorch's `optimize_for_inference` passes: oneDNN prepacked convolutions and fused
+   * convolution-add-ReLU. `true` asks for them and fails, saying why, where they are known
+   * to crash the process (Debian 13's LibTorch 2.6 with oneDNN 3.7); `false` stops after
+   * freezing; left out, they run wherever they work. `inferenceOptimization` tells which ran.
+   */
+  optimize?: boolean;
+}
+
+/** @internal */
+export function checkInferenceOptions(options: InferenceOptions, what: string): boolean | undefined {
+  checkOptions(options, ['optimize'], what);
+  if (options.optimize !== undefined && typeof options.optimize !== 'boolean') {
+    throw new TypeError(`${what}.optimize must be a boolean, got ${typeof options.optimize}`);
+  }
+  return options.optimize;
+}
+
+/**
+ * A new module: `module` frozen and optimized for inference, as PyTorch's
+ * `torch.jit.optimize_for_inference`. Its submodules are inlined, so it takes no hooks; it
+ * runs in eval mode without gradients. `module` must be in eval mode and is left as it is.
+ */
+export function optimizeForInference(module: ScriptModule, options: InferenceOptions = {}): ScriptModule {
+  if (!(module instanceof ScriptModule)) throw new TypeError('jit.optimizeForInference: module must be a ScriptModule');
+  const optimize = checkInferenceOptions(options, 'jit.optimizeForInference: options');
+  let compiled: [NativeScriptModule, InferenceOptimization];
+  try {
+    compiled = module.native.optimizedCopy(optimize);
+  } catch (error) {
+    throw new Error(`jit.optimizeForInference: cannot compile model '${module.model.path}': ${(error as Error).message}`);
+  }
+  const optimized = new ScriptModule(compiled[0], new LoadedModel(`${module.model.path} (optimized for inference)`), '');
+  optimized.inferenceOptimization = compiled[1];
+  return optimized;
+}
+
+/** Options of `jit.load`. */
+export interface LoadOptions {
+  /** Where to put parameters and buffers: 'cpu' (default), 'cuda', 'cuda:N'. */
+  device?: Device | string;
+}
+
+/** Loads a TorchScript model saved by Python's `torch.jit.save` (scripted or traced). */
+export function load(path: string, options: LoadOptions = {}): ScriptModule {
+  checkString(path, 'jit.load: path');
+  checkOptions(options, ['device'], 'jit.load: options');
+  if (options.device !== undefined) checkString(options.device, 'jit.load: options.device');
+  const what = `cannot load TorchScript model '${path}'`;
+  const { bytes } = readArchive(path, what);
+  let native: NativeScriptModule;
+  try {
+    native = binding.loadScriptModule(bytes, path, options.device);
+  } catch (error) {
+    throw contentError(what, error);
+  }
+  return new ScriptModule(native, new LoadedModel(path), '');
+}

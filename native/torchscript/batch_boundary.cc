@@ -1,0 +1,143 @@
+#include "torchscript/batch_boundary.h"
+
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/passes/inliner.h>
+
+#include <vector>
+
+#include "hooks/forward_hooks.h"
+
+namespace tee {
+namespace {
+
+using torch::jit::Block;
+using torch::jit::Node;
+using torch::jit::Value;
+
+bool HoldsTensor(const c10::TypePtr& type) {
+  if (type->kind() == c10::TypeKind::TensorType) return true;
+  // Objects (submodules) hold parameters, not the batch.
+  if (type->kind() == c10::TypeKind::ClassType) return false;
+  for (const c10::TypePtr& contained : type->containedTypes()) {
+    if (HoldsTensor(contained)) return true;
+  }
+  return false;
+}
+
+bool IsTap(const Node* node) { return node->kind() == c10::Symbol::fromQualString(kTapOperator); }
+
+// Instrumentation's own nodes read values too; they do not make a value live.
+bool IsInstrumentation(const Node* node) {
+  if (IsTap(node)) return true;
+  if (node->kind() != c10::prim::TupleConstruct) return false;
+  for (const torch::jit::Use& use : node->output()->uses()) {
+    if (!IsTap(use.user)) return false;
+  }
+  return true;
+}
+
+// Values that cannot carry the batch: weights and settings.
+bool IsAttribute(const Node* node) { return node->kind() == c10::prim::Constant || node->kind() == c10::prim::GetAttr; }
+
+// The If and Loop nodes around `node`, outermost first, each with the block it is in.
+std::vector<std::pair<Node*, size_t>> Nesting(Node* node) {
+  std::vector<std::pair<Node*, size_t>> path;
+  for (Block* block = node->owningBlock(); block->owningNode() != nullptr; block = block->owningNode()->owningBlock()) {
+    Node* owner = block->owningNode();
+    size_t index = 0;
+    while (owner->blocks()[index] != block) index++;
+    path.emplace(path.begin(), owner, index);
+  }
+  return path;
+}
+
+// Whether two calls can never both run: they sit in different branches of one If.
+bool Exclusive(Node* a, Node* b) {
+  auto pathA = Nesting(a);
+  auto pathB = Nesting(b);
+  for (size_t i = 0; i < pathA.size() && i < pathB.size(); ++i) {
+    if (pathA[i].first != pathB[i].first) return false;
+    if (pathA[i].second != pathB[i].second) return pathA[i].first->kind() == c10::prim::If;
+  }
+  return false;
+}
+
+}  // namespace
+
+void CollectTaps(Block* block, std::vector<Node*>& taps) {
+  for (Node* node : block->nodes()) {
+    for (Block* inner : node->blocks()) CollectTaps(inner, taps);
+    if (IsTap(node)) taps.push_back(node);
+  }
+}
+
+bool IsBoundaryNode(torch::jit::Graph& graph, Node* point, Value* flowing) {
+  Block* top = graph.block();
+  if (point->owningBlock() != top) return false;
+  std::vector<Value*> before(graph.inputs().begin(), graph.inputs().end());
+  for (Node* node : top->nodes()) {
+    if (node == point) break;
+    if (IsAttribute(node) || IsInstrumentation(node)) continue;
+    for (Value* output : node->outputs()) before.push_back(output);
+  }
+  for (Value* value : before) {
+    if (value == flowing || !HoldsTensor(value->type())) continue;
+    for (const torch::jit::Use& use : value->uses()) {
+      if (IsInstrumentation(use.user)) continue;
+      Node* user = use.user;
+      while (user->owningBlock() != top) user = user->owningBlock()->owningNode();
+      if (user != point && user->isAfter(point)) return false;
+    }
+  }
+  return true;
+}
+
+bool ModulePath(Value* value, Value* self, std::string& path) {
+  std::vector<std::string> names;
+  while (value != self) {
+    Node* node = value->node();
+    if (node->kind() != c10::prim::GetAttr) return false;
+    names.push_back(node->s(c10::attr::name));
+    value = node->input(0);
+  }
+  path.clear();
+  for (auto name = names.rbegin(); name != names.rend(); ++name) path += (path.empty() ? "" : ".") + *name;
+  return true;
+}
+
+int CountCalls(const std::vector<Node*>& taps) {
+  for (Node* tap : taps) {
+    for (const auto& level : Nesting(tap)) {
+      if (level.first->kind() == c10::prim::Loop) return -1;
+    }
+  }
+  // Calls in different branches of an if/else count once: only one of them runs.
+  for (size_t i = 0; i < taps.size(); ++i) {
+    for (size_t j = i + 1; j < taps.size(); ++j) {
+      if (!Exclusive(taps[i], taps[j])) return static_cast<int>(taps.size());
+    }
+  }
+  return taps.empty() ? 0 : 1;
+}
+
+CallSites AnalyzeCalls(const torch::jit::Module& root, const std::string& qualifiedName) {
+  CallSites sites;
+  auto method = root.find_method("forward");
+  auto* function = method ? dynamic_cast<torch::jit::GraphFunction*>(&method->function()) : nullptr;
+  if (function == nullptr) return sites;
+  // A copy: the model's own graphs keep their calls (and the hooks that live at them).
+  std::shared_ptr<torch::jit::Graph> graph = function->graph()->copy();
+  torch::jit::Inline(*graph);
+  std::vector<Node*> taps;
+  CollectTaps(graph->block(), taps);
+  std::vector<Node*> calls;
+  for (Node* tap : taps) {
+    std::string path;
+    if (ModulePath(tap->input(0), graph->inputs()[0], path) && path == qualifiedName) calls.push_back(tap);
+  }
+  sites.count = CountCalls(calls);
+  sites.boundary = calls.size() == 1 && IsBoundaryNode(*graph, calls[0], calls[0]->input(2));
+  return sites;
+}
+
+}  // namespace tee

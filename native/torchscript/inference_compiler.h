@@ -1,0 +1,59 @@
+// Compiles a loaded model for inference with its exit points in place: the taps of the
+// chosen points are keyed by their index (module objects do not survive freezing, which
+// clones and inlines), every other tap is dropped, then LibTorch's freezing (constants,
+// batch norm folded into convolutions) and, optionally, optimize_for_inference (oneDNN
+// prepacked convolutions, fused conv-add-relu) run over what is left. An exit point stays
+// a side effect that consumes the module's output and returns what the rest of the graph
+// reads, so no pass can move work across it, and a per-sample exit can shrink the batch.
+#pragma once
+
+#include <torch/script.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "hooks/forward_hooks.h"
+
+namespace tee {
+
+struct InferenceModel {
+  torch::jit::Module module;
+  // Point i of the compiled graph runs the hooks of this module object of the source model.
+  ExitPointTable points;
+  std::vector<std::string> pointNames;
+  // Per point: whether samples can leave the batch there (the point's output is the only
+  // batch-sized value the rest of the compiled forward reads).
+  std::vector<bool> batchBoundaries;
+  // How it was compiled: "oneDNN" (frozen, then optimize_for_inference) or "frozen".
+  std::string optimization;
+
+  // What the compiled model was made from, to refuse to run it once that changed.
+  std::shared_ptr<const HookMap> hooks;
+  uint64_t generation = 0;
+  std::vector<std::pair<std::string, at::Tensor>> watched;
+  std::vector<uint32_t> versions;
+
+  // Why the compiled model no longer computes what the source model does, or "" if it does.
+  std::string StaleReason(const std::shared_ptr<const HookMap>& currentHooks, uint64_t currentGeneration) const;
+};
+
+// How far to go after freezing: kFrozen stops there; kOneDnn also runs optimize_for_inference
+// (oneDNN prepacked convolutions, fusions) and fails where that is known to crash; kAuto is
+// kOneDnn where it works and kFrozen elsewhere.
+enum class Optimization { kFrozen, kOneDnn, kAuto };
+
+// Why optimize_for_inference cannot run with this LibTorch, or "" when it can.
+std::string OneDnnProblem();
+
+// Compiles `root` (which must be in eval mode) with exits at `points` (qualified module
+// names). Throws std::runtime_error naming the point when one cannot be kept.
+std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& root, const std::vector<std::string>& points,
+                                                    std::shared_ptr<const HookMap> hooks, uint64_t generation,
+                                                    Optimization optimization);
+
+// The same without exit points: the plain model frozen and optimized, as
+// torch.jit.optimize_for_inference makes it; `applied` says which optimization ran.
+torch::jit::Module CompilePlainForInference(const torch::jit::Module& root, Optimization optimization, std::string& applied);
+
+}  // namespace tee
