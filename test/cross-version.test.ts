@@ -1,6 +1,6 @@
 /**
  * Files made by the other PyTorch: test/fixtures/torch-<version>/ holds what the other
- * LibTorch's environment made with its own PyTorch (scripts/libtorch2-env.sh exchange puts
+ * LibTorch's environment made with its own PyTorch (scripts/debian-root.sh exchange puts
  * them there; CI always does, and sets TEE_REQUIRE_CROSS=1 so that their absence fails).
  * TorchScript saved by PyTorch 2.6 must load, run and take exits in the 1.13 build equal to
  * 2.6's own reference, and the reverse; a state dict saved by the other Python must load.
@@ -17,7 +17,7 @@ const foreign = fs.existsSync(FIXTURES)
 
 if (foreign.length === 0) {
   const reason = `no fixtures made by another PyTorch in ${FIXTURES}/torch-<version>/ ` +
-    '(bash scripts/libtorch2-env.sh exchange makes them; CI runs it)';
+    '(bash scripts/debian-root.sh exchange trixie sid makes them; CI runs it)';
   if (process.env.TEE_REQUIRE_CROSS === '1') {
     it('has the fixtures of the other PyTorch', () => { throw new Error(reason); });
   } else {

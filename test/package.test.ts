@@ -19,9 +19,11 @@ describe('the npm package', () => {
     if (!fs.existsSync(prebuilds) || fs.readdirSync(prebuilds).length === 0) {
       throw new Error('no prebuilt binary to pack: run `npm run prebuild` first (scripts/setup.sh does)');
     }
-    const packed = JSON.parse(npm(['pack', '--json', '--pack-destination', work], ROOT));
-    tarball = path.join(work, packed[0].filename);
-    (globalThis as any).packedFiles = packed[0].files.map((f: { path: string }) => f.path);
+    // npm 10 prints an array of packed packages, npm 12 (Debian sid's) an object keyed by name.
+    const printed = JSON.parse(npm(['pack', '--json', '--pack-destination', work], ROOT));
+    const packed = Array.isArray(printed) ? printed[0] : printed['torch-early-exit'];
+    tarball = path.join(work, packed.filename);
+    (globalThis as any).packedFiles = packed.files.map((f: { path: string }) => f.path);
   });
 
   it('holds what users need and nothing else', () => {
@@ -35,7 +37,7 @@ describe('the npm package', () => {
   });
 
   // CI builds a binary in each LibTorch environment and gives each to the other
-  // (scripts/libtorch2-env.sh exchange): the tarball must carry every one it names.
+  // (scripts/debian-root.sh exchange): the tarball must carry every one it names.
   const required = (process.env.TEE_PACK_LIBTORCH ?? '').split(',').filter(Boolean);
   (required.length > 0 ? it : it.skip)(`carries the prebuilt binary of every LibTorch in TEE_PACK_LIBTORCH (${required.join(', ') || 'unset'})`, () => {
     const files: string[] = (globalThis as any).packedFiles;

@@ -1,33 +1,38 @@
 #!/usr/bin/env bash
-# Runs torch-early-exit's build and tests against LibTorch 2.6 on a host that has
-# LibTorch 1.13 (Debian 12): inside a Debian 13 (trixie) root file system that has
-# Debian's libtorch-dev 2.6 and python3-torch 2.6.
+# Runs torch-early-exit's build and tests against another Debian's LibTorch on a host that has
+# LibTorch 1.13 (Debian 12): inside a root file system of that Debian with its libtorch-dev and
+# python3-torch. One script for every root; the suite names it:
+#   trixie   Debian 13: LibTorch and PyTorch 2.6 (Python 3.13, Node 20)
+#   sid      Debian unstable (a frozen snapshot on this mirror): LibTorch and PyTorch 2.14
+#            (Python 3.14, Node 24, GCC 16)
 #
-#   bash scripts/libtorch2-env.sh build        make the root (once; later calls reuse it)
-#   bash scripts/libtorch2-env.sh run 'CMD'    run CMD in a copy of this repository inside the root
-#   bash scripts/libtorch2-env.sh test         = run 'bash scripts/setup.sh && npm test'
-#   bash scripts/libtorch2-env.sh exchange     fixtures and prebuilt binaries, each side to the other
+#   bash scripts/debian-root.sh SUITE build        make the root (once; later calls reuse it)
+#   bash scripts/debian-root.sh SUITE run 'CMD'    run CMD in a copy of this repository inside it
+#   bash scripts/debian-root.sh SUITE test         = run 'bash scripts/setup.sh && npm test'
+#   bash scripts/debian-root.sh exchange SUITE...  fixtures and prebuilt binaries between the host
+#                                                  and every root named, each side to every other
 #
 # Environment:
-#   TEE_TRIXIE_ROOT       where the root lives (default /var/cache/torch-early-exit/trixie),
-#                         outside the repository so that git, npm pack and jest never see it.
-#   TEE_TRIXIE_MIRROR     the Debian mirror (default: the first URIs: in the host's
+#   TEE_ROOTS             where the roots live (default /var/cache/torch-early-exit), one folder
+#                         per suite, outside the repository so that git, npm pack and jest never
+#                         see them.
+#   TEE_DEBIAN_MIRROR     the Debian mirror (default: the first URIs: in the host's
 #                         /etc/apt/sources.list.d/debian.sources).
-#   TEE_TRIXIE_COPY_BACK  space-separated paths, relative to the repository, to copy from the
+#   TEE_COPY_BACK         space-separated paths, relative to the repository, to copy from the
 #                         copy inside the root back into this checkout after CMD succeeded,
 #                         e.g. "prebuilds". Copied without --delete: the host's own files
 #                         (the 1.13 binary) stay.
 #
-# Needs root (chroot, mount). Two calls at once are serialised with a lock.
+# Needs root (chroot, mount). Two calls at once on one root are serialised with a lock.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-ROOT=${TEE_TRIXIE_ROOT:-/var/cache/torch-early-exit/trixie}
-ROOT=${ROOT%/}
-PARTIAL="$ROOT.partial"
+ROOTS=${TEE_ROOTS:-/var/cache/torch-early-exit}
+ROOTS=${ROOTS%/}
+SUITES=(trixie sid)
 # Inside the root the repository is a persistent copy, not a bind mount of this checkout:
-# node_modules/, build/, dist/, test/fixtures/ and prebuilds/ made there (by Node, LibTorch
-# 2.6 and PyTorch 2.6) must not overwrite the host's 1.13 ones, and are reused between runs.
+# node_modules/, build/, dist/, test/fixtures/ and prebuilds/ made there (by that Debian's Node,
+# LibTorch and PyTorch) must not overwrite the host's 1.13 ones, and are reused between runs.
 COPY_IN_ROOT=/work/repo
 # The list of files the last sync copied, to delete in the copy what was deleted here.
 SYNC_LIST_IN_ROOT=/work/.repo-files
@@ -35,14 +40,14 @@ GUEST_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
 # What the root needs, each for a reason:
-#   libtorch-dev, libopenblas0-pthread   LibTorch 2.6 to build against; OpenBLAS explicitly,
+#   libtorch-dev, libopenblas0-pthread   LibTorch to build against; OpenBLAS explicitly,
 #                                        since without recommends libtorch's BLAS dependency
 #                                        could be met by the slow reference BLAS
 #   libgloo-dev                          Gloo's headers, for c10d's Gloo process group
-#   python3-torch                        PyTorch 2.6 makes test/fixtures (scripts/fixtures.js)
+#   python3-torch                        the same PyTorch makes test/fixtures (scripts/fixtures.js)
 #   python3-torchvision                  scripts/setup.sh checks for it; without it setup.sh
 #                                        would run apt-get inside on every test run
-#   nodejs, npm                          npm ci / build / jest (trixie: Node 20)
+#   nodejs, npm                          npm ci / build / jest (trixie: Node 20, sid: Node 24)
 #   g++, cmake, make                     cmake-js builds the addon
 #   ninja-build                          cmake-js picks Ninja when it is there, as on the host
 #   ca-certificates                      TLS for npm and python inside (/etc/ssl/certs)
@@ -50,7 +55,7 @@ CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 PACKAGES=(libtorch-dev libgloo-dev libopenblas0-pthread python3-torch python3-torchvision
   nodejs npm g++ cmake make ninja-build ca-certificates)
 
-log() { echo "[libtorch2-env] $*" >&2; }
+log() { echo "[debian-root${SUITE:+ $SUITE}] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # ---- timings: each phase's time is printed when it ends, and all of them at exit ----
@@ -141,7 +146,7 @@ ensure_host_tool() { # COMMAND PACKAGE
 }
 
 mirror() {
-  if [ -n "${TEE_TRIXIE_MIRROR:-}" ]; then echo "$TEE_TRIXIE_MIRROR"; return; fi
+  if [ -n "${TEE_DEBIAN_MIRROR:-}" ]; then echo "$TEE_DEBIAN_MIRROR"; return; fi
   local m=""
   [ -f /etc/apt/sources.list.d/debian.sources ] &&
     m=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)
@@ -156,7 +161,7 @@ ensure_root() {
   fi
   # $ROOT without .ready was not made by this script (it renames only complete roots):
   # refuse rather than delete someone's directory.
-  [ -e "$ROOT" ] && die "$ROOT exists but has no .ready; remove it (rm -rf --one-file-system) or set TEE_TRIXIE_ROOT"
+  [ -e "$ROOT" ] && die "$ROOT exists but has no .ready; remove it (rm -rf --one-file-system) or set TEE_ROOTS"
 
   # An interrupted build is started over, never reused half-made.
   if [ -e "$PARTIAL" ]; then
@@ -175,9 +180,14 @@ ensure_root() {
   touch "$PARTIAL/.torch-early-exit-partial"
   local m
   m=$(mirror)
-  log "debootstrap --variant=minbase trixie $PARTIAL $m"
-  debootstrap --variant=minbase trixie "$PARTIAL" "$m" >"$PARTIAL.debootstrap.log" 2>&1 ||
+  log "debootstrap --variant=minbase $SUITE $PARTIAL $m"
+  debootstrap --variant=minbase "$SUITE" "$PARTIAL" "$m" >"$PARTIAL.debootstrap.log" 2>&1 ||
     { tail -30 "$PARTIAL.debootstrap.log" >&2; die "debootstrap failed; log: $PARTIAL.debootstrap.log"; }
+  if [ "$SUITE" = sid ]; then
+    # The mirror's sid is a frozen snapshot whose Release file has expired: apt inside refuses it
+    # unless told not to check (the host's apt carries the same setting).
+    echo 'Acquire::Check-Valid-Until "false";' >"$PARTIAL/etc/apt/apt.conf.d/99tee-frozen-snapshot"
+  fi
   phase_end
 
   phase_begin "package install"
@@ -230,14 +240,14 @@ sync_repo() {
 }
 
 copy_back() {
-  [ -n "${TEE_TRIXIE_COPY_BACK:-}" ] || return 0
+  [ -n "${TEE_COPY_BACK:-}" ] || return 0
   phase_begin "copy back"
   local path owner
   owner=$(stat -c %u:%g "$REPO")
-  for path in $TEE_TRIXIE_COPY_BACK; do
+  for path in $TEE_COPY_BACK; do
     path=${path%/}
     case "/$path/" in
-      */../* | //*) die "TEE_TRIXIE_COPY_BACK: $path must be a path inside the repository" ;;
+      */../* | //*) die "TEE_COPY_BACK: $path must be a path inside the repository" ;;
     esac
     if [ ! -e "$ROOT$COPY_IN_ROOT/$path" ]; then
       log "copy back: $path does not exist inside, skipped"
@@ -264,26 +274,31 @@ run_in_root() { # CMD
   copy_back
 }
 
-# ---- 3. what the two LibTorch versions give each other ----
+# ---- 3. what the LibTorch versions give each other ----
 # The fixtures each PyTorch made (a scripted and a traced ResNet-20 with their references, a
-# state dict saved by Python's torch.save) go to the other side's test/fixtures/torch-<version>/
-# for test/cross-version.test.ts, and each side's prebuilt binary goes to the other's
-# prebuilds/, so that npm pack on either side carries both.
-exchange() {
+# state dict saved by Python's torch.save) go to every other side's test/fixtures/torch-<version>/
+# for test/cross-version.test.ts, and each side's prebuilt binary goes to every other's
+# prebuilds/, so that npm pack on any side carries all of them.
+exchange() { # SUITE...
   phase_begin "exchange"
-  local host="$REPO" guest="$ROOT$COPY_IN_ROOT" from to version
-  for pair in "$host:$guest" "$guest:$host"; do
-    from=${pair%%:*}
-    to=${pair#*:}
+  local sides=("$REPO") suite from to version
+  for suite in "$@"; do
+    [ -e "$ROOTS/$suite/.ready" ] || die "no $suite root: run bash $0 $suite build first"
+    sides+=("$ROOTS/$suite$COPY_IN_ROOT")
+  done
+  for from in "${sides[@]}"; do
     [ -f "$from/test/fixtures/TORCH_VERSION" ] || die "no fixtures in $from/test/fixtures: run scripts/setup.sh there first"
     version=$(cat "$from/test/fixtures/TORCH_VERSION")
-    rm -rf "$to/test/fixtures/torch-$version"
-    mkdir -p "$to/test/fixtures/torch-$version"
-    cp "$from/test/fixtures/"{resnet20_scripted.pt,resnet20_traced.pt,resnet20_reference.json,branch_state_dict.pt,TORCH_VERSION} \
-      "$to/test/fixtures/torch-$version/"
-    mkdir -p "$to/prebuilds"
-    cp -r "$from/prebuilds/." "$to/prebuilds/"
-    log "fixtures of PyTorch $version and the prebuilt binaries of $from -> $to"
+    for to in "${sides[@]}"; do
+      [ "$from" = "$to" ] && continue
+      rm -rf "$to/test/fixtures/torch-$version"
+      mkdir -p "$to/test/fixtures/torch-$version"
+      cp "$from/test/fixtures/"{resnet20_scripted.pt,resnet20_traced.pt,resnet20_reference.json,branch_state_dict.pt,TORCH_VERSION} \
+        "$to/test/fixtures/torch-$version/"
+      mkdir -p "$to/prebuilds"
+      cp -r "$from/prebuilds/." "$to/prebuilds/"
+      log "fixtures of PyTorch $version and the prebuilt binaries of $from -> $to"
+    done
   done
   phase_end
 }
@@ -296,12 +311,36 @@ usage() {
 [ "$(id -u)" -eq 0 ] || die "needs root (chroot, mount): sudo bash $0 $*"
 [ $# -ge 1 ] || usage
 
+known_suite() { local s; for s in "${SUITES[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+
+if [ "$1" = exchange ]; then
+  shift
+  [ $# -ge 1 ] || usage
+  for suite in "$@"; do known_suite "$suite" || die "unknown suite $suite (known: ${SUITES[*]})"; done
+  # Every root named is locked, in the order given, so that no run writes fixtures meanwhile.
+  fd=9
+  for suite in "$@"; do
+    mkdir -p "$ROOTS"
+    eval "exec $fd>\"\$ROOTS/\$suite.lock\""
+    flock "$fd"
+    fd=$((fd + 1))
+  done
+  exchange "$@"
+  exit 0
+fi
+
+SUITE=$1
+shift
+known_suite "$SUITE" || die "unknown suite $SUITE (known: ${SUITES[*]})"
+ROOT=$ROOTS/$SUITE
+PARTIAL="$ROOT.partial"
+
 # One call at a time per root: two would mount over each other and race in the copy.
-mkdir -p "$(dirname "$ROOT")"
+mkdir -p "$ROOTS"
 exec 9>"$ROOT.lock"
 flock -n 9 || { log "waiting for another call on $ROOT"; flock 9; }
 
-case "$1" in
+case "${1:-}" in
   build) ensure_root ;;
   run)
     [ $# -eq 2 ] || usage
@@ -311,10 +350,6 @@ case "$1" in
   test)
     ensure_root
     run_in_root 'bash scripts/setup.sh && npm test'
-    ;;
-  exchange)
-    ensure_root
-    exchange
     ;;
   *) usage ;;
 esac
