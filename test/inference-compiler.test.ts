@@ -107,6 +107,24 @@ describe('optimizeForInference: the compiled model computes what the model does'
     expect(maxAbsDiff(torch.noGrad(() => plain.forward(x)) as Tensor, resnet().output)).toBeLessThanOrEqual(1e-5);
     expect(() => jit.optimizeForInference(jit.load(fixture('resnet20_scripted.pt')).train())).toThrow(/train mode: call eval\(\)/);
   });
+
+  it('jit.optimizeForInference runs a CNN with max pooling, with and without gradients on, and returns ordinary tensors', () => {
+    // LibTorch 2.14 fails an internal assert when a oneDNN tensor reaches max_pool2d through
+    // autograd dispatch (Python's optimize_for_inference too, outside torch.inference_mode()).
+    const plain = jit.load(fixture('mnist_cnn.pt')).eval();
+    const optimized = jit.optimizeForInference(plain);
+    const x = torch.randn([2, 1, 28, 28]);
+    const expected = torch.noGrad(() => plain.forward(x)) as Tensor;
+    for (const output of [optimized.forward(x) as Tensor, torch.noGrad(() => optimized.forward(x)) as Tensor]) {
+      expect(maxAbsDiff(output, expected)).toBeLessThanOrEqual(1e-5);
+      expect(output.add_(1).sub(1).shape).toEqual([2, 10]); // an inference tensor would refuse the in-place add
+    }
+    const seen: number[][] = [];
+    const handle = optimized.registerForwardHook((_module, _inputs, output) => { seen.push((output as Tensor).shape); });
+    optimized.forward(x);
+    handle.remove();
+    expect(seen).toEqual([[2, 10]]);
+  });
 });
 
 describe('optimizeForInference: a snapshot that refuses to run once the model changed', () => {

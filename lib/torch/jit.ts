@@ -346,8 +346,10 @@ export function checkInferenceOptions(options: InferenceOptions, what: string): 
 
 /**
  * A new module: `module` frozen and optimized for inference, as PyTorch's
- * `torch.jit.optimize_for_inference`. Its submodules are inlined, so it takes no hooks; it
- * runs in eval mode without gradients. `module` must be in eval mode and is left as it is.
+ * `torch.jit.optimize_for_inference`. Its submodules are inlined, so it takes no hooks but
+ * on itself; it runs in eval mode under LibTorch's InferenceMode (no autograd at all, which
+ * LibTorch 2.14 needs for oneDNN tensors in max pooling) and returns ordinary tensors.
+ * `module` must be in eval mode and is left as it is.
  */
 export function optimizeForInference(module: ScriptModule, options: InferenceOptions = {}): ScriptModule {
   if (!(module instanceof ScriptModule)) throw new TypeError('jit.optimizeForInference: module must be a ScriptModule');

@@ -118,10 +118,15 @@ void MethodCall::UseInferenceModel(Napi::Env env) {
 
 void MethodCall::RunCompiled() {
   {
-    // No autograd bookkeeping at all (no version counters, no autograd dispatch).
+    // No autograd bookkeeping at all (no version counters, no autograd dispatch). Needed, not
+    // only cheaper: from LibTorch 2.14 (built with Vulkan, as Debian's is) aten::max_pool2d has
+    // a backend kernel mapped to AutogradOther beside its CompositeImplicitAutograd one, so a
+    // oneDNN tensor that reaches it through autograd dispatch fails an internal assert ("has
+    // kernels registered to both CompositeImplicitAutograd and a backend mapped to
+    // AutogradOther"); InferenceMode skips autograd dispatch, as PyTorch's message advises.
     c10::InferenceMode inferenceMode;
     try {
-      result = const_cast<torch::jit::Module&>(inference->module).forward(inputs);
+      result = inference ? const_cast<torch::jit::Module&>(inference->module).forward(inputs) : module.get_method(method)(inputs);
     } catch (const ForwardStopped&) {
       result = context.stoppedBy->value;
     }
@@ -137,6 +142,9 @@ void MethodCall::RunCompiled() {
     exit.rows = Ordinary(exit.rows).toTensor();
   }
   if (context.remaining.defined()) context.remaining = Ordinary(context.remaining).toTensor();
+  // A compiled copy has no submodule calls left to tap: hooks on its root fire here, with
+  // ordinary tensors, as in Run.
+  if (!inference && method == "forward") RunHooks(module._ivalue(), c10::ivalue::Tuple::create(inputs), result);
 }
 
 void MethodCall::Run(JsHookCaller* js) {
@@ -144,7 +152,7 @@ void MethodCall::Run(JsHookCaller* js) {
   LedgerScope charged(ledger.get());
   context.js = js;
   ForwardScope scope(&context);
-  if (inference) return RunCompiled();
+  if (inference || state->compiledForInference) return RunCompiled();
   // On CPU the graph executor's optimized plans (profiling runs, then autodiff subgraphs)
   // made a training step's backward 4-8% slower than eager autograd (ResNet-20, batch 64)
   // and gained nothing measurable in eval: CPU calls run in the plain interpreter, as under

@@ -26,6 +26,9 @@ struct ModelState {
   uint64_t generation = 0;
   // The model compiled for inference with its exit points, once asked for.
   std::shared_ptr<const InferenceModel> inference;
+  // This model is itself a copy compiled by optimize_for_inference (jit.optimizeForInference):
+  // every call runs under c10::InferenceMode, as the exit-compiled forward does.
+  bool compiledForInference = false;
 };
 
 struct MethodCall {
@@ -51,7 +54,8 @@ struct MethodCall {
   void UseInferenceModel(Napi::Env env);
   // Runs the method on the calling thread; JS hooks go through `js`.
   void Run(JsHookCaller* js);
-  // Runs the compiled forward (part of Run).
+  // Runs the compiled forward, or the method of a model that is itself compiled, under
+  // c10::InferenceMode (part of Run).
   void RunCompiled();
   // [result, [[hookId, hookOutput], ...], stoppedByHookId | null,
   //  [[hookId, inputPositions, exitRows], ...], remainingPositions | null]

@@ -346,6 +346,7 @@ Napi::Value ScriptModule::OptimizedCopy(const Napi::CallbackInfo& info) {
   auto state = std::make_shared<ModelState>();
   std::string applied;
   state->root = CompilePlainForInference(Get(env), ParseOptimization(info[0]), applied);
+  state->compiledForInference = true;
   Napi::Array result = Napi::Array::New(env, 2);
   result.Set(0u, Wrap(env, state, state->root, ""));
   result.Set(1u, Napi::String::New(env, applied));
