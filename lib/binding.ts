@@ -172,6 +172,9 @@ export interface Binding {
   isGradEnabled(): boolean;
   cudaIsAvailable(): boolean;
   cudaDeviceCount(): number;
+  /** Reads, or sets then reads, at::globalContext()'s TF32 switch for cuDNN / cuBLAS. */
+  allowTF32CuDNN(allow?: boolean): boolean;
+  allowTF32CuBLAS(allow?: boolean): boolean;
   /** The LibTorch version the addon was compiled against. */
   libtorchVersion: string;
   /** The version of the LibTorch loaded in the process (from its build configuration). */

@@ -11,7 +11,7 @@ import * as os from 'os';
 import * as path from 'path';
 import * as lib from '../lib';
 import { DistributedSampler } from '../lib/distributed';
-import { FIXTURES, python } from './helpers';
+import { FIXTURES, python, pythonWithTorch } from './helpers';
 
 // eslint-disable-next-line @typescript-eslint/no-var-requires
 const recipe = require('./workers/ddp-recipe');
@@ -190,7 +190,7 @@ describe('DistributedDataParallel', () => {
       const { x, y } = recipe.makeData(lib);
       lib.torch.save({ ...Object.fromEntries([...model.namedParameters(), ...model.namedBuffers()]), x, y }, path.join(folder, 'state.pt'));
       const { execFileSync } = await import('child_process');
-      execFileSync('/usr/bin/python3', [path.join(__dirname, 'workers', 'ddp_python.py'), ROOT, String(await freePort()),
+      execFileSync(pythonWithTorch(), [path.join(__dirname, 'workers', 'ddp_python.py'), ROOT, String(await freePort()),
         path.join(folder, 'state.pt'), path.join(folder, 'python.json'), String(steps), bn], {
           stdio: ['ignore', 'ignore', 'pipe'],
           // Debian 13's PyTorch 2.6 has no libuv, which its TCPStore asks for by default.

@@ -42,10 +42,24 @@ export function maxAbsDiff(actual: Tensor, expected: RefTensor | Tensor | ArrayL
   return worst;
 }
 
-/** Runs Debian's python3 with torch on a script; returns stdout. */
+let chosenPython: string | undefined;
+
+/**
+ * The python3 that made the fixtures: Debian's /usr/bin/python3 with python3-torch, else the
+ * first python3 on PATH with torch (a pip PyTorch), as scripts/fixtures.js chooses. Asked once,
+ * on first use: importing torch takes seconds.
+ */
+export function pythonWithTorch(): string {
+  const { spawnSync } = require('child_process') as typeof import('child_process');
+  chosenPython ??= ['/usr/bin/python3', 'python3'].find((python) => spawnSync(python, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0)
+    ?? '/usr/bin/python3';
+  return chosenPython;
+}
+
+/** Runs the fixtures' python3 with torch on a script; returns stdout. */
 export function python(code: string): string {
   const { execFileSync } = require('child_process') as typeof import('child_process');
-  return execFileSync('/usr/bin/python3', ['-c', code], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  return execFileSync(pythonWithTorch(), ['-c', code], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
 /** The seed's exit branch, with the weights the Python reference used. */

@@ -159,10 +159,18 @@ describe('modes, devices and saving', () => {
   });
 
   const cudaIt = torch.cuda.isAvailable() ? it : it.skip;
-  cudaIt('runs on CUDA', () => {
+  cudaIt("runs on CUDA: within float32 rounding of PyTorch's CPU output with TF32 off, within TF32's with it on", () => {
     const model = jit.load(fixture('resnet20_scripted.pt'), { device: 'cuda' });
-    const output = model.forward(fromRef(resnet().input).cuda()) as Tensor;
-    expect(maxAbsDiff(output.cpu(), resnet().output)).toBeLessThanOrEqual(1e-4);
+    const x = fromRef(resnet().input).cuda();
+    // PyTorch's default lets cuDNN round convolution inputs to TF32 (10-bit mantissa): an
+    // H200 gives 1.5e-3 from the CPU's output here.
+    expect(maxAbsDiff((model.forward(x) as Tensor).cpu(), resnet().output)).toBeLessThanOrEqual(1e-2);
+    torch.backends.cudnn.allowTF32 = false;
+    try {
+      expect(maxAbsDiff((model.forward(x) as Tensor).cpu(), resnet().output)).toBeLessThanOrEqual(1e-4);
+    } finally {
+      torch.backends.cudnn.allowTF32 = true;
+    }
   });
 
   it("saves a model that Python's torch.jit.load reads and runs", () => {

@@ -10,7 +10,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { Tensor, torch } from '../lib';
 import { binding } from '../lib/binding';
-import { python } from './helpers';
+import { python, pythonWithTorch } from './helpers';
 
 const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-serialization-'));
 const file = (name: string) => path.join(folder, name);
@@ -97,7 +97,7 @@ torch.save({'row': base[1], 't': base.t(), 'slice': base[:, 1:3], 'pair': (1, 't
     torch.save({ weight: torch.randn([64, 32]), bias: torch.arange(32, undefined, 1, { dtype: 'float32' }) }, base);
     const job = file('fuzz-job.json');
     fs.writeFileSync(job, JSON.stringify({ seed: 5, out: folder, cases: [{ id: 365, base, family: 'content' }] }));
-    const made = JSON.parse(execFileSync('/usr/bin/python3', [path.join(__dirname, '..', 'scripts', 'fuzz_files.py'), job], { encoding: 'utf8' }))['365'];
+    const made = JSON.parse(execFileSync(pythonWithTorch(), [path.join(__dirname, '..', 'scripts', 'fuzz_files.py'), job], { encoding: 'utf8' }))['365'];
     expect(made.mutation).toBe('content-insert:archive/data.pkl');
     expect(made.damaged).toBe(false);
     expect(() => torch.load(made.path)).toThrow(new RegExp(`^torch\\.load: cannot read '${made.path}': pickle opcode 0x6f at byte \\d+ is not one torch\\.save files use`));

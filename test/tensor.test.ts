@@ -190,7 +190,9 @@ describe('tensor operations', () => {
       /aten::add.Tensor: The size of tensor a \(3\) must match the size of tensor b \(4\) at non-singleton dimension 1/);
     expect(() => torch.zeros([2]).item()).toThrow(/a Tensor with 2 elements cannot be converted to Scalar/);
     expect(() => torch.ones([4]).reshape('a' as never)).toThrow("argument 'shape'[0] must be int, got a");
-    expect(() => torch.zeros([1e12])).toThrow(/aten::zeros: .*can't allocate memory/);
+    // 4 PB: more than a 47-bit address space holds, so even a system that overcommits memory
+    // (where 4 TB would be handed out, then the process killed when it is written) refuses it.
+    expect(() => torch.zeros([1e15])).toThrow(/aten::zeros: .*can't allocate memory/);
   });
 });
 
@@ -256,6 +258,18 @@ describe('runtime', () => {
     expect(y.requiresGrad).toBe(false);
     expect(torch.isGradEnabled()).toBe(true);
     expect(x.mul(2).requiresGrad).toBe(true);
+  });
+
+  it("has PyTorch's TF32 switches and defaults: cuDNN may use TF32, cuBLAS may not", () => {
+    expect(torch.backends.cudnn.allowTF32).toBe(true);
+    expect(torch.backends.cuda.matmul.allowTF32).toBe(false);
+    torch.backends.cudnn.allowTF32 = false;
+    torch.backends.cuda.matmul.allowTF32 = true;
+    expect([torch.backends.cudnn.allowTF32, torch.backends.cuda.matmul.allowTF32]).toEqual([false, true]);
+    torch.backends.cudnn.allowTF32 = true;
+    torch.backends.cuda.matmul.allowTF32 = false;
+    expect(() => { torch.backends.cudnn.allowTF32 = 1 as never; }).toThrow('torch.backends.cudnn.allowTF32 must be a boolean, got 1');
+    expect(torch.backends.cudnn.allowTF32).toBe(true);
   });
 
   const cudaIt = torch.cuda.isAvailable() ? it : it.skip;

@@ -3,7 +3,7 @@
  * threads, seeds, grad mode, devices and versions.
  */
 import { MemoryStats, binary, binding } from '../binding';
-import { checkInteger, describeValue } from '../util/check';
+import { checkBoolean, checkInteger, describeValue } from '../util/check';
 import { DType, Device, TYPED_ARRAY_DTYPE } from './dtype';
 import { keep, tidy } from './scope';
 import { NestedArray, Tensor, TensorOptions, callOp } from './tensor';
@@ -180,6 +180,26 @@ export { save, load } from '../io/serialization';
 export const cuda = {
   isAvailable: (): boolean => binding.cudaIsAvailable(),
   deviceCount: (): number => binding.cudaDeviceCount(),
+};
+
+/**
+ * PyTorch's `torch.backends` switches for CUDA's float32 arithmetic, with its defaults: cuDNN
+ * convolutions may round float32 inputs to TF32 (`allowTF32` true, about 1e-3 relative error,
+ * several times faster on Ampere and later GPUs), cuBLAS matrix products may not. Set
+ * `torch.backends.cudnn.allowTF32 = false` for results within float32 rounding of the CPU's.
+ * Process-wide, as in PyTorch; no effect on the CPU.
+ */
+export const backends = {
+  cudnn: {
+    get allowTF32(): boolean { return binding.allowTF32CuDNN(); },
+    set allowTF32(allow: boolean) { binding.allowTF32CuDNN(checkBoolean(allow, 'torch.backends.cudnn.allowTF32')); },
+  },
+  cuda: {
+    matmul: {
+      get allowTF32(): boolean { return binding.allowTF32CuBLAS(); },
+      set allowTF32(allow: boolean) { binding.allowTF32CuBLAS(checkBoolean(allow, 'torch.backends.cuda.matmul.allowTF32')); },
+    },
+  },
 };
 
 /**

@@ -27,6 +27,12 @@ export function checkString(value: unknown, name: string, nonEmpty = true): stri
   return value as string;
 }
 
+/** A boolean. */
+export function checkBoolean(value: unknown, name: string): boolean {
+  if (typeof value !== 'boolean') fail(name, 'a boolean', value);
+  return value as boolean;
+}
+
 /** A finite number. */
 export function checkFinite(value: unknown, name: string): number {
   if (typeof value !== 'number' || !Number.isFinite(value)) fail(name, 'a finite number', value);

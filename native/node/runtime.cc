@@ -1,6 +1,7 @@
 #include "node/runtime.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <c10/core/GradMode.h>
@@ -51,6 +52,19 @@ Napi::Value RandpermWithSeed(const Napi::CallbackInfo& info) {
     at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value()));
     return Tensor::Wrap(info.Env(), at::randperm(info[0].As<Napi::Number>().Int64Value(), generator));
   });
+}
+
+// torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32: whether CUDA
+// convolutions and matrix products may round their float32 inputs to TF32 (on by default for
+// cuDNN, off for cuBLAS, as in PyTorch). Process-wide, like PyTorch's.
+Napi::Value AllowTF32CuDNN(const Napi::CallbackInfo& info) {
+  if (info.Length() > 0) at::globalContext().setAllowTF32CuDNN(info[0].ToBoolean());
+  return Napi::Boolean::New(info.Env(), at::globalContext().allowTF32CuDNN());
+}
+
+Napi::Value AllowTF32CuBLAS(const Napi::CallbackInfo& info) {
+  if (info.Length() > 0) at::globalContext().setAllowTF32CuBLAS(info[0].ToBoolean());
+  return Napi::Boolean::New(info.Env(), at::globalContext().allowTF32CuBLAS());
 }
 
 // Grad mode is thread-local; async work copies the caller's mode to its worker thread.
@@ -124,6 +138,8 @@ void ExportRuntime(Napi::Env env, Napi::Object exports) {
   exports.Set("isGradEnabled", Napi::Function::New(env, IsGradEnabled));
   exports.Set("cudaIsAvailable", Napi::Function::New(env, CudaIsAvailable));
   exports.Set("cudaDeviceCount", Napi::Function::New(env, CudaDeviceCount));
+  exports.Set("allowTF32CuDNN", Napi::Function::New(env, AllowTF32CuDNN));
+  exports.Set("allowTF32CuBLAS", Napi::Function::New(env, AllowTF32CuBLAS));
   exports.Set("libtorchVersion", Napi::String::New(env, TORCH_VERSION));
   exports.Set("loadedLibtorchVersion", Napi::String::New(env, LoadedLibTorchVersion()));
 #ifdef TEE_WITH_CUDA
