@@ -30,7 +30,7 @@ describe('the npm package', () => {
     const files: string[] = (globalThis as any).packedFiles;
     expect(files).toEqual(expect.arrayContaining([
       'dist/lib/index.js', 'dist/lib/index.d.ts', 'dist/esm/index.mjs', 'bin/torch-early-exit.js', 'models/mnist_cnn.pt',
-      'CMakeLists.txt', 'native/node/addon.cc', 'scripts/install.js', 'scripts/build-native.js', 'scripts/find-libtorch.js',
+      'CMakeLists.txt', 'native/addon.cc', 'scripts/install.js', 'scripts/build-native.js', 'scripts/find-libtorch.js',
       `prebuilds/${process.platform}-${os.arch()}/torch-early-exit.libtorch-${require(path.join(ROOT, 'dist', 'lib', 'libtorch')).findRuntimeLibTorch().found.version}.cpu.node`,
     ]));
     expect(files.filter((f) => /^(test|build|lib|examples)\//.test(f) || f.startsWith('dist/scripts') || f.endsWith('.map'))).toEqual([]);
