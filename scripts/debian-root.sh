@@ -11,6 +11,8 @@
 #   bash scripts/debian-root.sh SUITE test         = run 'bash scripts/setup.sh && npm test'
 #   bash scripts/debian-root.sh exchange SUITE...  fixtures and prebuilt binaries between the host
 #                                                  and every root named, each side to every other
+#   bash scripts/debian-root.sh host-tools         the host's debootstrap and rsync, installed now,
+#                                                  so that roots can then be made side by side
 #
 # Environment:
 #   TEE_ROOTS             where the roots live (default /var/cache/torch-early-exit), one folder
@@ -312,6 +314,12 @@ usage() {
 [ $# -ge 1 ] || usage
 
 known_suite() { local s; for s in "${SUITES[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+
+if [ "$1" = host-tools ]; then
+  ensure_host_tool debootstrap debootstrap
+  ensure_host_tool rsync rsync
+  exit 0
+fi
 
 if [ "$1" = exchange ]; then
   shift
