@@ -16,6 +16,7 @@ import { EarlyExitModel } from '../early-exit/model';
 import { ServingReport, serveOneAtATime } from '../early-exit/serving';
 import { EarlyExitStats } from '../early-exit/stats';
 import { evaluateAccuracy, trainEarlyExitAsync } from '../early-exit/trainer';
+import { InferenceOptimization } from '../binding';
 import { load, optimizeForInference } from '../torch/jit';
 import { Module } from '../torch/nn';
 import { packageRoot } from '../util/package-root';
@@ -45,6 +46,8 @@ export interface DemoResults {
   heldOutAccuracy: number[];
   distiller: { thresholds: number[]; report: ReturnType<EarlyExitStats['report']> };
   exitLatenciesMs: number[];
+  /** How both models were compiled for inference: 'oneDNN' (optimize_for_inference) or 'frozen' where oneDNN cannot run. */
+  inferenceOptimization: InferenceOptimization;
   /** The network without exits, compiled for inference like the early-exit model: what speed-ups are measured against. */
   baselineLatencyMs: number;
   /** How the held-out digits were split: the first part chose thresholds and criterion, the second was served and reported. */
@@ -181,7 +184,7 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
     .sort((a, b) => b.chosen.speedup - a.chosen.speedup)[0] ?? calibrations[0];
   const policy = policyOf(calibration);
   log(`\ncalibration on ${half} held-out digits: stopping at ${names.map((n, i) => `${n} ${exitLatenciesMs[i].toFixed(3)} ms`).join(', ')}, ` +
-    `network without exits ${baselineMs.toFixed(3)} ms (batch 1, median, compiled for inference)`);
+    `network without exits ${baselineMs.toFixed(3)} ms (batch 1, median, compiled for inference: ${model.inferenceOptimization})`);
   for (const c of calibrations) {
     log(`  ${c.criterion.padEnd(15)} thresholds [${c.chosen.thresholds.map((t) => (t === null ? 'never' : t.toFixed(4)))}] ` +
       `accuracy ${pct(c.chosen.accuracy)} (at least ${pct(c.chosen.accuracyBound)} with ${100 * CONFIDENCE}% confidence) ` +
@@ -211,7 +214,8 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   const results: DemoResults = {
     seed: options.seed, libtorch: torch.version.libtorch, threads: options.threads, device: options.device,
     model: modelFile, exitPoints: model.exitPoints, lossWeights, trainingSeconds, heldOutAccuracy: heldOut,
-    distiller: { thresholds: distillerThresholds, report }, exitLatenciesMs, baselineLatencyMs: baselineMs,
+    distiller: { thresholds: distillerThresholds, report }, exitLatenciesMs,
+    inferenceOptimization: model.inferenceOptimization!, baselineLatencyMs: baselineMs,
     heldOutSplit: { calibration: half, report: labels.length }, calibration, serving,
   };
   writeResults(options.out, results, tradeOffSvg(calibration, `Early exits on MNIST: accuracy against speedup (${calibration.criterion})`));
