@@ -5,6 +5,9 @@
 #   trixie   Debian 13: LibTorch and PyTorch 2.6 (Python 3.13, Node 20)
 #   sid      Debian unstable (a frozen snapshot on this mirror): LibTorch and PyTorch 2.14
 #            (Python 3.14, Node 24, GCC 16)
+#   trixie-arm64  Debian 13 with arm64 as a second architecture: the cross compiler, LibTorch
+#            2.6's arm64 libraries and headers, and qemu-user to run arm64 programs
+#            (scripts/arm64-smoke.sh builds and runs there)
 #
 #   bash scripts/debian-root.sh SUITE build        make the root (once; later calls reuse it)
 #   bash scripts/debian-root.sh SUITE run 'CMD'    run CMD in a copy of this repository inside it
@@ -31,7 +34,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 ROOTS=${TEE_ROOTS:-/var/cache/torch-early-exit}
 ROOTS=${ROOTS%/}
-SUITES=(trixie sid)
+SUITES=(trixie sid trixie-arm64)
 # Inside the root the repository is a persistent copy, not a bind mount of this checkout:
 # node_modules/, build/, dist/, test/fixtures/ and prebuilds/ made there (by that Debian's Node,
 # LibTorch and PyTorch) must not overwrite the host's 1.13 ones, and are reused between runs.
@@ -56,6 +59,16 @@ CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 # git is not needed: the file list is taken on the host, and npm pack does not use git.
 PACKAGES=(libtorch-dev libgloo-dev libopenblas0-pthread python3-torch python3-torchvision
   nodejs npm g++ cmake make ninja-build ca-certificates)
+# trixie-arm64: the build and the tools run on the host's architecture, LibTorch is arm64's:
+#   g++-aarch64-linux-gnu                the cross compiler (scripts/aarch64-linux-gnu.cmake)
+#   libtorch2.6:arm64 and :arm64 -dev    arm64's LibTorch, OpenBLAS, protobuf (which LibTorch's
+#   packages                             CMake config asks for) and Gloo's headers
+#   qemu-user                            runs arm64 Node and the addon on this x86-64 host
+#   nodejs, npm                          the host's Node, for npm ci and the TypeScript build
+# libtorch-dev itself cannot be installed for a second architecture (it is not Multi-Arch, and
+# pulls in python3-dev:arm64): its headers and CMake config are unpacked from the package.
+ARM64_PACKAGES=(g++-aarch64-linux-gnu cmake make qemu-user nodejs npm ca-certificates
+  libtorch2.6:arm64 libopenblas0-pthread:arm64 libprotobuf-dev:arm64 libgloo-dev:arm64)
 
 log() { echo "[debian-root${SUITE:+ $SUITE}] $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -182,8 +195,9 @@ ensure_root() {
   touch "$PARTIAL/.torch-early-exit-partial"
   local m
   m=$(mirror)
-  log "debootstrap --variant=minbase $SUITE $PARTIAL $m"
-  debootstrap --variant=minbase "$SUITE" "$PARTIAL" "$m" >"$PARTIAL.debootstrap.log" 2>&1 ||
+  local distribution=${SUITE%-arm64}
+  log "debootstrap --variant=minbase $distribution $PARTIAL $m"
+  debootstrap --variant=minbase "$distribution" "$PARTIAL" "$m" >"$PARTIAL.debootstrap.log" 2>&1 ||
     { tail -30 "$PARTIAL.debootstrap.log" >&2; die "debootstrap failed; log: $PARTIAL.debootstrap.log"; }
   if [ "$SUITE" = sid ]; then
     # The mirror's sid is a frozen snapshot whose Release file has expired: apt inside refuses it
@@ -194,9 +208,18 @@ ensure_root() {
 
   phase_begin "package install"
   enter_mounts "$PARTIAL"
+  local packages=("${PACKAGES[@]}")
+  if [ "$SUITE" = trixie-arm64 ]; then
+    in_root "$PARTIAL" dpkg --add-architecture arm64
+    packages=("${ARM64_PACKAGES[@]}")
+  fi
   in_root "$PARTIAL" apt-get update -qq
-  in_root "$PARTIAL" apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >"$PARTIAL.apt.log" 2>&1 ||
+  in_root "$PARTIAL" apt-get install -y -qq --no-install-recommends "${packages[@]}" >"$PARTIAL.apt.log" 2>&1 ||
     { tail -30 "$PARTIAL.apt.log" >&2; die "apt-get install failed; log: $PARTIAL.apt.log"; }
+  if [ "$SUITE" = trixie-arm64 ]; then
+    in_root "$PARTIAL" bash -c 'cd /tmp && apt-get download -qq libtorch-dev:arm64 && dpkg -x libtorch-dev_*_arm64.deb / && rm libtorch-dev_*_arm64.deb' ||
+      die "could not unpack libtorch-dev:arm64"
+  fi
   in_root "$PARTIAL" apt-get clean
   unmount_recorded
   phase_end
