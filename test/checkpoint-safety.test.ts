@@ -1,3 +1,4 @@
+import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -149,6 +150,31 @@ describe('loadCheckpoint validates checkpoint.json', () => {
     const text = fs.readFileSync(json, 'utf8');
     fs.writeFileSync(json, text.slice(0, Math.floor(text.length / 2)));
     expect(() => loadCheckpoint(dir)).toThrow(new RegExp(`^loadCheckpoint: cannot read '${json}': .*JSON`));
+  });
+
+  // Each replaces checkpoint.json; the load must end at once with an error naming what is
+  // there (before, a named pipe hung the process and a link to /dev/zero read it until memory
+  // ran out; a loop of links was reported as a missing file).
+  const notFiles: Array<[string, (json: string) => void, string]> = [
+    ['a named pipe with no writer', (json) => { execFileSync('mkfifo', [json]); }, 'it is a named pipe (FIFO), not a regular file'],
+    ['a link to /dev/zero', (json) => { fs.symlinkSync('/dev/zero', json); }, 'it is a character device, not a regular file'],
+    ['a loop of symbolic links', (json) => { fs.symlinkSync(`${json}.b`, json); fs.symlinkSync(json, `${json}.b`); }, 'it is a loop of symbolic links'],
+    ['a directory', (json) => { fs.mkdirSync(json); }, 'it is a directory'],
+  ];
+  it.each(notFiles)('refuses %s in place of checkpoint.json, saying what it is', (_, make, problem) => {
+    const { dir, json } = savedCheckpoint();
+    fs.rmSync(json);
+    make(json);
+    expect(() => loadCheckpoint(dir)).toThrow(`loadCheckpoint: cannot read '${json}': ${problem}`);
+    // A missing one is still called missing, and a model file that is not a file is refused too.
+    fs.rmSync(json, { recursive: true });
+    expect(() => loadCheckpoint(dir)).toThrow(`no checkpoint in '${dir}': checkpoint.json is missing`);
+  });
+
+  it('refuses a checkpoint.json larger than 64 MiB before reading it', () => {
+    const { dir, json } = savedCheckpoint();
+    fs.truncateSync(json, 64 * 1024 * 1024 + 1);
+    expect(() => loadCheckpoint(dir)).toThrow(`loadCheckpoint: cannot read '${json}': it is 67108865 bytes, more than the 67108864 such a file may hold`);
   });
 
   const cases: Array<[string, (json: any) => void, string]> = [

@@ -1,3 +1,4 @@
+import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -188,6 +189,20 @@ describe('modes, devices and saving', () => {
 describe('errors a user can act on', () => {
   it('a missing file', () => {
     expect(() => jit.load('/no/such/model.pt')).toThrow("cannot load TorchScript model '/no/such/model.pt': no such file");
+  });
+
+  it('a path that is no regular file: a named pipe, /dev/zero, a loop of links, a directory (jit.load and torch.load)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-notfile-'));
+    const fifo = path.join(dir, 'model.pt');
+    execFileSync('mkfifo', [fifo]);
+    fs.symlinkSync(path.join(dir, 'b'), path.join(dir, 'a'));
+    fs.symlinkSync(path.join(dir, 'a'), path.join(dir, 'b'));
+    expect(() => jit.load(fifo)).toThrow(`cannot load TorchScript model '${fifo}': it is a named pipe (FIFO), not a regular file`);
+    expect(() => jit.load('/dev/zero')).toThrow("cannot load TorchScript model '/dev/zero': it is a character device, not a regular file");
+    expect(() => jit.load(path.join(dir, 'a'))).toThrow(`cannot load TorchScript model '${path.join(dir, 'a')}': it is a loop of symbolic links`);
+    expect(() => jit.load(dir)).toThrow(`cannot load TorchScript model '${dir}': it is a directory`);
+    expect(() => torch.load(fifo)).toThrow(/it is a named pipe \(FIFO\), not a regular file/);
+    fs.rmSync(dir, { recursive: true });
   });
 
   it('a corrupt file', () => {

@@ -13,6 +13,7 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { describeFileKind, fsyncFile, fsyncFolder, writeFileAtomic } from '../io/atomic-write';
+import { isMissingFile, readRegularFile } from '../io/regular-file';
 import { Device } from '../torch/dtype';
 import { ScriptModule, load as loadScript } from '../torch/jit';
 import { Module, ModuleSpec, fromSpec } from '../torch/nn';
@@ -23,6 +24,11 @@ import { EarlyExitModel } from './model';
 
 const FORMAT = 'torch-early-exit checkpoint';
 const VERSION = 1;
+/**
+ * checkpoint.json holds names, settings and the caller's `extra`: far less than this. A larger
+ * one is refused before it is read, rather than parsed into memory.
+ */
+const MAX_JSON_BYTES = 64 * 1024 * 1024;
 
 type BranchRecord = { type: 'nn'; spec: ModuleSpec; file: string } | { type: 'torchscript'; file: string };
 
@@ -86,10 +92,9 @@ function checkReplaceable(target: string, dir: string): boolean {
   const json = path.join(target, 'checkpoint.json');
   let format: unknown;
   try {
-    format = (JSON.parse(fs.readFileSync(json, 'utf8')) as { format?: unknown } | null)?.format;
+    format = (JSON.parse(readRegularFile(json, MAX_JSON_BYTES).toString('utf8')) as { format?: unknown } | null)?.format;
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    refuse(code === 'ENOENT' ? 'it has no checkpoint.json, so it is not a checkpoint folder' : `cannot read '${json}': ${(error as Error).message}`);
+    refuse(isMissingFile(error) ? 'it has no checkpoint.json, so it is not a checkpoint folder' : `cannot read '${json}': ${(error as Error).message}`);
   }
   if (format !== FORMAT) refuse(`'${json}' is not a ${FORMAT} (its format is ${JSON.stringify(format)})`);
   return true;
@@ -251,11 +256,11 @@ function validateCheckpointJson(value: unknown, file: string): CheckpointJson {
 /** Loads a checkpoint written by `saveCheckpoint`; a damaged or hand-edited checkpoint.json is refused, naming the field. */
 export function loadCheckpoint(dir: string, options: { device?: Device | string } = {}): LoadedCheckpoint {
   const file = path.join(dir, 'checkpoint.json');
-  if (!fs.existsSync(file)) throw new Error(`no checkpoint in '${dir}': checkpoint.json is missing`);
   let parsed: unknown;
   try {
-    parsed = JSON.parse(fs.readFileSync(file, 'utf8'));
+    parsed = JSON.parse(readRegularFile(file, MAX_JSON_BYTES).toString('utf8'));
   } catch (error) {
+    if (isMissingFile(error)) throw new Error(`no checkpoint in '${dir}': checkpoint.json is missing`);
     throw new Error(`loadCheckpoint: cannot read '${file}': ${(error as Error).message}`, { cause: error });
   }
   const json = validateCheckpointJson(parsed, file);

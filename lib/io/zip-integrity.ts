@@ -5,9 +5,8 @@
  * `verifyZipArchive` finds a damaged or truncated file before LibTorch reads it, and
  * says which entry is wrong.
  */
-import * as fs from 'fs';
 import * as zlib from 'zlib';
-import { describeFileKind } from './atomic-write';
+import { readRegularFile } from './regular-file';
 
 const EOCD_SIGNATURE = 0x06054b50;
 const ZIP64_LOCATOR_SIGNATURE = 0x07064b50;
@@ -276,13 +275,9 @@ export function verifyZipArchive(bytes: Buffer, what: string): Map<string, Buffe
 export function readArchive(path: string, what: string): { bytes: Buffer; entries: Map<string, Buffer> } {
   let bytes: Buffer;
   try {
-    const stats = fs.statSync(path);
-    if (stats.isDirectory()) throw new Error('it is a directory');
-    if (!stats.isFile()) throw new Error(`it is ${describeFileKind(stats)}, not a regular file`);
-    bytes = fs.readFileSync(path);
+    bytes = readRegularFile(path);
   } catch (error) {
-    const failure = error as NodeJS.ErrnoException;
-    throw new Error(`${what}: ${failure.code === 'ENOENT' ? 'no such file' : failure.message}`);
+    throw new Error(`${what}: ${(error as Error).message}`, { cause: error });
   }
   return { bytes, entries: verifyZipArchive(bytes, what) };
 }
