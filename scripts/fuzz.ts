@@ -5,13 +5,18 @@
  *
  *   files     damaged model and torch.save files: bytes changed with the checksums left as
  *             they were (Python's zipfile judges, independently, which of them its own
- *             checksums and sizes show damaged), and valid archives with damaged content
+ *             checksums and sizes show damaged), and valid archives with damaged content;
+ *             a file that loads must give the undamaged file's output, bit for bit
+ *   checkpoints  damaged checkpoint folders (saveCheckpoint's, with an optimizer): one file
+ *             changed as above, its weights' bytes flipped in a valid archive, or checkpoint.json
+ *             damaged (bytes, or a value changed in valid JSON); one that loads must give the
+ *             same outputs and optimizer state
  *   inputs    bad arguments to the public functions
  *   workers   worker_threads terminated in the middle of native work
  *   writes    saves that fail on a full disk (a small tmpfs; root only), over good files
  *
  *   npm run build:ts && node dist/scripts/fuzz.js [--seed N] [--files 1000] [--inputs 300]
- *     [--workers 100] [--writes 24] [--json out.json] [--replay files:17] [--keep DIR]
+ *     [--checkpoints 180] [--workers 100] [--writes 24] [--json out.json] [--replay files:17] [--keep DIR]
  *
  * Exit code 1 when any case crashed, hung, damaged a previous file or loaded a damaged file
  * silently. Every case is replayable alone from the seed and its id (--replay KIND:ID).
@@ -25,8 +30,8 @@ import { Worker } from 'worker_threads';
 import type * as Lib from '../lib';
 import { jsonFile, positiveInt } from './script-args';
 
-type Kind = 'files' | 'inputs' | 'workers' | 'writes';
-const KINDS: Kind[] = ['files', 'inputs', 'workers', 'writes'];
+type Kind = 'files' | 'checkpoints' | 'inputs' | 'workers' | 'writes';
+const KINDS: Kind[] = ['files', 'checkpoints', 'inputs', 'workers', 'writes'];
 const ROOT = path.join(__dirname, '..', '..');
 const FIXTURES = path.join(ROOT, 'test', 'fixtures');
 /** A case that says nothing for this long is hung. */
@@ -35,7 +40,7 @@ const HANG_MS = 30000;
 /** What one case ended in. */
 interface Outcome {
   id: number;
-  result: 'error' | 'ok' | 'signal' | 'hang' | 'silent-damage' | 'previous-damaged' | 'leftover' | 'unclear-error' | 'not-an-error';
+  result: 'error' | 'ok' | 'signal' | 'hang' | 'silent-damage' | 'wrong-output' | 'previous-damaged' | 'leftover' | 'unclear-error' | 'not-an-error';
   detail: string;
 }
 
@@ -79,7 +84,7 @@ async function runChild(kind: Kind, jobFile: string): Promise<void> {
   const job = JSON.parse(fs.readFileSync(jobFile, 'utf8')) as { seed: number; cases: Array<Record<string, unknown> & { id: number }> };
   const lib = require('../lib') as typeof Lib;
   lib.torch.setNumThreads(1);
-  const run = { files: fileCase, inputs: inputCase, workers: workerCase, writes: writeCase }[kind];
+  const run = { files: fileCase, checkpoints: checkpointCase, inputs: inputCase, workers: workerCase, writes: writeCase }[kind];
   const state = new Map<string, unknown>();
   for (const job_ of job.cases) {
     process.stdout.write(`start ${job_.id}\n`);
@@ -114,7 +119,28 @@ async function fileCase(lib: typeof Lib, _seed: number, job: Record<string, unkn
   const actual = read(job.path as string);
   const same = actual.length === expected.length && actual.every((value, i) => Object.is(value, expected[i]));
   if (damaged) return { result: 'silent-damage', detail: `${job.mutation}: loaded although its checksums show damage` };
-  return { result: 'ok', detail: `${job.mutation}: ${same ? 'same output' : 'different output (the archive is valid)'}` };
+  // A valid archive whose content was changed and which still loads must give the same output:
+  // a different one is a wrong answer nobody was told about.
+  if (!same) return { result: 'wrong-output', detail: `${job.mutation}: loaded and ran with a different output and no error` };
+  return { result: 'ok', detail: `${job.mutation}: same output` };
+}
+
+/** A damaged checkpoint folder: loaded, and its outputs and optimizer state compared with the undamaged one's. */
+async function checkpointCase(lib: typeof Lib, _seed: number, job: Record<string, unknown>, state: Map<string, unknown>): Promise<Pick<Outcome, 'result' | 'detail'>> {
+  const read = (dir: string): number[] => {
+    const loaded = lib.loadCheckpoint(dir);
+    const outputs = lib.torch.noGrad(() => loaded.model.eval().forward(lib.torch.ones([1, 3, 32, 32])));
+    const optimizer = Object.values(loaded.optimizerState?.state ?? {}).flatMap((entry) => Object.values(entry));
+    return [...outputs.flatMap((tensor) => Array.from(tensor.data() as Float32Array)),
+      ...optimizer.flatMap((value) => (typeof value === 'number' ? [value] : Array.from(value.data() as Float32Array)))];
+  };
+  const base = job.base as string;
+  if (!state.has(base)) state.set(base, read(base));
+  const expected = state.get(base) as number[];
+  const actual = read(job.path as string);
+  const same = actual.length === expected.length && actual.every((value, i) => Object.is(value, expected[i]));
+  if (!same) return { result: 'wrong-output', detail: `${job.mutation}: loaded and ran with a different output and no error` };
+  return { result: 'ok', detail: `${job.mutation}: same output` };
 }
 
 /** One call of a public function with generated arguments. */
@@ -322,6 +348,11 @@ async function runCases(kind: Kind, seed: number, cases: Array<Record<string, un
 
 const FILE_BASES = ['resnet20_scripted.pt', 'containers_scripted.pt', 'mnist_cnn.pt'];
 
+/** How a file is damaged (see scripts/fuzz_files.py): its bytes with the checksums left, or one entry rewritten validly. */
+function family(draw: number): 'bytes' | 'content' | 'storage' | 'pickle' {
+  return draw < 0.55 ? 'bytes' : draw < 0.7 ? 'content' : draw < 0.85 ? 'storage' : 'pickle';
+}
+
 async function fuzzFiles(options: Options, scratch: string, ids: number[]): Promise<Outcome[]> {
   // A torch.save file written by this library, the fourth base.
   const lib = require('../lib') as typeof Lib;
@@ -336,7 +367,7 @@ async function fuzzFiles(options: Options, scratch: string, ids: number[]): Prom
     const folder = fs.mkdtempSync(path.join(scratch, 'files-'));
     const job = {
       seed: options.seed, out: folder,
-      cases: batch.map((id) => { const next = random(options.seed, id); return { id, base: pick(next, bases), family: next() < 0.2 ? 'content' : 'bytes' }; }),
+      cases: batch.map((id) => { const next = random(options.seed, id); return { id, base: pick(next, bases), family: family(next()) }; }),
     };
     fs.writeFileSync(path.join(folder, 'job.json'), JSON.stringify(job));
     const made = JSON.parse(execFileSync('/usr/bin/python3', [path.join(ROOT, 'scripts', 'fuzz_files.py'), path.join(folder, 'job.json')],
@@ -347,6 +378,83 @@ async function fuzzFiles(options: Options, scratch: string, ids: number[]): Prom
       fs.mkdirSync(options.keep, { recursive: true });
       for (const c of cases) fs.copyFileSync(c.path, path.join(options.keep, `${path.basename(c.path, '.pt')}-${c.mutation.replace(/[^\w.-]+/g, '_')}.pt`));
     }
+    fs.rmSync(folder, { recursive: true, force: true });
+  }
+  return outcomes;
+}
+
+/** A value changed in valid JSON: a number, a string, a boolean, or a key removed, somewhere in `value`. */
+function mutateJson(value: unknown, next: () => number): { value: unknown; how: string } {
+  const paths: Array<Array<string | number>> = [];
+  const walk = (node: unknown, at: Array<string | number>) => {
+    if (at.length > 0) paths.push(at);
+    if (node && typeof node === 'object') for (const [key, child] of Object.entries(node)) walk(child, [...at, Array.isArray(node) ? Number(key) : key]);
+  };
+  walk(value, []);
+  const target = pick(next, paths);
+  const parent = target.slice(0, -1).reduce((node: any, key) => node[key], value as any);
+  const key = target[target.length - 1];
+  const old = parent[key];
+  if (typeof old === 'number') parent[key] = pick(next, [old + 1, old - 1, old * 2, 0, -old, old + 0.5]);
+  else if (typeof old === 'string') parent[key] = old.length > 0 ? old.slice(0, -1) + String.fromCharCode(old.charCodeAt(old.length - 1) ^ 1) : 'x';
+  else if (typeof old === 'boolean') parent[key] = !old;
+  else if (Array.isArray(parent)) parent.splice(Number(key), 1);
+  else delete parent[key];
+  return { value, how: `json:${target.join('.')}` };
+}
+
+/** Damaged copies of one checkpoint folder, one changed file each. */
+async function fuzzCheckpoints(options: Options, scratch: string, ids: number[]): Promise<Outcome[]> {
+  const lib = require('../lib') as typeof Lib;
+  const { nn, optim, torch, EarlyExitModel, jit, saveCheckpoint } = lib;
+  torch.manualSeed(options.seed);
+  const model = new EarlyExitModel(jit.load(path.join(FIXTURES, 'resnet20_scripted.pt')),
+    [['layer1.2.relu2', nn.Sequential(nn.AvgPool2d(3), nn.Flatten(), nn.Linear(1600, 10))]]);
+  const optimizer = new optim.SGD(model.parameters(), { lr: 0.01, momentum: 0.9 });
+  const outputs = model.forward(torch.randn([2, 3, 32, 32]));
+  outputs.reduce((sum, output) => sum.add(output.sum()), torch.zeros([])).backward();
+  optimizer.step();
+  const base = path.join(scratch, 'base-checkpoint');
+  saveCheckpoint(base, model, { optimizer, epoch: 3, extra: { note: 'fuzz' } });
+  const files = fs.readdirSync(base).sort();
+  const outcomes: Outcome[] = [];
+  for (let start = 0; start < ids.length; start += 60) {
+    const folder = fs.mkdtempSync(path.join(scratch, 'checkpoints-'));
+    const cases = ids.slice(start, start + 60).map((id) => {
+      const next = random(options.seed, id);
+      const file = pick(next, files);
+      const dir = path.join(folder, `case-${id}`);
+      fs.cpSync(base, dir, { recursive: true });
+      return { id, next, file, dir, base };
+    });
+    // The .pt files are damaged by fuzz_files.py, as in `files`, plus flipped weights.
+    const archives = cases.filter((c) => c.file.endsWith('.pt')).map((c) => {
+      const draw = c.next();
+      return { id: c.id, base: path.join(base, c.file), family: draw < 0.2 ? 'weights' : family(c.next()) };
+    });
+    fs.writeFileSync(path.join(folder, 'job.json'), JSON.stringify({ seed: options.seed, out: folder, cases: archives }));
+    const made = JSON.parse(execFileSync('/usr/bin/python3', [path.join(ROOT, 'scripts', 'fuzz_files.py'), path.join(folder, 'job.json')],
+      { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 })) as Record<string, { path: string; mutation: string }>;
+    const jobs = cases.map((c) => {
+      const target = path.join(c.dir, c.file);
+      let mutation: string;
+      if (made[String(c.id)]) {
+        fs.copyFileSync(made[String(c.id)].path, target);
+        mutation = `${c.file} ${made[String(c.id)].mutation}`;
+      } else if (c.next() < 0.5) {
+        const { value, how } = mutateJson(JSON.parse(fs.readFileSync(target, 'utf8')), c.next);
+        fs.writeFileSync(target, JSON.stringify(value, null, 2));
+        mutation = how;
+      } else {
+        const bytes = Buffer.from(fs.readFileSync(target));
+        const at = Math.floor(c.next() * bytes.length);
+        bytes[at] ^= 1 + Math.floor(c.next() * 255);
+        fs.writeFileSync(target, bytes);
+        mutation = `checkpoint.json flip at ${at}`;
+      }
+      return { id: c.id, base: c.base, path: c.dir, mutation };
+    });
+    outcomes.push(...await runCases('checkpoints', options.seed, jobs, scratch));
     fs.rmSync(folder, { recursive: true, force: true });
   }
   return outcomes;
@@ -381,6 +489,8 @@ async function main(): Promise<void> {
       const started = Date.now();
       if (kind === 'files') {
         outcomes = await fuzzFiles(options, scratch, ids);
+      } else if (kind === 'checkpoints') {
+        outcomes = await fuzzCheckpoints(options, scratch, ids);
       } else if (kind === 'writes') {
         const mounted = mountSmallDisk(scratch);
         disk = mounted.disk;
@@ -415,7 +525,7 @@ async function main(): Promise<void> {
 }
 
 function parseArgs(args: string[]): Options {
-  const options: Options = { seed: Math.floor(Math.random() * 1e9), counts: { files: 1000, inputs: 300, workers: 100, writes: 24 } };
+  const options: Options = { seed: Math.floor(Math.random() * 1e9), counts: { files: 1000, checkpoints: 180, inputs: 300, workers: 100, writes: 24 } };
   for (let i = 0; i < args.length; i++) {
     const flag = args[i];
     const value = args[++i];

@@ -10,6 +10,13 @@ Prints one JSON line: {"<id>": {"path": ..., "mutation": ..., "damaged": bool}, 
   changes near the end where the zip directory lives). Checksums are left as they were.
 - "content": one entry's data is changed and the archive is written again with correct
   checksums: a valid zip with damaged content, which only LibTorch's own parsing can refuse.
+- "storage": one tensor storage (data/N, constants/N) is made shorter or longer (cut, bytes
+  inserted or deleted) and the archive written again with correct checksums: its tensors no
+  longer fit their storage, which no checksum shows. (Its bytes flipped in place would be a
+  valid file of other weights, which nothing in the format can tell from the original.)
+- "pickle": bytes of data.pkl flipped, cut or inserted, written again with correct checksums.
+- "weights": bytes of one storage flipped in place, written again with correct checksums: a
+  valid file of other weights (for checkpoints, whose digests must find it).
 """
 import json
 import os
@@ -53,20 +60,32 @@ def mutate_bytes(data, rng):
     return bytes(data), "tail"
 
 
-def mutate_content(path, target, rng):
+def is_storage(name):
+    return name.split("/")[-2:-1] in (["data"], ["constants"]) and not name.endswith(".pkl")
+
+
+def mutate_content(path, target, rng, family):
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
-        # The entries LibTorch parses itself: pickles, code, constants, versions.
-        small = [n for n in names if not n.split("/")[-2:-1] == ["data"] or n.endswith(".pkl")]
-        name = rng.choice(small or names)
+        if family in ("storage", "weights"):
+            candidates = [n for n in names if is_storage(n)]
+        elif family == "pickle":
+            candidates = [n for n in names if n.endswith("/data.pkl")]
+        else:
+            # The entries LibTorch parses itself: pickles, code, constants, versions.
+            candidates = [n for n in names if not is_storage(n)]
+        name = rng.choice(candidates or names)
         entries = [(n, archive.read(n)) for n in names]
     out = []
     how = None
     for n, data in entries:
         if n == name and data:
             data = bytearray(data)
-            how = rng.choice(["flip", "cut", "insert"])
-            if how == "flip":
+            how = rng.choice(["cut", "insert", "delete"] if family == "storage" else ["flip"] if family == "weights" else ["flip", "cut", "insert"])
+            if how == "delete":
+                at = rng.randrange(len(data))
+                data = data[:at] + data[at + rng.randint(1, 64):]
+            elif how == "flip":
                 for _ in range(rng.randint(1, 3)):
                     at = rng.randrange(len(data))
                     data[at] ^= rng.randint(1, 255)
@@ -80,7 +99,7 @@ def mutate_content(path, target, rng):
     with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
         for n, data in out:
             archive.writestr(n, data)
-    return "content-%s:%s" % (how, name)
+    return "%s-%s:%s" % (family, how, name)
 
 
 def main():
@@ -89,8 +108,8 @@ def main():
     for case in job["cases"]:
         rng = random.Random(job["seed"] * 1000003 + case["id"])
         target = os.path.join(job["out"], "case-%d%s" % (case["id"], os.path.splitext(case["base"])[1]))
-        if case["family"] == "content":
-            mutation = mutate_content(case["base"], target, rng)
+        if case["family"] != "bytes":
+            mutation = mutate_content(case["base"], target, rng, case["family"])
         else:
             data, mutation = mutate_bytes(open(case["base"], "rb").read(), rng)
             open(target, "wb").write(data)

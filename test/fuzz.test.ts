@@ -1,8 +1,8 @@
 /**
- * The fuzz suite (scripts/fuzz.ts) at the counts the robustness issue asks for: 1,000
- * damaged files, 300 bad calls, 100 worker terminations, 24 failing writes on a full disk.
+ * The fuzz suite (scripts/fuzz.ts) at the counts the robustness issues ask for: 1,000
+ * damaged files, 180 damaged checkpoints, 300 bad calls, 100 worker terminations, 24 failing writes on a full disk.
  * Each case runs in a child process; the counts must show no crash, no hang, no previous
- * file damaged and no damaged file loaded silently. The seed is fixed so that CI is
+ * file damaged, no damaged file loaded silently and no file that loads with another output. The seed is fixed so that CI is
  * repeatable; `npm run fuzz` picks a new one each run.
  */
 import { spawnSync } from 'child_process';
@@ -24,6 +24,7 @@ describe('fuzz suite', () => {
     };
     const cases = Object.fromEntries(report.table.map((row) => [row.kind, row.cases]));
     expect(cases.files).toBe(1000);
+    expect(cases.checkpoints).toBe(180);
     expect(cases.inputs).toBe(300);
     expect(cases.workers).toBe(100);
     // The full-disk cases need root (a tmpfs mount); the table says why when they were skipped.
@@ -31,7 +32,7 @@ describe('fuzz suite', () => {
     if (writes.cases === 0) console.log(`writes ${writes.note}`);
     else expect(writes.cases).toBe(24);
     expect(report.bad).toEqual([]);
-    for (const result of ['signal', 'hang', 'silent-damage', 'previous-damaged', 'leftover', 'unclear-error', 'not-an-error']) {
+    for (const result of ['signal', 'hang', 'silent-damage', 'wrong-output', 'previous-damaged', 'leftover', 'unclear-error', 'not-an-error']) {
       expect(report.totals[result] ?? 0).toBe(0);
     }
     expect(run.status).toBe(0);

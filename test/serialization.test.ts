@@ -100,7 +100,7 @@ torch.save({'row': base[1], 't': base.t(), 'slice': base[:, 1:3], 'pair': (1, 't
     const made = JSON.parse(execFileSync(pythonWithTorch(), [path.join(__dirname, '..', 'scripts', 'fuzz_files.py'), job], { encoding: 'utf8' }))['365'];
     expect(made.mutation).toBe('content-insert:archive/data.pkl');
     expect(made.damaged).toBe(false);
-    expect(() => torch.load(made.path)).toThrow(new RegExp(`^torch\\.load: cannot read '${made.path}': pickle opcode 0x6f at byte \\d+ is not one torch\\.save files use`));
+    expect(() => torch.load(made.path)).toThrow(new RegExp(`^torch\\.load: cannot read '${made.path}': archive/data\\.pkl is damaged: pickle opcode 0x6f at byte \\d+ is not one torch\\.save files use`));
   });
 
   it('refuses what weights_only refuses, naming the global', () => {

@@ -5,7 +5,10 @@
  *   exit-<i>.pt      each nn branch's state dict (torch.load, then load_state_dict)
  *   exit-<i>.ts.pt   each TorchScript branch (torch.jit.load)
  *   optimizer.pt     the optimizer's tensors by name (torch.load)
- *   checkpoint.json  exit points, branch architectures, optimizer settings, epoch, extra
+ *   checkpoint.json  exit points, branch architectures, optimizer settings, epoch, extra,
+ *                    and the size and SHA-256 of each file above
+ * The digests make a changed weight visible: a tensor file rewritten with other bytes is
+ * still a valid archive (its zip CRCs agree), and only a record kept beside it can tell.
  * It is written to a staging folder beside it first and renamed into place, so an
  * interrupted save leaves the previous checkpoint whole.
  */
@@ -40,6 +43,16 @@ interface CheckpointJson {
   optimizer?: { paramGroups: OptimizerStateDict['paramGroups']; scalars: Record<string, number> };
   epoch?: number;
   extra?: unknown;
+  /** Each other file's size and SHA-256 (hex), checked before it is read; absent in checkpoints of 0.1. */
+  files?: Record<string, FileDigest>;
+}
+
+interface FileDigest { bytes: number; sha256: string }
+
+/** The size and SHA-256 of the file at `file`, read once as a regular file. */
+function digestFile(file: string): FileDigest {
+  const bytes = readRegularFile(file);
+  return { bytes: bytes.length, sha256: crypto.createHash('sha256').update(bytes).digest('hex') };
 }
 
 /** What `saveCheckpoint` saves besides the model. */
@@ -131,6 +144,9 @@ function writeCheckpointFiles(staging: string, model: EarlyExitModel, options: S
     saveTensors(tensors, path.join(staging, 'optimizer.pt'));
     json.optimizer = { paramGroups, scalars };
   }
+  // Digests of what is on the disk now, read back after each file was flushed.
+  const names = ['backbone.pt', ...branches.map((branch) => branch.file), ...(json.optimizer ? ['optimizer.pt'] : [])];
+  json.files = Object.fromEntries(names.map((name) => [name, digestFile(path.join(staging, name))]));
   writeFileAtomic(path.join(staging, 'checkpoint.json'), JSON.stringify(json, null, 2), 'saveCheckpoint');
   fsyncFolder(staging);
 }
@@ -250,6 +266,19 @@ function validateCheckpointJson(value: unknown, file: string): CheckpointJson {
     }
   }
   if (epoch !== undefined && !Number.isFinite(epoch)) invalid('epoch', `is ${shown(epoch)}, not a number`);
+  if (value.files !== undefined) {
+    const { files } = value;
+    if (!isRecord(files)) return invalid('files', `is ${shown(files)}, not an object`);
+    const expected = ['backbone.pt', ...branches.map((branch) => (branch as { file: string }).file), ...(optimizer !== undefined ? ['optimizer.pt'] : [])];
+    const listed = Object.keys(files);
+    if (listed.sort().join() !== [...expected].sort().join()) invalid('files', `lists ${shown(listed)}, not the checkpoint's files ${shown(expected)}`);
+    for (const [name, digest] of Object.entries(files)) {
+      if (!isRecord(digest) || !Number.isSafeInteger(digest.bytes) || (digest.bytes as number) < 0 ||
+        typeof digest.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(digest.sha256)) {
+        invalid(`files[${JSON.stringify(name)}]`, `is ${shown(digest)}, not { bytes, sha256 } (a size and 64 hex digits)`);
+      }
+    }
+  }
   return value as unknown as CheckpointJson;
 }
 
@@ -264,6 +293,20 @@ export function loadCheckpoint(dir: string, options: { device?: Device | string 
     throw new Error(`loadCheckpoint: cannot read '${file}': ${(error as Error).message}`, { cause: error });
   }
   const json = validateCheckpointJson(parsed, file);
+  // Every file is checked against its digest before any is parsed.
+  for (const [name, recorded] of Object.entries(json.files ?? {})) {
+    const target = path.join(dir, name);
+    let actual: FileDigest;
+    try {
+      actual = digestFile(target);
+    } catch (error) {
+      throw new Error(`loadCheckpoint: cannot read '${target}': ${(error as Error).message}`, { cause: error });
+    }
+    if (actual.bytes !== recorded.bytes || actual.sha256 !== recorded.sha256) {
+      throw new Error(`loadCheckpoint: '${target}' is damaged or was changed after saveCheckpoint wrote it: it has ${actual.bytes} bytes ` +
+        `with SHA-256 ${actual.sha256}; checkpoint.json records ${recorded.bytes} bytes with SHA-256 ${recorded.sha256}`);
+    }
+  }
   const backbone = loadScript(path.join(dir, 'backbone.pt'), { device: options.device });
   const branches = json.branches.map((record) => {
     if (record.type === 'torchscript') return loadScript(path.join(dir, record.file), { device: options.device });

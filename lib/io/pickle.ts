@@ -29,8 +29,25 @@ const MARK = Symbol('mark');
 
 interface StorageType { storageDtype: string }
 
-/** Reads a pickle; persistent ids (`('storage', type, key, location, numel)`) go to `storage`. */
-export function unpickle(bytes: Buffer, storage: StorageResolver, tensor: TensorBuilder): unknown {
+/** How `unpickle` reads. */
+export interface UnpickleOptions {
+  /**
+   * Take any Python global (false: only those torch.load with weights_only takes). A global
+   * it does not know becomes a function whose result is an opaque object, so that a pickle of
+   * TorchScript objects (`__torch__.MyModel`) is walked for its tensors without running anything.
+   */
+  anyGlobal?: boolean;
+}
+
+/** An object of a Python class `unpickle` with `anyGlobal` does not know: its global and the arguments it was built with. */
+export interface OpaqueObject { global: string; args: unknown[]; state?: unknown }
+
+/**
+ * Reads a pickle; persistent ids (`('storage', type, key, location, numel)`) go to `storage`,
+ * `_rebuild_tensor_v2` (and, with `anyGlobal`, `_rebuild_qtensor`) to `tensor`. The pickle
+ * must end with its STOP at the last byte, with one value on its stack: anything else is damage.
+ */
+export function unpickle(bytes: Buffer, storage: StorageResolver, tensor: TensorBuilder, options: UnpickleOptions = {}): unknown {
   const stack: unknown[] = [];
   const memo = new Map<number, unknown>();
   let at = 0;
@@ -68,7 +85,12 @@ export function unpickle(bytes: Buffer, storage: StorageResolver, tensor: Tensor
     switch (op) {
       case 0x80: u8(); break; // PROTO
       case 0x95: need(8); at += 8; break; // FRAME
-      case 0x2e: return pop(); // STOP
+      case 0x2e: { // STOP
+        const value = pop();
+        if (at !== bytes.length) throw new Error(`the pickle stops at byte ${at - 1} of ${bytes.length}: ${bytes.length - at} bytes follow its end`);
+        if (stack.length !== 0) throw new Error(`the pickle stops with ${stack.length + 1} values on its stack, not one`);
+        return value;
+      }
       case 0x28: stack.push(MARK); break; // MARK
       case 0x7d: stack.push({}); break; // EMPTY_DICT
       case 0x5d: stack.push([]); break; // EMPTY_LIST
@@ -117,7 +139,12 @@ export function unpickle(bytes: Buffer, storage: StorageResolver, tensor: Tensor
         stack.push(callable(...args));
         break;
       }
-      case 0x62: pop(); break; // BUILD: an OrderedDict's `_metadata` (module versions), which nothing here uses
+      case 0x62: { // BUILD: an OrderedDict's `_metadata` (module versions), which nothing here uses, or an object's state
+        const state = pop();
+        const target = top();
+        if (options.anyGlobal && target && typeof target === 'object' && 'global' in target) (target as OpaqueObject).state = state;
+        break;
+      }
       case 0x61: { const value = pop(); (top() as unknown[]).push(value); break; } // APPEND
       case 0x65: { const items = popMark(); (top() as unknown[]).push(...items); break; } // APPENDS
       case 0x73: { const value = pop(); const key = pop(); setItems(top(), [key, value]); break; } // SETITEM
@@ -129,6 +156,9 @@ export function unpickle(bytes: Buffer, storage: StorageResolver, tensor: Tensor
   function global(module: string, name: string): unknown {
     const qualified = `${module}.${name}`;
     if (module === 'torch' && name in STORAGE_DTYPES) return { storageDtype: STORAGE_DTYPES[name] } satisfies StorageType;
+    // Storages of dtypes torch.load here does not build (complex, quantized, float8, ...): their
+    // class name, for a reader that only checks sizes.
+    if (options.anyGlobal && module === 'torch' && /^\w+Storage$/.test(name)) return { storageDtype: `torch.${name}` } satisfies StorageType;
     switch (qualified) {
       case 'collections.OrderedDict': return () => ({});
       case 'torch._utils._rebuild_tensor_v2':
@@ -146,8 +176,14 @@ export function unpickle(bytes: Buffer, storage: StorageResolver, tensor: Tensor
       case 'torch.jit._pickle.build_tensorlist':
       case 'torch.jit._pickle.build_genericlist':
         return (value: unknown) => value;
-      default: throw new UnsupportedPickle(`the pickle needs the Python global ${qualified}, which torch.load with weights_only does not allow`);
+      case 'torch._utils._rebuild_qtensor':
+        if (!options.anyGlobal) break;
+        return (data: unknown, offset: number, size: number[], stride: number[], _quantizer: unknown, requiresGrad: boolean) =>
+          tensor(data, Number(offset), size.map(Number), stride.map(Number), Boolean(requiresGrad));
+      default: break;
     }
+    if (!options.anyGlobal) throw new UnsupportedPickle(`the pickle needs the Python global ${qualified}, which torch.load with weights_only does not allow`);
+    return (...args: unknown[]): OpaqueObject => ({ global: qualified, args });
   }
 }
 

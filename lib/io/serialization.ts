@@ -8,6 +8,7 @@ import { binding } from '../binding';
 import { checkString } from '../util/check';
 import { PickleWriter, STORAGE_DTYPES, UnsupportedPickle, unpickle } from './pickle';
 import { Tensor, callOp } from '../torch/tensor';
+import { checkArchiveStorages } from './tensor-storages';
 import { readArchive } from './zip-integrity';
 import { zipStored } from './zip-writer';
 
@@ -139,24 +140,20 @@ export function decodeTorchSave(entries: Map<string, Buffer>, what: string): unk
   const pickleName = [...entries.keys()].find((name) => /^[^/]+\/data\.pkl$/.test(name));
   if (!pickleName) throw new UnsupportedPickle(`${what}: the archive has no <folder>/data.pkl, so it is not a torch.save file`);
   const folder = pickleName.slice(0, -'data.pkl'.length);
+  // Every storage is its recorded size and every tensor fits it (and no storage is orphaned)
+  // before one is built.
+  checkArchiveStorages(entries, what);
   const storages = new Map<string, Tensor>();
-  const storage = (key: string, dtype: string, numel: number): Tensor => {
+  const storage = (key: string, dtype: string): Tensor => {
     let found = storages.get(key);
     if (!found) {
-      const bytes = entries.get(`${folder}data/${key}`);
-      if (!bytes) throw new Error(`${what}: the pickle names the storage '${key}' but the archive has no ${folder}data/${key}`);
-      found = new Tensor(binding.fromBytes(bytes, dtype));
-      if (found.shape[0] < numel) throw new Error(`${what}: storage '${key}' holds ${found.shape[0]} elements, not the ${numel} the pickle records`);
+      found = new Tensor(binding.fromBytes(entries.get(`${folder}data/${key}`)!, dtype));
       storages.set(key, found);
     }
     return found;
   };
   const tensor = (data: unknown, offset: number, size: number[], stride: number[], requiresGrad: boolean): Tensor => {
     const base = data as Tensor;
-    const last = size.reduce((end, n, i) => (n === 0 ? end : end + (n - 1) * stride[i]), offset);
-    if (size.some((n) => n < 0) || stride.some((n) => n < 0) || (size.every((n) => n > 0) && last >= base.shape[0])) {
-      throw new Error(`${what}: a tensor of shape [${size}] and strides [${stride}] at offset ${offset} reaches past its storage of ${base.shape[0]} elements`);
-    }
     const result = callOp('as_strided', '', [base, size, stride, offset]) as Tensor;
     if (requiresGrad) result.requiresGrad = true;
     return result;

@@ -7,6 +7,8 @@ import { binding, InferenceOptimization, NativeCallResult, NativeScriptModule, N
 import { Device } from './dtype';
 import { checkOptions, checkString } from '../util/check';
 import { closestNames } from '../util/names';
+import { checkArchiveStorages } from '../io/tensor-storages';
+import { checkTorchScriptSource } from '../io/torchscript-source';
 import { readArchive } from '../io/zip-integrity';
 import { ParameterOwner } from './parameters';
 import { Tensor, fromNative, toNative } from './tensor';
@@ -377,7 +379,9 @@ export function load(path: string, options: LoadOptions = {}): ScriptModule {
   checkOptions(options, ['device'], 'jit.load: options');
   if (options.device !== undefined) checkString(options.device, 'jit.load: options.device');
   const what = `cannot load TorchScript model '${path}'`;
-  const { bytes } = readArchive(path, what);
+  const { bytes, entries } = readArchive(path, what);
+  checkArchiveStorages(entries, what);
+  checkTorchScriptSource(entries, what);
   let native: NativeScriptModule;
   try {
     native = binding.loadScriptModule(bytes, path, options.device);
