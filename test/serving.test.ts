@@ -163,11 +163,12 @@ describe('HTTP', () => {
     expect(((await raw.json()) as { exit: number }).exit).toBe(alone(3).exit);
     const v2 = await post('/v2/models/mnist/infer', { id: 'r1', inputs: [{ name: 'input', shape: [3, 1, 28, 28], datatype: 'FP32', data: [...sample(0), ...sample(1), ...sample(2)] }] });
     expect(v2.status).toBe(200);
-    const body = await v2.json() as { id: string; outputs: Array<{ name: string; shape: number[]; data: number[] }>; parameters: { exit: number[] } };
+    const body = await v2.json() as { id: string; outputs: Array<{ name: string; shape: number[]; data: number[] }>; parameters?: unknown };
     expect(body.id).toBe('r1');
     expect(body.outputs[0].shape).toEqual([3, 10]);
     expect(body.outputs[1].data).toEqual([0, 1, 2].map((i) => alone(i).exit));
-    expect(body.parameters.exit).toEqual(body.outputs[1].data);
+    // Parameters hold strings, numbers and booleans only (Open Inference Protocol, "Parameters"): the exits are an output.
+    expect(body.parameters).toBeUndefined();
     body.outputs[0].data.slice(10, 20).forEach((v, k) => expect(Math.abs(v - (alone(1).output.data() as Float32Array)[k])).toBeLessThanOrEqual(1e-5));
   });
 
@@ -280,7 +281,7 @@ describe('torch-early-exit serve', () => {
         method: 'POST', headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ inputs: [{ name: 'input', shape: [1, 1, 28, 28], datatype: 'FP32', data: Array.from(x.narrow(0, i, 1).data() as Float32Array) }] }),
       });
-      return ((await reply.json()) as { parameters: { exit: number } }).parameters.exit;
+      return ((await reply.json()) as { outputs: Array<{ name: string; data: number[] }> }).outputs.find((o) => o.name === 'exit')!.data[0];
     }));
     expect(answers).toEqual([0, 1, 2, 3].map((i) => model.forwardEarlyExit(x.narrow(0, i, 1), { ...policy, perSample: true }).exit));
     const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));

@@ -8,6 +8,7 @@ import * as path from 'path';
 import { loadCheckpoint } from '../early-exit/checkpoint';
 import { EarlyExitModel } from '../early-exit/model';
 import { EarlyExitServer, createHttpApp } from '../serving';
+import type { HttpLimits } from '../serving/http-limits';
 import * as torch from '../torch/torch';
 import { UsageError, parseCommand, parseDemoArgs } from './args';
 import { DemoServing, runDemo } from './demo';
@@ -28,6 +29,11 @@ Options:
   --max-queue-size N     requests queued before new ones get 503 (default 1024)
   --timeout-ms X         refuse a request that waited this long in the queue (default: none)
   --instances N          batches in flight at once, each on one intra-op thread (default: one per core)
+  --body-limit N         the largest body in bytes (default 16777216); larger: 413
+  --request-timeout-ms X a request must arrive whole within this (default 30000); else 408
+  --headers-timeout-ms X its headers within this (default 10000); else 408
+  --keep-alive-timeout-ms X  an idle connection is closed after this (default 5000)
+  --max-connections N    connections open at once (default 512); beyond: 503
   --whole-batch          a batch leaves at an exit only when all of it does (default: each sample)
   --full                 serve the network without its exits (what early exits are measured against)
   --adaptive             retune the thresholds online from the final output's feedback (Apparate)
@@ -39,10 +45,17 @@ interface ServeOptions {
   checkpoint?: string; port: number; host: string; name?: string; maxBatchSize: number; maxQueueDelayMs: number;
   maxQueueSize: number; timeoutMs?: number; instances?: number; perSample: boolean; full: boolean;
   adaptive?: { targetAgreement?: number; sampleRate?: number };
+  limits: Partial<HttpLimits>;
 }
 
+/** The HTTP limits' flags and the options they set. */
+const LIMIT_FLAGS: Record<string, keyof HttpLimits> = {
+  '--body-limit': 'bodyLimit', '--request-timeout-ms': 'requestTimeoutMs', '--headers-timeout-ms': 'headersTimeoutMs',
+  '--keep-alive-timeout-ms': 'keepAliveTimeoutMs', '--max-connections': 'maxConnections',
+};
+
 function parseServeArgs(argv: readonly string[]): ServeOptions | null {
-  const options: ServeOptions = { port: 8080, host: '127.0.0.1', maxBatchSize: 32, maxQueueDelayMs: 2, maxQueueSize: 1024, perSample: true, full: false };
+  const options: ServeOptions = { port: 8080, host: '127.0.0.1', maxBatchSize: 32, maxQueueDelayMs: 2, maxQueueSize: 1024, perSample: true, full: false, limits: {} };
   const number = (flag: string, value: string | undefined, integer: boolean): number => {
     const n = Number(value);
     if (value === undefined || !Number.isFinite(n) || n < 0 || (integer && !Number.isInteger(n))) {
@@ -69,6 +82,13 @@ function parseServeArgs(argv: readonly string[]): ServeOptions | null {
       case '--target-agreement': options.adaptive = { ...options.adaptive, targetAgreement: number(flag, value, false) }; i++; break;
       case '--sample-rate': options.adaptive = { ...options.adaptive, sampleRate: number(flag, value, false) }; i++; break;
       default:
+        if (flag in LIMIT_FLAGS) {
+          const n = number(flag, value, true);
+          if (n < 1) throw new UsageError(`${flag} needs a whole number of at least 1, got '${value}'`);
+          options.limits[LIMIT_FLAGS[flag]] = n;
+          i++;
+          break;
+        }
         if (flag.startsWith('-') || options.checkpoint !== undefined) throw new UsageError(`unknown argument '${flag}'`);
         options.checkpoint = flag;
     }
@@ -104,7 +124,7 @@ export async function serve(argv: readonly string[]): Promise<number> {
     ...(options.adaptive && !options.full ? { adaptive: options.adaptive } : {}),
   });
   const name = options.name ?? (options.checkpoint === undefined ? 'mnist' : 'model');
-  const app = createHttpApp(server, { modelName: name });
+  const app = createHttpApp(server, { modelName: name, ...options.limits });
   const address = await app.listen({ port: options.port, host: options.host });
   console.log(`serving ${checkpoint} as '${name}' on ${address}: POST /predict, POST /v2/models/${name}/infer, ` +
     `GET /stats /healthz /metrics; input [${serving.inputShape}], ${options.full ? 'no exits' : `${policy.criterion} thresholds ` +

@@ -4,27 +4,37 @@
  *   POST /predict                    {"input": [...], "shape": [...]}, or raw float32 bytes
  *                                    (application/octet-stream) with the shape in X-Input-Shape;
  *                                    answers {prediction, probabilities, exit, latencyMs}
- *   POST /v2/models/{name}/infer     the Open Inference Protocol (KServe v2, as Triton, KServe,
- *                                    Seldon and TorchServe clients speak it); the exit taken is
- *                                    the output "exit" and the parameter "exit"
- *   GET  /v2/models/{name}           model metadata;  GET /v2/health/ready, /v2/health/live
+ *   POST /v2/models/{name}[/versions/1]/infer   the Open Inference Protocol (KServe v2, as
+ *                                    Triton, KServe, Seldon and TorchServe clients speak it;
+ *                                    `open-inference.ts`); the exit each sample took is the
+ *                                    output "exit"
+ *   GET  /v2/models/{name}[/versions/1][/ready]  model metadata and readiness;
+ *   GET  /v2/health/ready, /v2/health/live
  *   GET  /stats, /healthz            the server's statistics; liveness
  *   GET  /metrics                    Prometheus text: requests by route and status, latency and
  *                                    batch-size histograms, queue length, exit shares, thresholds
  *
- * A wrong shape, dtype, size or body is answered 400 with the reason; a full queue, a request
- * that waited too long or a closing server 503; anything else 500. The server goes on serving.
+ * A wrong shape, dtype, size or body is answered 400 with the reason; a content type a route
+ * does not take 415; a body over `bodyLimit`, or more samples than the queue can ever hold, 413;
+ * a full queue, a request that waited too long or a closing server 503; a slow, oversized or
+ * malformed client as `http-limits.ts` says; anything else 500. The server goes on serving.
  */
 import Fastify, { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import * as client from 'prom-client';
+import { checkOptions } from '../util/check';
 import { BadRequestError, RequestTimeoutError, ServerClosedError, ServerOverloadedError } from './errors';
+import { DEFAULT_LIMITS, HttpLimits, OVER_CAPACITY, clientErrorHandler, limitedServerFactory } from './http-limits';
+import { INFER_REQUEST_SCHEMA, INPUT_NAME, InferRequest, inferResponse, parseInferRequest } from './open-inference';
 import { EarlyExitServer, InferResult } from './server';
 
-export interface HttpOptions {
+export interface HttpOptions extends Partial<HttpLimits> {
   /** The model's name in the Open Inference Protocol's paths (default 'model'). */
   modelName?: string;
-  /** The largest body accepted, in bytes (default 16 MiB). */
-  bodyLimit?: number;
+}
+
+/** An error with the HTTP status it is answered with. */
+function httpError(statusCode: number, message: string): Error {
+  return Object.assign(new Error(message), { statusCode });
 }
 
 /** The HTTP status for an error a request met. */
@@ -32,7 +42,7 @@ export function statusOf(error: unknown): number {
   if (error instanceof BadRequestError) return 400;
   if (error instanceof ServerOverloadedError || error instanceof RequestTimeoutError || error instanceof ServerClosedError) return 503;
   const status = (error as { statusCode?: number })?.statusCode;
-  return typeof status === 'number' && status >= 400 && status < 500 ? status : 500;
+  return typeof status === 'number' && status >= 400 && status < 600 ? status : 500;
 }
 
 function softmax(logits: Float32Array): number[] {
@@ -71,34 +81,24 @@ const PREDICT_SCHEMA = {
   },
 };
 
-const V2_INFER_SCHEMA = {
-  body: {
-    type: 'object', required: ['inputs'],
-    properties: {
-      id: { type: 'string' },
-      parameters: { type: 'object' },
-      inputs: {
-        type: 'array', minItems: 1, maxItems: 1,
-        items: {
-          type: 'object', required: ['name', 'shape', 'datatype', 'data'],
-          properties: {
-            name: { type: 'string' },
-            shape: { type: 'array', items: { type: 'integer', minimum: 1 }, minItems: 1 },
-            datatype: { type: 'string' },
-            parameters: { type: 'object' },
-            data: { type: 'array', items: { type: 'number' } },
-          },
-        },
-      },
-      outputs: { type: 'array' },
-    },
-  },
-};
+const V2_INFER_SCHEMA = { body: INFER_REQUEST_SCHEMA };
 
 /** Builds the fastify app over `server`; call `listen` on it (and `close`, which closes neither the server nor the model). */
 export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}): FastifyInstance {
+  checkOptions(options, ['modelName', ...Object.keys(DEFAULT_LIMITS)], 'createHttpApp: options');
   const modelName = options.modelName ?? 'model';
-  const app = Fastify({ bodyLimit: options.bodyLimit ?? 16 * 2 ** 20 });
+  const limits: HttpLimits = { ...DEFAULT_LIMITS };
+  for (const key of Object.keys(DEFAULT_LIMITS) as Array<keyof HttpLimits>) {
+    const value = options[key];
+    if (value === undefined) continue;
+    if (!Number.isSafeInteger(value) || value < 1) throw new RangeError(`createHttpApp: options.${key} must be a positive whole number, got ${value}`);
+    limits[key] = value;
+  }
+  const app = Fastify({
+    bodyLimit: limits.bodyLimit, serverFactory: limitedServerFactory(limits), clientErrorHandler: clientErrorHandler(limits),
+    // The schemas say what a body must be: nothing is coerced ("1" is not 1, null is not 0) or silently dropped.
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false } },
+  });
   const sampleSize = server.inputShape.reduce((a, b) => a * b, 1);
 
   const registry = new client.Registry();
@@ -127,13 +127,32 @@ export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}
     stats.thresholds.forEach((t, exit) => { if (t !== null) exitThreshold.set({ exit: String(exit) }, t); });
   };
 
+  // JSON and raw float32 only: fastify's text/plain parser would hand a route a string.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
+    try {
+      // JSON.parse makes a "__proto__" key an own property, never a prototype.
+      done(null, JSON.parse(body as string));
+    } catch (error) {
+      done(new BadRequestError(`the body is not valid JSON: ${(error as Error).message}`), undefined);
+    }
+  });
   app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
+  app.addHook('onRequest', async (request, reply) => {
+    if ((request.raw.socket as { [OVER_CAPACITY]?: boolean })[OVER_CAPACITY]) {
+      void reply.header('connection', 'close');
+      throw httpError(503, `the server holds ${limits.maxConnections} connections, the most it takes (maxConnections); try again when fewer are open`);
+    }
+  });
   app.addHook('onResponse', async (request, reply) => {
     requests.inc({ route: request.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
   });
-  app.setErrorHandler((error: Error & { validation?: unknown }, _request, reply) => {
+  app.setErrorHandler((error: Error & { validation?: unknown; code?: string }, request, reply) => {
     const status = error.validation ? 400 : statusOf(error);
-    void reply.status(status).send({ error: error.message });
+    let message = error.message;
+    if (error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') message = `the content type '${request.headers['content-type'] ?? '(none)'}' is not one this route takes: ${accepted(request)}`;
+    if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') message = `the body is larger than ${limits.bodyLimit} bytes, the most this server takes (bodyLimit)`;
+    void reply.status(status).send({ error: message });
   });
   app.setNotFoundHandler((request, reply) => {
     void reply.status(404).send({ error: `no route ${request.method} ${request.url}` });
@@ -144,6 +163,8 @@ export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}
     latency.observe((result.queuedMs + result.computeMs) / 1000);
     return result;
   };
+
+  const accepted = (request: FastifyRequest) => (request.routeOptions.url === '/predict' ? 'application/json or application/octet-stream' : 'application/json');
 
   /** The samples of a body: `count` Float32Arrays of one sample each. */
   const samples = (values: ArrayLike<number>, shape: number[] | undefined, what: string): Float32Array[] => {
@@ -156,6 +177,9 @@ export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}
       throw new BadRequestError(`${what}: shape [${given}]; expected [${server.inputShape}] or [N, ${server.inputShape}]`);
     }
     const count = flat.length / sampleSize;
+    if (count > server.maxQueueSize) {
+      throw httpError(413, `${what}: ${count} samples; this server queues at most ${server.maxQueueSize} (maxQueueSize), so it could never take them all: send at most that many per request`);
+    }
     return Array.from({ length: count }, (_, i) => flat.subarray(i * sampleSize, (i + 1) * sampleSize));
   };
 
@@ -192,28 +216,27 @@ export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}
     outputs: [{ name: 'output', datatype: 'FP32', shape: [-1, -1] }, { name: 'exit', datatype: 'INT32', shape: [-1] }],
   };
   const checkModel = (request: FastifyRequest) => {
-    const { name } = request.params as { name: string };
-    if (name !== modelName) throw Object.assign(new Error(`no model '${name}' here; this server serves '${modelName}'`), { statusCode: 404 });
+    const { name, version } = request.params as { name: string; version?: string };
+    if (name !== modelName) throw httpError(404, `no model '${name}' here; this server serves '${modelName}'`);
+    if (version !== undefined && version !== '1') throw httpError(404, `model '${modelName}' has no version '${version}'; its version is '1'`);
   };
-  app.get('/v2/models/:name', async (request) => { checkModel(request); return metadata; });
-  app.get('/v2/models/:name/ready', async (request) => { checkModel(request); return { name: modelName, ready: true }; });
-  app.post('/v2/models/:name/infer', { schema: V2_INFER_SCHEMA }, async (request) => {
+  const inferRoute = async (request: FastifyRequest) => {
     checkModel(request);
-    const body = request.body as { id?: string; inputs: Array<{ name: string; shape: number[]; datatype: string; data: number[] }> };
-    const [input] = body.inputs;
-    if (input.datatype !== 'FP32') throw new BadRequestError(`input '${input.name}' has datatype ${input.datatype}; this model takes FP32`);
-    const results = await Promise.all(samples(input.data, input.shape, `input '${input.name}'`).map(infer));
-    const width = results[0].output.length;
-    const exits = results.map((r) => r.exit);
-    return {
-      model_name: modelName, model_version: '1', ...(body.id !== undefined ? { id: body.id } : {}),
-      parameters: { exit: results.length === 1 ? exits[0] : exits },
-      outputs: [
-        { name: 'output', datatype: 'FP32', shape: [results.length, width], data: results.flatMap((r) => Array.from(r.output)) },
-        { name: 'exit', datatype: 'INT32', shape: [results.length], data: exits },
-      ],
-    };
-  });
+    const parsed: InferRequest = parseInferRequest(request.body as Parameters<typeof parseInferRequest>[0]);
+    const results = await Promise.all(samples(parsed.values, parsed.shape, `input '${INPUT_NAME}'`).map(infer));
+    return inferResponse(modelName, parsed, results);
+  };
+  for (const prefix of ['/v2/models/:name', '/v2/models/:name/versions/:version']) {
+    app.get(prefix, async (request) => { checkModel(request); return metadata; });
+    app.get(`${prefix}/ready`, async (request) => { checkModel(request); return { name: modelName, ready: true }; });
+    app.post(`${prefix}/infer`, {
+      schema: V2_INFER_SCHEMA,
+      // Before the schema, which would call raw bytes a body that "must be object".
+      preValidation: async (request) => {
+        if (Buffer.isBuffer(request.body)) throw httpError(415, `the content type '${request.headers['content-type']}' is not one this route takes: application/json`);
+      },
+    }, inferRoute);
+  }
 
   app.get('/stats', async () => server.stats());
   app.get('/healthz', async () => ({ ok: true }));

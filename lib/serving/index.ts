@@ -9,6 +9,7 @@ export { EarlyExitServer } from './server';
 export type { InferResult, ServerOptions, ServerStats } from './server';
 export { BadRequestError, RequestTimeoutError, ServerClosedError, ServerOverloadedError } from './errors';
 export type { HttpOptions } from './http';
+export type { HttpLimits } from './http-limits';
 
 /**
  * The HTTP app over `server` (see `lib/serving/http.ts` for the routes); fastify is loaded

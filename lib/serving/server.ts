@@ -104,6 +104,9 @@ export class EarlyExitServer {
     this.batcher = new DynamicBatcher((batch) => this.runBatch(batch), { instances: os.cpus().length, ...options }, clock);
   }
 
+  /** The most requests the queue holds (`maxQueueSize`): a caller with more samples than this can never have them all queued. */
+  get maxQueueSize(): number { return this.batcher.maxQueueSize; }
+
   /**
    * Queues one sample (a Tensor or Float32Array of `inputShape`, with or without a batch
    * dimension of 1) and resolves with its answer. Rejects at once with BadRequestError for a
