@@ -17,6 +17,7 @@
  *
  *   npm run build:ts && node dist/scripts/fuzz.js [--seed N] [--files 1000] [--inputs 300]
  *     [--checkpoints 180] [--workers 100] [--writes 24] [--json out.json] [--replay files:17] [--keep DIR]
+ *     [--worker-mode MODE]   (npm run soak:load: 1,000 workers terminated during jit.load)
  *
  * Exit code 1 when any case crashed, hung, damaged a previous file or loaded a damaged file
  * silently. Every case is replayable alone from the seed and its id (--replay KIND:ID).
@@ -51,6 +52,8 @@ interface Options {
   counts: Record<Kind, number>;
   json?: string;
   replay?: { kind: Kind; id: number };
+  /** Only this mode of the worker cases (`--worker-mode load`: the soak of terminations during jit.load). */
+  workerMode?: (typeof WORKER_MODES)[number];
 }
 
 /** A small deterministic generator: the same seed and case id give the same case. */
@@ -217,7 +220,8 @@ const WORKER_MODES = ['async', 'sync', 'hookAsync', 'earlyExitAsync', 'load', 'e
 /** A worker that loops on native work, terminated after a random delay. */
 async function workerCase(_lib: typeof Lib, seed: number, job: Record<string, unknown>): Promise<Pick<Outcome, 'result' | 'detail'>> {
   const next = random(seed, job.id as number);
-  const mode = pick(next, WORKER_MODES);
+  const only = job.mode as (typeof WORKER_MODES)[number] | undefined;
+  const mode = only ?? pick(next, WORKER_MODES);
   const delay = Math.floor(next() * 120);
   const library = JSON.stringify(path.join(ROOT, 'dist', 'lib'));
   const model = JSON.stringify(path.join(FIXTURES, 'resnet20_scripted.pt'));
@@ -314,7 +318,7 @@ async function runCases(kind: Kind, seed: number, cases: Array<Record<string, un
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OMP_NUM_THREADS: '1' } });
     let current: number | undefined;
     let stderr = '';
-    child.stderr!.on('data', (chunk: Buffer) => { stderr = (stderr + chunk.toString()).slice(-2000); });
+    child.stderr!.on('data', (chunk: Buffer) => { stderr = (stderr + chunk.toString()).slice(-20000); });
     let watchdog: NodeJS.Timeout | undefined;
     let hung = false;
     const arm = () => {
@@ -335,7 +339,10 @@ async function runCases(kind: Kind, seed: number, cases: Array<Record<string, un
     if (watchdog) clearTimeout(watchdog);
     const finished = new Set(outcomes.map((outcome) => outcome.id));
     if (current !== undefined) {
-      const detail = hung ? `no answer in ${HANG_MS / 1000} s` : `${signal ?? `exit code ${code}`}: ${stderr.trim().split('\n').slice(-2).join(' | ')}`;
+      // The line that says why (Node's failed CHECK, a C++ exception, a fatal error) rather than the last frames of a stack.
+      const lines = stderr.trim().split('\n');
+      const cause = lines.filter((line) => /Assertion|FATAL|terminate called|what\(\)|CHECK|Error:/.test(line)).slice(0, 2);
+      const detail = hung ? `no answer in ${HANG_MS / 1000} s` : `${signal ?? `exit code ${code}`}: ${(cause.length ? cause : lines.slice(-2)).join(' | ')}`;
       outcomes.push({ id: current, result: hung ? 'hang' : 'signal', detail });
       finished.add(current);
     } else if (code !== 0 && remaining.every((job) => !finished.has(job.id))) {
@@ -497,7 +504,7 @@ async function main(): Promise<void> {
         if (!disk) { table.push({ kind, cases: 0, counts: {}, note: `skipped: ${mounted.reason}` }); console.log(`writes: skipped: ${mounted.reason}`); continue; }
         outcomes = await runCases(kind, options.seed, ids.map((id) => ({ id, disk })), scratch);
       } else {
-        outcomes = await runCases(kind, options.seed, ids.map((id) => ({ id })), scratch);
+        outcomes = await runCases(kind, options.seed, ids.map((id) => ({ id, ...(kind === 'workers' && options.workerMode ? { mode: options.workerMode } : {}) })), scratch);
       }
       note = `${((Date.now() - started) / 1000).toFixed(0)} s`;
       const counts: Record<string, number> = {};
@@ -534,6 +541,10 @@ function parseArgs(args: string[]): Options {
     else if (flag === '--seed') options.seed = positiveInt(flag, value);
     else if (flag === '--json') options.json = jsonFile(value);
     else if (flag === '--keep') options.keep = value;
+    else if (flag === '--worker-mode') {
+      if (!(WORKER_MODES as readonly string[]).includes(value)) throw new Error(`--worker-mode needs one of ${WORKER_MODES.join(', ')}`);
+      options.workerMode = value as (typeof WORKER_MODES)[number];
+    }
     else if (flag === '--replay') {
       const [replayKind, id] = (value ?? '').split(':');
       if (!KINDS.includes(replayKind as Kind)) throw new Error(`--replay needs KIND:ID with KIND one of ${KINDS.join(', ')}`);

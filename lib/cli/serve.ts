@@ -33,7 +33,7 @@ Options:
   --request-timeout-ms X a request must arrive whole within this (default 30000); else 408
   --headers-timeout-ms X its headers within this (default 10000); else 408
   --keep-alive-timeout-ms X  an idle connection is closed after this (default 5000)
-  --max-connections N    connections open at once (default 512); beyond: 503
+  --max-connections N    connections open at once (default 512, fewer under ulimit -n 1024); beyond: 503
   --whole-batch          a batch leaves at an exit only when all of it does (default: each sample)
   --full                 serve the network without its exits (what early exits are measured against)
   --adaptive             retune the thresholds online from the final output's feedback (Apparate)

@@ -6,6 +6,7 @@
  * are accepted until the process runs out of file descriptors. Here each limit answers with a
  * status and a JSON body `{ "error": ... }` that names the limit, and the server goes on.
  */
+import * as fs from 'fs';
 import * as http from 'http';
 import type { Socket } from 'net';
 
@@ -19,12 +20,33 @@ export interface HttpLimits {
   headersTimeoutMs: number;
   /** An idle kept-alive connection is closed after this (ms, default 5000). */
   keepAliveTimeoutMs: number;
-  /** Connections open at once (default 512); a request on one beyond is answered 503 and its connection closed. */
+  /**
+   * Connections open at once (default: 512, or less where the process may open few files, see
+   * `defaultMaxConnections`); a request on one beyond is answered 503 and its connection closed.
+   */
   maxConnections: number;
 }
 
+/**
+ * 512 connections, or fewer when the soft limit on open files (`ulimit -n`) is low: each
+ * connection is a file descriptor, and those beyond the cap still take one until their
+ * request is answered 503, up to a listen backlog (511) of them at once. Past the limit
+ * Node can only accept and drop (ECONNRESET, no status), so the cap leaves room for a full
+ * backlog and 128 descriptors of the process's own: (limit - 128 - 511), at least 16.
+ */
+export function defaultMaxConnections(): number {
+  let soft = Infinity;
+  try {
+    const line = /^Max open files\s+(\d+|unlimited)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
+    if (line && line[1] !== 'unlimited') soft = Number(line[1]);
+  } catch {
+    // Not Linux: the cap stays at 512.
+  }
+  return Math.max(16, Math.min(512, soft - 128 - 511));
+}
+
 export const DEFAULT_LIMITS: HttpLimits = {
-  bodyLimit: 16 * 2 ** 20, requestTimeoutMs: 30000, headersTimeoutMs: 10000, keepAliveTimeoutMs: 5000, maxConnections: 512,
+  bodyLimit: 16 * 2 ** 20, requestTimeoutMs: 30000, headersTimeoutMs: 10000, keepAliveTimeoutMs: 5000, maxConnections: defaultMaxConnections(),
 };
 
 /** Set on a socket accepted beyond `maxConnections`: its request is refused. */

@@ -97,7 +97,7 @@ export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}
   const app = Fastify({
     bodyLimit: limits.bodyLimit, serverFactory: limitedServerFactory(limits), clientErrorHandler: clientErrorHandler(limits),
     // The schemas say what a body must be: nothing is coerced ("1" is not 1, null is not 0) or silently dropped.
-    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false } },
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allowUnionTypes: true } },
   });
   const sampleSize = server.inputShape.reduce((a, b) => a * b, 1);
 
