@@ -49,6 +49,11 @@ interface CheckpointJson {
 
 interface FileDigest { bytes: number; sha256: string }
 
+/** The files besides checkpoint.json that a checkpoint of these branches (and optimizer) has. */
+function checkpointFiles(branches: ReadonlyArray<{ file: string }>, hasOptimizer: boolean): string[] {
+  return ['backbone.pt', ...branches.map((branch) => branch.file), ...(hasOptimizer ? ['optimizer.pt'] : [])];
+}
+
 /** The size and SHA-256 of the file at `file`, read once as a regular file. */
 function digestFile(file: string): FileDigest {
   const bytes = readRegularFile(file);
@@ -145,8 +150,7 @@ function writeCheckpointFiles(staging: string, model: EarlyExitModel, options: S
     json.optimizer = { paramGroups, scalars };
   }
   // Digests of what is on the disk now, read back after each file was flushed.
-  const names = ['backbone.pt', ...branches.map((branch) => branch.file), ...(json.optimizer ? ['optimizer.pt'] : [])];
-  json.files = Object.fromEntries(names.map((name) => [name, digestFile(path.join(staging, name))]));
+  json.files = Object.fromEntries(checkpointFiles(branches, json.optimizer !== undefined).map((name) => [name, digestFile(path.join(staging, name))]));
   writeFileAtomic(path.join(staging, 'checkpoint.json'), JSON.stringify(json, null, 2), 'saveCheckpoint');
   fsyncFolder(staging);
 }
@@ -269,7 +273,7 @@ function validateCheckpointJson(value: unknown, file: string): CheckpointJson {
   if (value.files !== undefined) {
     const { files } = value;
     if (!isRecord(files)) return invalid('files', `is ${shown(files)}, not an object`);
-    const expected = ['backbone.pt', ...branches.map((branch) => (branch as { file: string }).file), ...(optimizer !== undefined ? ['optimizer.pt'] : [])];
+    const expected = checkpointFiles(branches as Array<{ file: string }>, optimizer !== undefined);
     const listed = Object.keys(files);
     if (listed.sort().join() !== [...expected].sort().join()) invalid('files', `lists ${shown(listed)}, not the checkpoint's files ${shown(expected)}`);
     for (const [name, digest] of Object.entries(files)) {
