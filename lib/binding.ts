@@ -67,6 +67,7 @@ export interface NativeScriptModule {
   typeName(): string;
   /** [calls of this module in one forward of the root (-1: in a loop), whether samples can leave the batch after it]. */
   callSites(): [number, boolean];
+  programNodesRun(): number;
   registerHook(hook: NativeHook): number;
   removeHook(id: number): boolean;
   /**
@@ -142,6 +143,7 @@ export interface Binding {
   /** Why optimize_for_inference cannot run with this LibTorch ('' when it can). */
   oneDnnInferenceProblem(): string;
   loadScriptModule(bytes: Buffer, name: string, device?: string): NativeScriptModule;
+  loadExportedProgram(description: object, name: string): NativeScriptModule;
   createNnModule(kind: string, options: Record<string, unknown>, children?: NativeNnModule[]): NativeNnModule;
   /** Bytes in the torch.save format of LibTorch's own pickler (what torch.save wrote before 0.2; tests only). */
   pickleSave(value: NativeValue): Buffer;

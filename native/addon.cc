@@ -6,6 +6,7 @@
 
 #include <napi.h>
 
+#include "exported/exported_program.h"
 #include "memory/cpu_block_cache.h"
 #include "node/errors.h"
 #include "node/instance_data.h"
@@ -47,6 +48,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("callOp", Napi::Function::New(env, CallOp));
   exports.Set("setMemoryReportsDeferred", Napi::Function::New(env, Tensor::SetMemoryReportsDeferred));
   exports.Set("loadScriptModule", Napi::Function::New(env, LoadScriptModule));
+  exports.Set("loadExportedProgram", Napi::Function::New(env, LoadExportedProgram));
   exports.Set("oneDnnInferenceProblem", Napi::Function::New(env, OneDnnInferenceProblem));
   exports.Set("createNnModule", Napi::Function::New(env, CreateNnModule));
   exports.Set("sgdStep", Napi::Function::New(env, Guarded<SgdStep>));

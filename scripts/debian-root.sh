@@ -320,6 +320,10 @@ exchange() { # SUITE...
       mkdir -p "$to/test/fixtures/torch-$version"
       cp "$from/test/fixtures/"{resnet20_scripted.pt,resnet20_traced.pt,resnet20_reference.json,branch_state_dict.pt,TORCH_VERSION} \
         "$to/test/fixtures/torch-$version/"
+      # Exported programs exist from PyTorch 2.6 on.
+      for exported in resnet20_exported.pt2 exported_reference.json; do
+        if [ -f "$from/test/fixtures/$exported" ]; then cp "$from/test/fixtures/$exported" "$to/test/fixtures/torch-$version/"; fi
+      done
       mkdir -p "$to/prebuilds"
       cp -r "$from/prebuilds/." "$to/prebuilds/"
       log "fixtures of PyTorch $version and the prebuilt binaries of $from -> $to"

@@ -554,7 +554,7 @@ def make_torchvision(w):
                 model(torch.randn(8, 3, 64, 64))
         model.eval()
         # What Python's forward hooks see at the exit points the tests use.
-        points = {"resnet18": ["layer1.0", "layer2.1", "layer3"],
+        points = {"resnet18": ["layer1.0", "layer2.1", "layer3", "layer1.0.conv2"],
                   "mobilenet_v2": ["features.3", "features.6", "features.14"]}[name]
         hooked = {}
         handles = [model.get_submodule(p).register_forward_hook(
@@ -571,7 +571,117 @@ def make_torchvision(w):
             assert max_diff(traced(x), model(x)) < 1e-5
         w.jit("%s_scripted.pt" % name, scripted)
         w.jit("%s_traced.pt" % name, traced)
+        if can_export():
+            # Exported as torchvision makes them: batch norm with its default momentum.
+            model = copy.deepcopy(model)
+            for module in model.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.momentum = 0.1
+            program = export_with_dynamic_batch(model, x[:2])
+            torch.export.save(program, w.path("%s_exported.pt2" % name))
+            w.done("%s_exported.pt2" % name)
+            reference[name + "_exported_modules"] = [[n, class_name(m)] for n, m in model.named_modules()]
+            reference[name + "_exported_training"] = sgd_reference(
+                model, *{"resnet18": ("layer1.0.conv2", 64), "mobilenet_v2": ("features.6", 32)}[name])
     w.json("torchvision_reference.json", reference)
+
+
+def sgd_reference(model, point, channels):
+    """Two SGD steps of Distiller's weighted loss with a pooled linear exit at `point`, in eager
+    PyTorch, from the exported weights; a few parameters and buffers of the result (the whole
+    network would make the JSON hundreds of megabytes)."""
+    model = copy.deepcopy(model).train()
+    torch.manual_seed(7)
+    branch = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10)).train()
+    branch_state = {k: tensor_json(v) for k, v in branch.state_dict().items()}
+    x = torch.randn(4, 3, 64, 64)
+    y = torch.tensor([1, 7, 3, 3])
+    settings = {"lossWeight": 0.3, "lr": 0.05, "momentum": 0.9, "weightDecay": 5e-4, "steps": 2, "seed": 11}
+    cache = {}
+    handle = model.get_submodule(point).register_forward_hook(
+        lambda m, i, o: cache.__setitem__("exit", branch(o)))
+    optimizer = torch.optim.SGD(list(model.parameters()) + list(branch.parameters()), lr=settings["lr"],
+                                momentum=settings["momentum"], weight_decay=settings["weightDecay"])
+    # Dropout (MobileNetV2's classifier) draws from the default generator: the same seed and
+    # the same calls give LibTorch's kernel the same numbers on the Node side.
+    torch.manual_seed(settings["seed"])
+    losses = []
+    for _ in range(settings["steps"]):
+        final = model(x)
+        w = settings["lossWeight"]
+        loss = w * F.cross_entropy(cache["exit"], y) + (1 - w) * F.cross_entropy(final, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    handle.remove()
+    state = model.state_dict()
+    names = list(dict(model.named_parameters()))
+    buffers = [n for n in state if n.endswith("running_mean") or n.endswith("num_batches_tracked")]
+    chosen = [names[0], names[len(names) // 2], names[-1], buffers[0], buffers[-2], buffers[-1]]
+    return {"point": point, "channels": channels, "settings": settings, "input": tensor_json(x), "target": tensor_json(y),
+            "branch_state_dict": branch_state, "losses": losses,
+            "after": {n: tensor_json(state[n].float()) for n in chosen},
+            "branch_after": {k: tensor_json(v) for k, v in branch.state_dict().items()}}
+
+
+def can_export():
+    """torch.export with the .pt2 layout this library reads: PyTorch 2.6 and later."""
+    return hasattr(torch, "export") and tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 6)
+
+
+def class_name(module):
+    return type(module).__module__ + "." + type(module).__qualname__
+
+
+def export_with_dynamic_batch(model, example):
+    """The recipe of the README (examples/export_model.py), as a user follows it."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+    from export_model import export_with_dynamic_batch as recipe
+    return recipe(model, example)
+
+
+def make_exported(w):
+    """Exported programs (torch.export, PyTorch >= 2.6) and what eager PyTorch says of them."""
+    torch.manual_seed(0)
+    model = ResNetCifar().eval()
+    program = export_with_dynamic_batch(model, torch.randn(2, 3, 32, 32))
+    torch.export.save(program, w.path("resnet20_exported.pt2"))
+    w.done("resnet20_exported.pt2")
+    reloaded = torch.export.load(w.path("resnet20_exported.pt2")).module()
+    points = ["layer1.2.relu2", "layer2.1", "layer1.0", "fc"]
+    cases = []
+    torch.manual_seed(4)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 32, 32)
+        seen = {}
+        handles = [model.get_submodule(p).register_forward_hook(
+            lambda m, i, o, p=p: seen.__setitem__(p, o.detach().clone())) for p in points]
+        with torch.no_grad():
+            out = model(x)
+            d = max_diff(reloaded(x), out)
+            assert d < 1e-5, "the reloaded exported program differs from eager by %g" % d
+        for h in handles:
+            h.remove()
+        cases.append({"input": tensor_json(x), "output": tensor_json(out),
+                      "hooks": {p: tensor_json(seen[p]) for p in points}})
+    torch.manual_seed(5)
+    cnn = MnistCnn().eval()
+    torch.export.save(export_with_dynamic_batch(cnn, torch.randn(2, 1, 28, 28)), w.path("mnist_cnn_exported.pt2"))
+    w.done("mnist_cnn_exported.pt2")
+    owners = set()
+    for node in program.graph.nodes:
+        for name, _ in (node.meta.get("nn_module_stack") or {}).values():
+            owners.add(name)
+    w.json("exported_reference.json", {
+        "torch_version": torch.__version__.split("+")[0],
+        "named_modules": [[n, class_name(m)] for n, m in model.named_modules()],
+        "modules_with_nodes": sorted(owners),
+        "node_count": sum(1 for node in program.graph.nodes if node.op == "call_function"),
+        "named_parameters": [n for n, _ in model.named_parameters()],
+        "named_buffers": [n for n, _ in model.named_buffers()],
+        "cases": cases,
+    })
 
 
 def main(outdir):
@@ -590,6 +700,8 @@ def main(outdir):
     make_mnist_cnn(w)
     make_distiller_stats(w)
     make_torchvision(w)
+    if can_export():
+        make_exported(w)
 
     # Which PyTorch made these: the other LibTorch's tests read them from torch-<version>/.
     with open(os.path.join(outdir, "TORCH_VERSION"), "w") as f:

@@ -45,6 +45,21 @@ if (foreign.length > 0) describe.each(foreign)('files made by %s, in LibTorch ' 
     expect(maxAbsDiff(stopped.output, reference.exit.exit_output)).toBeLessThanOrEqual(1e-5);
   });
 
+  const exportedFile = path.join(dir, 'resnet20_exported.pt2');
+  const [major, minor] = torch.version.libtorch.split('.').map(Number);
+  const canExport = major > 2 || (major === 2 && minor >= 6);
+  (fs.existsSync(exportedFile) ? it : it.skip)(`its exported program (torch.export) ${canExport ? "gives that PyTorch's outputs" : 'is refused, naming LibTorch 2.6'}`, () => {
+    if (!canExport) {
+      expect(() => torch.export.load(exportedFile)).toThrow(/exported programs \(torch.export\) need LibTorch 2.6 or later/);
+      return;
+    }
+    const exported = JSON.parse(fs.readFileSync(path.join(dir, 'exported_reference.json'), 'utf8'));
+    const model = torch.export.load(exportedFile);
+    for (const item of exported.cases) {
+      expect(maxAbsDiff(torch.noGrad(() => model.forward(fromRef(item.input))), item.output)).toBeLessThanOrEqual(1e-5);
+    }
+  });
+
   it("its Python's torch.save of a state dict loads value for value", () => {
     const loaded = torch.load(path.join(dir, 'branch_state_dict.pt')) as Record<string, Tensor>;
     expect(Object.keys(loaded)).toEqual(Object.keys(reference.exit.branch_state_dict));

@@ -1,5 +1,5 @@
 /** Early exits on torchvision's ResNet-18 and MobileNetV2, scripted and traced, as users export them. */
-import { EarlyExitModel, Tensor, exitDecisions, exitScores, jit, nn, torch, trainEarlyExit } from '../lib';
+import { EarlyExitModel, Tensor, earlyExitLoss, exitDecisions, exitScores, jit, nn, optim, torch, trainEarlyExit } from '../lib';
 import { fixture, fromRef, maxAbsDiff, reference } from './helpers';
 
 const tv = () => reference('torchvision_reference.json');
@@ -126,5 +126,74 @@ describe('a frozen backbone stays frozen', () => {
     // Thawed, the backbone trains again, batch norm included.
     model.freezeBackbone(false).train();
     expect(model.backbone.training).toBe(true);
+  });
+});
+
+/** The same models exported by torch.export with a dynamic batch (PyTorch 2.6 and later). */
+const [major, minor] = torch.version.libtorch.split('.').map(Number);
+const describeExported = major > 2 || (major === 2 && minor >= 6) ? describe : describe.skip;
+describeExported('torchvision models exported by torch.export', () => {
+  const exportedCases: Array<[string, Array<[string, number]>]> = [
+    // layer1.0.conv2 is inside a residual block: the block's input is read after it.
+    ['resnet18', [['layer1.0.conv2', 64], ['layer2.1', 128], ['layer3', 256]]],
+    ['mobilenet_v2', MOBILENET_V2],
+  ];
+
+  it.each(exportedCases)('%s: modules, hooks and output equal eager PyTorch', (name, points) => {
+    const backbone = torch.export.load(fixture(`${name}_exported.pt2`));
+    expect(backbone.namedModules().map(([module]) => module)).toEqual((tv()[`${name}_exported_modules`] as Array<[string, string]>).map(([module]) => module));
+    const model = new EarlyExitModel(backbone, points.map(([point]) => [point, nn.Identity()])).eval();
+    const outputs = torch.noGrad(() => model.forward(fromRef(tv().input)));
+    points.forEach(([point], i) => expect([point, maxAbsDiff(outputs[i], tv()[`${name}_hooks`][point]) <= 1e-5]).toEqual([point, true]));
+    expect(maxAbsDiff(outputs[3], tv()[name])).toBeLessThanOrEqual(1e-5);
+  });
+
+  it.each(exportedCases)("%s: two SGD steps with Distiller's weighted loss equal PyTorch's, batch norm and dropout included", (name) => {
+    const ref = tv()[`${name}_exported_training`];
+    const branch = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ref.channels, 10));
+    branch.loadStateDict({ '2.weight': fromRef(ref.branch_state_dict['2.weight']), '2.bias': fromRef(ref.branch_state_dict['2.bias']) });
+    const model = new EarlyExitModel(torch.export.load(fixture(`${name}_exported.pt2`)), [[ref.point, branch]]).train();
+    const { lr, momentum, weightDecay, steps, lossWeight, seed } = ref.settings;
+    const optimizer = new optim.SGD(model.parameters(), { lr, momentum, weightDecay });
+    const x = fromRef(ref.input);
+    const y = fromRef(ref.target);
+    torch.manualSeed(seed);
+    for (let i = 0; i < steps; i++) {
+      const loss = earlyExitLoss(model.forward(x), y, [lossWeight]);
+      optimizer.zeroGrad();
+      loss.backward();
+      optimizer.step();
+      expect(loss.item()).toBeCloseTo(ref.losses[i], 5);
+    }
+    const state = model.backbone.stateDict();
+    for (const [key, expected] of Object.entries<any>(ref.after)) {
+      expect([key, maxAbsDiff(state[key].float(), expected) <= 1e-5]).toEqual([key, true]);
+    }
+    const branchState = branch.stateDict();
+    for (const [key, expected] of Object.entries<any>(ref.branch_after)) expect(maxAbsDiff(branchState[key], expected)).toBeLessThanOrEqual(1e-5);
+  });
+
+  it.each(exportedCases)('%s: per-sample exits, inside a residual block too, equal each sample run alone', (name, points) => {
+    torch.manualSeed(0);
+    const model = new EarlyExitModel(torch.export.load(fixture(`${name}_exported.pt2`)), points.map(([point, channels]) =>
+      [point, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10))])).eval();
+    expect(model.exitsPerSample).toEqual([true, true, true]);
+    if (name === 'resnet18') {
+      const scripted = new EarlyExitModel(jit.load(fixture('resnet18_scripted.pt')), [['layer1.0.conv2', nn.Identity()]]);
+      expect(scripted.exitsPerSample).toEqual([false]);
+    }
+    const x = fromRef(tv().input);
+    const outputs = torch.noGrad(() => model.forward(x));
+    const scores = exitScores(outputs, 'entropy');
+    const thresholds = scores.slice(0, 3).map(widestGap);
+    const expected = exitDecisions(scores, 'entropy', thresholds);
+    expect(new Set(expected).size).toBeGreaterThanOrEqual(2);
+    const policy = { criterion: 'entropy' as const, thresholds, perSample: true };
+    const result = model.forwardEarlyExit(x, policy);
+    expect(result.exits).toEqual(expected);
+    for (let j = 0; j < 4; j++) {
+      const alone = torch.noGrad(() => model.forward(x.narrow(0, j, 1)));
+      expect(maxAbsDiff(result.output.narrow(0, j, 1), alone[expected[j]])).toBeLessThanOrEqual(1e-5);
+    }
   });
 });

@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { CallWithHooks, InferenceOptions, LoadOptions, ScriptModule, checkInferenceOptions, load } from '../torch/jit';
+import { load as loadExported } from '../torch/export';
 import { Module } from '../torch/nn';
 import { Tensor } from '../torch/tensor';
 import { noGrad, noGradAsync, tidy, zeros } from '../torch/torch';
@@ -62,9 +63,9 @@ export class EarlyExitModel {
     this.backbone = backbone;
     this.exitsDef = exitsDef;
     this.eeMgr.attachExits(backbone, exitsDef);
-    const sites = exitsDef.map(([point]) => backbone.getModule(point).native.callSites());
-    this.exitCalls = sites.map(([calls]) => calls);
-    this.exitsPerSample = sites.map(([, boundary]) => boundary);
+    const points = exitsDef.map(([point]) => backbone.getModule(point));
+    this.exitCalls = points.map((module) => module.callsPerForward);
+    this.exitsPerSample = points.map((module) => module.isBatchBoundary);
   }
 
   /**
@@ -208,8 +209,9 @@ export class EarlyExitModel {
           '(the block that holds it, for example), or give this exit the threshold null');
       }
       if (policy.perSample && !(boundaries ?? this.exitsPerSample)[i]) {
+        const problem = boundaries ? undefined : this.backbone.getModule(exit.point).batchBoundaryProblem;
         throw new Error(`forwardEarlyExit: samples cannot leave the batch alone at exit '${exit.point}'${boundaries ? ' of the compiled model' : ''}: ` +
-          'a batch-sized tensor made before it (a skip connection, the input) is still read after it; ' +
+          `${problem ?? 'a batch-sized tensor made before it (a skip connection, the input) is still read after it'}; ` +
           'use a batch boundary (exitsPerSample), a whole-batch policy (perSample: false), or the threshold null there');
       }
       rules.push([exit.handle.id, policy.criterion, threshold, Boolean(policy.perSample)]);
@@ -256,6 +258,12 @@ export class EarlyExitModel {
    * early exits are measured against.
    */
   plainBackbone(options: LoadOptions = {}): ScriptModule {
+    if (this.backbone.isExportedProgram) {
+      // The program file as loaded, with the weights as they are now.
+      const plain = loadExported(this.backbone.model.path, options);
+      plain.loadStateDict(this.backbone.stateDict());
+      return plain.eval();
+    }
     const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-backbone-'));
     try {
       this.backbone.save(path.join(folder, 'backbone.pt'));

@@ -12,6 +12,7 @@ import { checkTorchScriptSource } from '../io/torchscript-source';
 import { readArchive } from '../io/zip-integrity';
 import { ParameterOwner } from './parameters';
 import { Tensor, fromNative, toNative } from './tensor';
+import type { ProgramInfo, ProgramModule } from './export';
 
 /** What `registerForwardHook` accepts: a JS function, or a module run natively. */
 export type ForwardHook = ((module: ScriptModule, inputs: unknown[], output: unknown) => void) | HookModule;
@@ -41,11 +42,12 @@ export interface CallWithHooks {
   remaining?: Tensor;
 }
 
-/** State shared by a loaded model and every submodule object taken from it. */
-class LoadedModel {
+/** @internal State shared by a loaded model and every submodule object taken from it. */
+export class LoadedModel {
   /** The latest output of each native hook, kept until deleted (as Distiller's BranchPoint.output). */
   readonly hookOutputs = new Map<number, unknown>();
-  constructor(readonly path: string) {}
+  /** @param program what an exported program (torch.export) says of its modules; absent for TorchScript. */
+  constructor(readonly path: string, readonly program?: ProgramInfo) {}
 }
 
 /** LibTorch's words for "the data made no sense to me", which say nothing to a user. */
@@ -213,14 +215,36 @@ export class ScriptModule extends ParameterOwner implements HookModule {
    * tensor made before it (a skip connection, the input) is read after it. The block
    * boundaries of a chain, as between ResNet's blocks, nested or not.
    */
-  get isBatchBoundary(): boolean { return this.native.callSites()[1]; }
+  get isBatchBoundary(): boolean {
+    const program = this.programModule;
+    if (program) return program.calls === 1 && program.hookRefusal === undefined && program.boundaryRefusal === undefined;
+    return this.native.callSites()[1];
+  }
+
+  /** @internal For a module of an exported program: why samples cannot leave the batch after it. */
+  get batchBoundaryProblem(): string | undefined {
+    const program = this.programModule;
+    return program ? program.hookRefusal ?? program.boundaryRefusal ?? (program.calls !== 1 ? `module '${this.qualifiedName}' runs ${program.calls} times in one forward` : undefined) : undefined;
+  }
+
+  /** Whether this module belongs to an exported program (`torch.export.load`) rather than TorchScript. */
+  get isExportedProgram(): boolean { return this.model.program !== undefined; }
+
+  /** @internal What the exported program says of this module (undefined for TorchScript and for the root). */
+  get programModule(): ProgramModule | undefined { return this.model.program?.modules.get(this.qualifiedName); }
+
+  /** @internal How many graph nodes an exported program has run since it was loaded. */
+  get programNodesRun(): number { return this.native.programNodesRun(); }
 
   /**
    * How many times one forward of the root calls this module's forward: 0 (never), 1, 2
    * and more (a module reused, as torchvision's BasicBlock reuses its `relu`), or -1 when
    * the call sits in a loop.
    */
-  get callsPerForward(): number { return this.native.callSites()[0]; }
+  get callsPerForward(): number {
+    const program = this.programModule;
+    return program ? program.calls : this.native.callSites()[0];
+  }
 
   /** Every module below this one, itself first as '', in the order of PyTorch's `named_modules()`. */
   namedModules(): Array<[string, ScriptModule]> {
@@ -250,6 +274,9 @@ export class ScriptModule extends ParameterOwner implements HookModule {
     return Object.fromEntries([...this.namedParameters(), ...this.namedBuffers()]);
   }
 
+  /** @internal How load_state_dict's errors name this module. */
+  get stateDictOwner(): string { return this.typeName; }
+
   /** Sets training mode on this module and every module below it. */
   train(mode = true): this {
     this.native.train(mode);
@@ -273,6 +300,10 @@ export class ScriptModule extends ParameterOwner implements HookModule {
   /** Saves the module as TorchScript that Python's `torch.jit.load` reads (hooks are not saved). */
   save(path: string): void {
     checkString(path, 'ScriptModule.save: path');
+    if (this.model.program) {
+      throw new Error(`ScriptModule.save: an exported program cannot be saved as TorchScript; save its weights with torch.save(module.stateDict(), '${path}'), ` +
+        'which Python reads with model.load_state_dict(torch.load(path))');
+    }
     writeFileAtomic(path, this.native.serialize(), 'ScriptModule.save');
   }
 
@@ -293,6 +324,8 @@ export class ScriptModule extends ParameterOwner implements HookModule {
     if (typeof hook !== 'function' && (hook === null || typeof hook !== 'object' || !('nativeHook' in hook))) {
       throw new TypeError(`registerForwardHook on ${where}: a forward hook must be a function, an nn module or a ScriptModule, got ${hook === null ? 'null' : typeof hook}`);
     }
+    const refusal = this.programModule?.hookRefusal;
+    if (refusal !== undefined) throw new Error(`registerForwardHook on ${where}: ${refusal}`);
     const nativeHook = typeof hook === 'function'
       ? guardedHook((inputs, output) => hook(this, fromNative(inputs) as unknown[], fromNative(output)), where)
       : hook.nativeHook;

@@ -85,28 +85,8 @@ export class Module extends ParameterOwner implements HookModule {
     return Object.fromEntries(entries);
   }
 
-  /**
-   * Copies tensors into the module's parameters and buffers by name. Shapes must match;
-   * with `strict`, the names must match exactly, as PyTorch's `load_state_dict`.
-   */
-  loadStateDict(stateDict: Record<string, Tensor>, strict = true): void {
-    const own = this.stateDict();
-    const missing = Object.keys(own).filter((name) => !(name in stateDict));
-    const unexpected = Object.keys(stateDict).filter((name) => !(name in own));
-    if (strict && (missing.length > 0 || unexpected.length > 0)) {
-      throw new Error(`error(s) in loading state dict for ${this.kind}: ` +
-        (missing.length ? `missing key(s): ${missing.join(', ')}. ` : '') +
-        (unexpected.length ? `unexpected key(s): ${unexpected.join(', ')}.` : ''));
-    }
-    const mismatched = Object.keys(own).filter((name) => name in stateDict)
-      .filter((name) => stateDict[name].shape.join() !== own[name].shape.join())
-      .map((name) => `size mismatch for ${name}: copying a param with shape [${stateDict[name].shape}] ` +
-        `from checkpoint, the shape in current model is [${own[name].shape}]`);
-    if (mismatched.length > 0) throw new Error(`error(s) in loading state dict for ${this.kind}: ${mismatched.join('; ')}`);
-    noGrad(() => {
-      for (const [name, target] of Object.entries(own)) if (name in stateDict) target.copy_(stateDict[name]);
-    });
-  }
+  /** @internal How load_state_dict's errors name this module. */
+  get stateDictOwner(): string { return this.kind; }
 
   /** The architecture, for checkpoints. */
   spec(): ModuleSpec {

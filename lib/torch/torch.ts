@@ -175,6 +175,9 @@ export function noGradAsync<T>(start: () => Promise<T>): Promise<T> {
 
 export { keep, tidy };
 export { save, load } from '../io/serialization';
+import * as exportedPrograms from './export';
+/** Exported programs, as Python's `torch.export`: `torch.export.load('model.pt2')`. */
+export { exportedPrograms as export };
 
 /** CUDA devices: chosen at run time, so the same program runs with and without a GPU. */
 export const cuda = {

@@ -31,7 +31,9 @@ void LeaveEarly(ForwardContext& context, int64_t hookId, const at::Tensor& meeti
     context.patience.streak = context.patience.streak.index_select(0, staying);
   }
   at::Tensor output = moduleOutput.toTensor();
+  int64_t before = output.size(0);
   output.set_(output.index_select(0, staying));
+  if (context.shrink) context.shrink(staying, before);
 }
 
 }  // namespace
@@ -66,6 +68,8 @@ std::shared_ptr<const HookMap> HookRegistry::Snapshot() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return hooks_;
 }
+
+ForwardContext* CurrentForwardContext() { return currentContext; }
 
 ForwardScope::ForwardScope(ForwardContext* context) : previous_(currentContext) { currentContext = context; }
 

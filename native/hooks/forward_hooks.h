@@ -97,7 +97,14 @@ struct ForwardContext {
   std::vector<const Hook*> running;
   // In a compiled model's forward: the module whose hooks each exit point runs.
   const ExitPointTable* exitPoints = nullptr;
+  // Set by an interpreter that can shrink every live value holding the batch when samples
+  // leave it (the staying rows, the batch size before); otherwise only the hooked module's
+  // output shrinks.
+  std::function<void(const at::Tensor& staying, int64_t before)> shrink;
 };
+
+// The context of the forward call running on this thread, or null.
+ForwardContext* CurrentForwardContext();
 
 // Thrown by a hook whose stop rule is met. Deliberately not a std::exception: the
 // TorchScript interpreter catches std::exception to format a traceback of every frame,

@@ -15,6 +15,8 @@
 
 namespace tee {
 
+struct ProgramGraph;
+
 // A loaded model: the root module, its hooks and what instrumentation found.
 struct ModelState {
   torch::jit::Module root;
@@ -29,6 +31,10 @@ struct ModelState {
   // This model is itself a copy compiled by optimize_for_inference (jit.optimizeForInference):
   // every call runs under c10::InferenceMode, as the exit-compiled forward does.
   bool compiledForInference = false;
+  // An exported program (torch.export): `root` is its module tree, and its forward (held
+  // here, since a class type does not own its methods) runs `program` in the interpreter.
+  std::shared_ptr<ProgramGraph> program;
+  std::shared_ptr<torch::jit::Function> programForward;
 };
 
 struct MethodCall {

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <utility>
 
+#include "exported/interpreter.h"
 #include "torchscript/async_work.h"
 #include "torchscript/batch_boundary.h"
 #include "tensor/dtypes.h"
@@ -119,6 +120,7 @@ Napi::Function ScriptModule::Define(Napi::Env env) {
                          TEE_METHOD(ScriptModule, "optimizedCopy", OptimizedCopy),
                          TEE_METHOD(ScriptModule, "dispose", Dispose),
                          TEE_METHOD(ScriptModule, "isDisposed", IsDisposed),
+                         TEE_METHOD(ScriptModule, "programNodesRun", ProgramNodesRun),
                      });
 }
 
@@ -243,6 +245,7 @@ Napi::Value ScriptModule::To(const Napi::CallbackInfo& info) {
 Napi::Value ScriptModule::Serialize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   RequireIdle(env, "save the model");
+  RequireTorchScript(env, "saved as TorchScript");
   std::ostringstream bytes;
   // The file gets the code as loaded: Python knows nothing of the tap operator.
   StripInstrumentation(state_->root);
@@ -316,6 +319,7 @@ Napi::Value ScriptModule::RemoveHook(const Napi::CallbackInfo& info) {
 Napi::Value ScriptModule::CompileForInference(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   RequireIdle(env, "compile the model for inference");
+  RequireTorchScript(env, "compiled for inference yet");
   if (module_._ivalue().get() != state_->root._ivalue().get()) ThrowError(env, "only the root module can be compiled for inference");
   if (!info[0].IsArray()) ThrowTypeError(env, "compileForInference(points: string[], optimize: boolean)");
   Napi::Array array = info[0].As<Napi::Array>();
@@ -342,6 +346,7 @@ Napi::Value ScriptModule::DropInference(const Napi::CallbackInfo& info) {
 Napi::Value ScriptModule::OptimizedCopy(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   RequireIdle(env, "compile the model for inference");
+  RequireTorchScript(env, "compiled for inference yet");
   c10::NoGradGuard noGrad;
   auto state = std::make_shared<ModelState>();
   std::string applied;
@@ -358,6 +363,15 @@ Napi::Value ScriptModule::Dispose(const Napi::CallbackInfo& info) {
   state_.reset();
   disposed_ = true;
   return info.Env().Undefined();
+}
+
+void ScriptModule::RequireTorchScript(Napi::Env env, const char* action) const {
+  if (state_->program) ThrowError(env, std::string("an exported program (torch.export) cannot be ") + action);
+}
+
+Napi::Value ScriptModule::ProgramNodesRun(const Napi::CallbackInfo& info) {
+  Get(info.Env());
+  return Napi::Number::New(info.Env(), state_->program ? static_cast<double>(state_->program->nodesRun.load()) : -1.0);
 }
 
 Napi::Value ScriptModule::IsDisposed(const Napi::CallbackInfo& info) {

@@ -45,6 +45,11 @@ class ScriptModule : public GuardedWrap<ScriptModule> {
   Napi::Value OptimizedCopy(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value IsDisposed(const Napi::CallbackInfo& info);
+  // How many graph nodes an exported program has run since load (-1 for TorchScript).
+  Napi::Value ProgramNodesRun(const Napi::CallbackInfo& info);
+
+  // Refuses what only TorchScript models can do (save as TorchScript, compile), naming it.
+  void RequireTorchScript(Napi::Env env, const char* action) const;
 
   // Mode and device changes must not race an async forward of the same model.
   void RequireIdle(Napi::Env env, const char* action) const;

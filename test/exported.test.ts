@@ -1,0 +1,211 @@
+/**
+ * Exported programs (torch.export) against eager PyTorch: the ResNet-20 of the seed exported
+ * with a dynamic batch by the PyTorch beside this LibTorch (scripts/make_fixtures.py).
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { EarlyExitModel, ScriptModule, Tensor, earlyExitLoss, jit, nn, optim, torch } from '../lib';
+import { fixture, fromRef, maxAbsDiff, python, pythonWithTorch, reference, seedBranch } from './helpers';
+
+const [major, minor] = torch.version.libtorch.split('.').map(Number);
+const canExport = major > 2 || (major === 2 && minor >= 6);
+const describeExported = canExport ? describe : describe.skip;
+const exported = () => reference('exported_reference.json');
+const training = () => reference('training_reference.json');
+const load = (): ScriptModule => torch.export.load(fixture('resnet20_exported.pt2'));
+
+describe('torch.export.load on LibTorch older than 2.6', () => {
+  (canExport ? it.skip : it)('is refused, naming the LibTorch needed', () => {
+    fs.writeFileSync(path.join(os.tmpdir(), 'tee-not-loaded.pt2'), 'x');
+    expect(() => torch.export.load(path.join(os.tmpdir(), 'tee-not-loaded.pt2')))
+      .toThrow(/exported programs \(torch.export\) need LibTorch 2.6 or later, and this is LibTorch 1\.13/);
+  });
+});
+
+describeExported('an exported ResNet-20 (torch.export, dynamic batch)', () => {
+  it('has the modules of named_modules() that own nodes, in their order, with their classes', () => {
+    const model = load();
+    const withNodes = new Set<string>(exported().modules_with_nodes);
+    const python = (exported().named_modules as Array<[string, string]>).filter(([name]) => name === '' || withNodes.has(name));
+    const ours = model.namedModules().filter(([name]) => name === '' || withNodes.has(name));
+    expect(ours.map(([name]) => name)).toEqual(python.map(([name]) => name));
+    // Every module of the eager model is there (containers such as layer1 included).
+    expect(model.namedModules().map(([name]) => name)).toEqual((exported().named_modules as Array<[string, string]>).map(([name]) => name));
+    expect(model.getModule('layer1.0.conv1').typeName).toBe('__torch__.torch.nn.modules.conv.Conv2d');
+    expect(model.namedParameters().map(([name]) => name)).toEqual(exported().named_parameters);
+    expect(model.namedBuffers().map(([name]) => name)).toEqual(exported().named_buffers);
+  });
+
+  it.each([0, 1])('forward and hooks equal eager PyTorch at batch %s of the reference cases (dynamic batch)', (i) => {
+    const model = load();
+    const item = exported().cases[i];
+    const seen = new Map<string, Tensor>();
+    for (const point of Object.keys(item.hooks)) {
+      model.getModule(point).registerForwardHook((_module, _inputs, output) => { seen.set(point, (output as Tensor).clone()); });
+    }
+    const output = torch.noGrad(() => model.forward(fromRef(item.input)));
+    expect(maxAbsDiff(output, item.output)).toBeLessThanOrEqual(1e-5);
+    for (const [point, expected] of Object.entries<any>(item.hooks)) {
+      expect(seen.has(point)).toBe(true);
+      expect(maxAbsDiff(seen.get(point)!, expected)).toBeLessThanOrEqual(1e-5);
+    }
+  });
+
+  it('an exit stops the program: no later node runs', () => {
+    const model = new EarlyExitModel(load(), [['layer1.2.relu2', seedBranch()]]);
+    model.eval();
+    const x = fromRef(exported().cases[1].input);
+    const before = model.backbone.programNodesRun;
+    const full = model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [2] });
+    const whole = model.backbone.programNodesRun - before;
+    const stopped = model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [0] });
+    const partial = model.backbone.programNodesRun - before - whole;
+    expect(full.exit).toBe(1);
+    expect(stopped.exit).toBe(0);
+    // conv1, bn1, relu and layer1 (3 blocks of 6 to 7 nodes) run; layer2, layer3, pooling and fc do not.
+    expect(whole).toBe(exported().node_count);
+    expect(partial).toBeLessThan(whole / 2);
+    const branch = seedBranch();
+    const seen: Tensor[] = [];
+    const plain = load();
+    plain.getModule('layer1.2.relu2').registerForwardHook((_m, _i, output) => { seen.push(branch.forward(output as Tensor)); });
+    torch.noGrad(() => plain.forward(x));
+    expect(maxAbsDiff(stopped.output, seen[0])).toBeLessThanOrEqual(1e-5);
+  });
+
+  it('per-sample exits inside a block equal each sample run alone', () => {
+    const model = new EarlyExitModel(load(), [['layer2.0.conv1', nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))]]);
+    model.eval();
+    // Inside layer2.0, the block's input is still read after conv1 (its downsample): every
+    // live value carries the batch in its first dimension, so the samples can leave.
+    expect(model.exitsPerSample).toEqual([true]);
+    // TorchScript cannot tell there: the block's input is a batch-sized tensor read after conv1.
+    const scripted = new EarlyExitModel(jit.load(fixture('resnet20_scripted.pt')), [['layer2.0.conv1', nn.Identity()]]);
+    expect(scripted.exitsPerSample).toEqual([false]);
+    const x = fromRef(exported().cases[1].input);
+    const exitOnly = torch.noGrad(() => model.forward(x))[0];
+    const confidence = exitOnly.softmax(1).max(1).values.toArray() as number[];
+    const sorted = [...confidence].sort((a, b) => a - b);
+    const threshold = (sorted[0] + sorted[1]) / 2;
+    const result = model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [threshold], perSample: true });
+    expect(result.exits.filter((e) => e === 0).length).toBe(2);
+    for (let i = 0; i < 3; i++) {
+      const alone = torch.noGrad(() => model.forward(x.narrow(0, i, 1)));
+      const expected = result.exits[i] === 0 ? alone[0] : alone[1];
+      expect(maxAbsDiff(result.output.narrow(0, i, 1), expected)).toBeLessThanOrEqual(1e-5);
+    }
+  });
+
+  it("two SGD steps with Distiller's weighted loss equal PyTorch's, batch-norm statistics included", () => {
+    const settings = training().settings;
+    const model = new EarlyExitModel(load(), [['layer1.2.relu2', seedBranch()]]);
+    model.train();
+    const optimizer = new optim.SGD(model.parameters(), { lr: settings.lr, momentum: settings.momentum, weightDecay: settings.weightDecay });
+    const x = fromRef(training().input);
+    const y = fromRef(training().target);
+    const scenario = training().scenarios.joint;
+    for (let i = 0; i < settings.steps; i++) {
+      const loss = earlyExitLoss(model.forward(x), y, settings.lossWeights);
+      optimizer.zeroGrad();
+      loss.backward();
+      optimizer.step();
+      expect(loss.item()).toBeCloseTo(scenario.losses[i], 5);
+    }
+    let worst = 0;
+    for (const [name, param] of model.namedParameters()) worst = Math.max(worst, maxAbsDiff(param, scenario.parameters[name]));
+    expect(worst).toBeLessThanOrEqual(1e-5);
+    const [, runningMean] = model.backbone.getModule('layer3.2.bn2').namedBuffers().find(([name]) => name === 'running_mean')!;
+    expect(maxAbsDiff(runningMean, scenario.running_mean)).toBeLessThanOrEqual(1e-5);
+    const [, counted] = model.backbone.getModule('layer3.2.bn2').namedBuffers().find(([name]) => name === 'num_batches_tracked')!;
+    expect(Number(counted.item())).toBe(settings.steps);
+  });
+
+  it('eval() gives running statistics back: the program follows the mode, not the mode it was exported in', () => {
+    const model = load();
+    const x = fromRef(exported().cases[1].input);
+    model.train();
+    const trained = torch.noGrad(() => model.forward(x));
+    model.eval();
+    const evaluated = torch.noGrad(() => model.forward(x));
+    expect(maxAbsDiff(trained, evaluated)).toBeGreaterThan(1e-3);
+    const [, counted] = model.getModule('bn1').namedBuffers().find(([name]) => name === 'num_batches_tracked')!;
+    expect(Number(counted.item())).toBe(1);
+  });
+
+  it('saves trained weights as a state dict that Python loads into the eager model', () => {
+    const model = load();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-exported-'));
+    const file = path.join(dir, 'weights.pt');
+    torch.save(model.stateDict(), file);
+    expect(() => model.save(path.join(dir, 'model.pt'))).toThrow(/an exported program cannot be saved as TorchScript; save its weights with torch.save/);
+    const x = exported().cases[0].input;
+    const out = python(`
+import json, torch
+m = torch.export.load('${fixture('resnet20_exported.pt2')}').module()
+m.load_state_dict(torch.load('${file}'), strict=True)
+x = torch.tensor(${JSON.stringify(x.data)}).reshape(${JSON.stringify(x.shape)})
+print(json.dumps(m(x).reshape(-1).tolist()))
+`);
+    expect(maxAbsDiff(torch.tensor(JSON.parse(out), { shape: exported().cases[0].output.shape }), exported().cases[0].output)).toBeLessThanOrEqual(1e-5);
+  });
+
+  it('the README recipe (examples/export_model.py) makes a program that runs here as in Python', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-recipe-'));
+    const file = path.join(dir, 'model.pt2');
+    const { execFileSync } = require('child_process') as typeof import('child_process');
+    execFileSync(pythonWithTorch(), [path.join(__dirname, '..', 'examples', 'export_model.py'), file], { stdio: 'ignore' });
+    const x = torch.randn([3, 1, 28, 28]);
+    const expected = JSON.parse(python(`
+import json, torch
+x = torch.tensor(${JSON.stringify(x.toArray())})
+print(json.dumps(torch.export.load('${file}').module()(x).tolist()))
+`));
+    const model = torch.export.load(file);
+    expect(model.namedModules().map(([name]) => name)).toEqual(['', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']);
+    expect(maxAbsDiff(torch.noGrad(() => model.forward(x)), torch.tensor(expected))).toBeLessThanOrEqual(1e-5);
+  });
+
+  it('refuses a hook on a module whose output is not one tensor, naming the nodes, and runs the rest', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-pair-'));
+    const file = path.join(dir, 'pair.pt2');
+    const expected = JSON.parse(python(`
+import json, torch
+from torch import nn
+class Pair(nn.Module):
+    def forward(self, x):
+        return x.relu(), x.sigmoid()
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pair = Pair()
+        self.fc = nn.Linear(4, 3)
+    def forward(self, x):
+        a, b = self.pair(x)
+        return self.fc(a * b)
+torch.manual_seed(0)
+net = Net().eval()
+x = torch.arange(8.0).reshape(2, 4) / 8 - 0.5
+torch.export.save(torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},)), '${file}')
+print(json.dumps(net(x).tolist()))
+`));
+    const model = torch.export.load(file);
+    expect(() => model.getModule('pair').registerForwardHook(() => undefined))
+      .toThrow(/registerForwardHook on 'pair': module 'pair' passes on 2 values \(nodes '.*' to '.*'\), so its output is not one tensor that a hook could see/);
+    const seen: Tensor[] = [];
+    model.getModule('fc').registerForwardHook((_m, _i, output) => { seen.push(output as Tensor); });
+    const x = torch.arange(8).float().reshape([2, 4]).div(8).sub(0.5);
+    const output = torch.noGrad(() => model.forward(x));
+    expect(maxAbsDiff(output, torch.tensor(expected))).toBeLessThanOrEqual(1e-6);
+    expect(seen).toHaveLength(1);
+  });
+
+  it('refuses a file that torch.export.save did not write, and what only TorchScript can do, saying why', () => {
+    const model = load();
+    expect(() => new EarlyExitModel(model, [['layer1', nn.Identity()]]).eval().optimizeForInference())
+      .toThrow(/an exported program \(torch.export\) cannot be compiled for inference yet/);
+    const bad = path.join(os.tmpdir(), 'tee-not-a-pt2.pt2');
+    fs.copyFileSync(fixture('resnet20_scripted.pt'), bad);
+    expect(() => torch.export.load(bad)).toThrow(/cannot load exported program '.*': this is not a file written by torch.export.save/);
+  });
+});
