@@ -30,6 +30,8 @@ import { flagValue, jsonFile, positiveInt } from './script-args';
 
 interface PeerModel {
   exitPoint: string;
+  /** The backbone exported by torch.export (.pt2), where the PyTorch had it (2.6 and later). */
+  exported: string | null;
   branch: string[];
   inputShape: number[];
   files: Record<'backbone' | 'branchStateDict' | 'full' | 'prefixBranch' | 'prefixBranchScript' | 'prefixExit' | 'rest', string>;
@@ -83,7 +85,7 @@ function allConfident(logits: Float32Array, batch: number, threshold: number): b
   return true;
 }
 
-type LibPath = 'full' | 'eager' | 'stopped' | 'notStopped' | 'handCut';
+type LibPath = 'full' | 'eager' | 'stopped' | 'notStopped' | 'handCut' | 'exported';
 type OrtPath = 'full' | 'stopped' | 'notStopped';
 
 interface SideOptions { model: string; batch: number; path: string }
@@ -97,7 +99,12 @@ async function librarySide(options: Record<string, unknown>): Promise<Side> {
   const data = input(shape);
   let run: (x: Tensor) => Tensor;
   let compiled = 'not compiled';
-  if (which === 'full' || which === 'eager' || which === 'handCut') {
+  if (which === 'exported') {
+    // The exported program in this library's interpreter: not compiled (optimizeForInference is TorchScript's).
+    const module = torch.export.load(path.join(dir, model.exported!)).eval();
+    compiled = 'exported program, interpreted';
+    run = (x) => module.forward(x) as Tensor;
+  } else if (which === 'full' || which === 'eager' || which === 'handCut') {
     const file = path.join(dir, which === 'handCut' ? model.files.prefixBranchScript : model.files.backbone);
     const loaded = jit.load(file).eval();
     const module = which === 'eager' ? loaded : jit.optimizeForInference(loaded);
@@ -208,7 +215,7 @@ async function eventLoopTicks(model: string, concurrent: number): Promise<Array<
   return [library, peer];
 }
 
-function pairsFor(model: string, steps: number): Pair[] {
+function pairsFor(model: string, steps: number, exported: boolean): Pair[] {
   const lib = (p: LibPath, batch: number) => ({ factory: 'library', options: { model, batch, path: p } });
   const ort = (p: OrtPath, batch: number) => ({ factory: 'peer', options: { model, batch, path: p } });
   const big = model === 'mobilenet_v2';
@@ -223,6 +230,25 @@ function pairsFor(model: string, steps: number): Pair[] {
     { name: `${model}: stopped exit vs ORT full forward, batch 1`, a: lib('stopped', 1), b: ort('full', 1), ...one, tolerance: undefined },
     { name: `${model}: not stopped vs ORT prefix+branch then rest, batch 1`, a: lib('notStopped', 1), b: ort('notStopped', 1), ...one },
     { name: `${model}: eager forward (no optimizeForInference), batch 1`, a: lib('eager', 1), b: ort('full', 1), ...one },
+    ...(exported ? [
+      { name: `${model}: exported program (interpreted), batch 1`, a: lib('exported', 1), b: ort('full', 1), ...one },
+      { name: `${model}: exported program (interpreted), batch 64`, a: lib('exported', 64), b: ort('full', 64), ...batched },
+    ] : []),
+  ];
+}
+
+/**
+ * The exported program's interpreter against TorchScript's plain interpreter (the `eager`
+ * path: jit.load without optimizeForInference) on the same weights, and against onnxruntime.
+ */
+function exportedPairs(model: string, steps: number): Pair[] {
+  const lib = (p: LibPath, batch: number) => ({ factory: 'library', options: { model, batch, path: p } });
+  const big = model === 'mobilenet_v2';
+  const one = { steps: big ? Math.ceil(steps / 2) : steps, warmup: 5, repeat: big ? 5 : 100, tolerance: 1e-4 };
+  const batched = { steps: big ? 10 : 40, warmup: big ? 3 : 5, tolerance: 1e-4 };
+  return [
+    { name: `${model}: exported (interpreted) vs TorchScript plain interpreter, batch 1`, a: lib('exported', 1), b: lib('eager', 1), ...one },
+    { name: `${model}: exported (interpreted) vs TorchScript plain interpreter, batch 64`, a: lib('exported', 64), b: lib('eager', 64), ...batched },
   ];
 }
 
@@ -252,7 +278,9 @@ async function main(): Promise<void> {
     await printEventLoop(models[0]);
     return;
   }
-  const peer = await runPairs(script, models.flatMap((m) => pairsFor(m, steps)), environment, (line) => console.error(line));
+  const exported = models.filter((m) => manifest.models[m].exported);
+  const peer = await runPairs(script, models.flatMap((m) => pairsFor(m, steps, manifest.models[m].exported !== null && manifest.models[m].exported !== undefined)),
+    environment, (line) => console.error(line));
   console.log(ratioTable(peer, 'library', 'onnxruntime'));
   const compiledWith = [...new Set(peer.map((r) => r.aDescribe))].join('; ');
   console.log(`library sides: ${compiledWith}`);
@@ -262,8 +290,17 @@ async function main(): Promise<void> {
   const cut = await runPairs(script, models.flatMap((m) => handCutPairs(m, steps)), environment, (line) => console.error(line));
   console.log(ratioTable(cut, 'exit', 'hand-cut'));
   console.log('');
+  const interpreter = exported.length > 0
+    ? await runPairs(script, exported.flatMap((m) => exportedPairs(m, steps)), environment, (line) => console.error(line))
+    : [];
+  if (exported.length > 0) {
+    console.log(ratioTable(interpreter, 'exported', 'TorchScript'));
+    console.log('');
+  } else {
+    console.log(`no exported programs: PyTorch ${manifest.torchVersion} made none (torch.export's .pt2 needs 2.6 or later)\n`);
+  }
   const ticks = await printEventLoop(models[0]);
-  if (json) fs.writeFileSync(json, JSON.stringify({ libtorch: torch.version.libtorch, onnxruntime: version, environment, peer, handCut: cut, eventLoop: ticks }, null, 2) + '\n');
+  if (json) fs.writeFileSync(json, JSON.stringify({ libtorch: torch.version.libtorch, onnxruntime: version, environment, peer, handCut: cut, exportedVsTorchScript: interpreter, eventLoop: ticks }, null, 2) + '\n');
 }
 
 if (process.env.TEE_BENCH_SIDE !== '1') {

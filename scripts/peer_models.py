@@ -220,6 +220,13 @@ def make_model(defs, spec, outdir, ort):
     torch.jit.save(scripted, path(".pt"))
     torch.save(branch.state_dict(), path(".branch.pt"))
     torch.jit.save(torch.jit.script(prefix_branch), path(".prefix_branch.pt"))
+    # The same backbone as torch.export makes it (PyTorch 2.6 and later), for the interpreter rows.
+    exported = None
+    if hasattr(torch, "export") and tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 6):
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        example = torch.randn([2] + spec["input"])
+        torch.export.save(torch.export.export(backbone, (example,), dynamic_shapes=({0: batch},)), path(".pt2"))
+        exported = name + ".pt2"
 
     torch.manual_seed(1234)
     x = torch.randn([2] + spec["input"])
@@ -274,6 +281,7 @@ def make_model(defs, spec, outdir, ort):
             ("backbone", ".pt"), ("branchStateDict", ".branch.pt"), ("full", ".full.onnx"),
             ("prefixBranch", ".prefix_branch.onnx"), ("prefixBranchScript", ".prefix_branch.pt"),
             ("prefixExit", ".prefix_exit.onnx"), ("rest", ".rest.onnx"))},
+        "exported": exported,
         "onnxNames": {"full": [["input"], ["output"]], "prefixBranch": [["input"], ["exit"]],
                       "prefixExit": [["input"], ["exit", "activation"]],
                       "rest": [["activation"], ["output"]]},

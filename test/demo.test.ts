@@ -59,6 +59,28 @@ describe('npm run demo', () => {
     expect(results.heldOutSplit).toEqual({ calibration: 80, report: 120 });
   });
 
+  const [major, minor] = (require('../lib') as typeof import('../lib')).torch.version.libtorch.split('.').map(Number);
+  (major > 2 || (major === 2 && minor >= 6) ? it : it.skip)('takes an exported program (.pt2), and its checkpoint loads and exits', () => {
+    const model = path.join(__dirname, 'fixtures', 'mnist_cnn_exported.pt2');
+    const result = run(['demo', '--model', model, '--exit', 'features1=AdaptiveAvgPool2d(4),Flatten(),Linear(256,10)',
+      '--epochs', '1', '--train', '600', '--test', '200', '--out', out]);
+    expect(result.stderr).toBe('');
+    expect(result.status).toBe(0);
+    expect(result.stdout).toContain('exported program, interpreted: optimizeForInference compiles TorchScript only');
+    expect(result.stdout).toMatch(/speedup against the full network: \d+\.\d\dx/);
+    const results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
+    expect(results.exitPoints).toEqual(['features1']);
+    expect(results.serving.fullAccuracy).toBeGreaterThan(50);
+    const checkpoint = path.join(out, 'checkpoint');
+    expect(fs.readdirSync(checkpoint).sort()).toEqual(['backbone-state.pt', 'backbone.pt2', 'checkpoint.json', 'exit-0.pt']);
+    const { loadCheckpoint, torch } = require('../lib') as typeof import('../lib');
+    const loaded = loadCheckpoint(checkpoint).model.eval();
+    expect(loaded.backbone.isExportedProgram).toBe(true);
+    const digits = torch.zeros([2, 1, 28, 28]);
+    const stopped = loaded.forwardEarlyExit(digits, { criterion: 'maxProbability', thresholds: [0] });
+    expect(stopped.exit).toBe(0);
+  });
+
   it.each([
     [['demo', '--epochs', 'two'], "--epochs needs an integer >= 0, got 'two'"],
     [['demo', '--bogus'], "unknown option '--bogus'"],

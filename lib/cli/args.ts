@@ -58,7 +58,8 @@ Trains early exits on the 10,000 MNIST digits of the mnist package, prints Disti
 statistics, calibrates thresholds and serves the held-out digits with real early exits.
 
 Options:
-  --model FILE           TorchScript model taking [N, 1, 28, 28] images (default: the bundled CNN)
+  --model FILE           TorchScript model (.pt) or exported program (.pt2, torch.export) taking
+                         [N, 1, 28, 28] images (default: the bundled CNN)
   --exit NAME=SPEC       an exit after module NAME, e.g. features1=MaxPool2d(2),Flatten(),Linear(784,10)
                          (repeat for several; default: the bundled CNN's exit). SPEC is torch.nn in
                          PyTorch's syntax: positional order and keywords as in PyTorch, True/False/

@@ -18,6 +18,7 @@ import { EarlyExitStats } from '../early-exit/stats';
 import { evaluateAccuracy, trainEarlyExitAsync } from '../early-exit/trainer';
 import { InferenceOptimization } from '../binding';
 import { load, optimizeForInference } from '../torch/jit';
+import { load as loadExported } from '../torch/export';
 import { Module } from '../torch/nn';
 import { packageRoot } from '../util/package-root';
 import { Tensor } from '../torch/tensor';
@@ -95,7 +96,8 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   const lossWeights = options.lossWeights ?? exitSpecs.map(() => 0.3 / exitSpecs.length);
   log(`torch-early-exit demo: LibTorch ${torch.version.libtorch}, ${options.threads} thread(s), ${options.device}, seed ${options.seed}`);
 
-  const model = new EarlyExitModel(load(modelFile, { device: options.device }),
+  const backbone = modelFile.endsWith('.pt2') ? loadExported(modelFile, { device: options.device }) : load(modelFile, { device: options.device });
+  const model = new EarlyExitModel(backbone,
     exitSpecs.map(([point, spec]) => [point, parseBranchSpec(spec)] as const));
   model.to(options.device);
   checkExitsFit(model, options.device);
@@ -168,8 +170,10 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   const reportSet = { images: testSet.images.narrow(0, half, testSet.images.shape[0] - half), labels: testSet.labels.narrow(0, half, testSet.labels.shape[0] - half) };
   const calibrationOutputs = collectOutputs(model, calibrationSet);
   // Served as it is fastest: the model compiled for inference with its exits, against the
-  // network without exits compiled the same way.
-  model.optimizeForInference();
+  // network without exits compiled the same way. An exported program cannot be compiled yet:
+  // both sides are interpreted, and the log says so.
+  const compile = !model.backbone.isExportedProgram;
+  if (compile) model.optimizeForInference();
   const sample = calibrationSet.images.narrow(0, 0, 1);
   const exitLatenciesMs = measureExitLatencies(model, sample, 50, 20);
   const baselineMs = measureBaselineLatency(model, sample, 50, 20);
@@ -184,7 +188,7 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
     .sort((a, b) => b.chosen.speedup - a.chosen.speedup)[0] ?? calibrations[0];
   const policy = policyOf(calibration);
   log(`\ncalibration on ${half} held-out digits: stopping at ${names.map((n, i) => `${n} ${exitLatenciesMs[i].toFixed(3)} ms`).join(', ')}, ` +
-    `network without exits ${baselineMs.toFixed(3)} ms (batch 1, median, compiled for inference: ${model.inferenceOptimization})`);
+    `network without exits ${baselineMs.toFixed(3)} ms (batch 1, median, ${compile ? `compiled for inference: ${model.inferenceOptimization}` : 'exported program, interpreted: optimizeForInference compiles TorchScript only'})`);
   for (const c of calibrations) {
     log(`  ${c.criterion.padEnd(15)} thresholds [${c.chosen.thresholds.map((t) => (t === null ? 'never' : t.toFixed(4)))}] ` +
       `accuracy ${pct(c.chosen.accuracy)} (at least ${pct(c.chosen.accuracyBound)} with ${100 * CONFIDENCE}% confidence) ` +
@@ -197,7 +201,8 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   }
 
   if (signal.stopped) throw new DemoInterrupted('interrupted');
-  const full = optimizeForInference(model.plainBackbone({ device: options.device }));
+  const plain = model.plainBackbone({ device: options.device });
+  const full = compile ? optimizeForInference(plain) : plain;
   const labels = Array.from(reportSet.labels.cpu().data() as BigInt64Array, Number);
   for (let i = 0; i < 50; i++) torch.tidy(() => { model.forwardEarlyExit(sample, policy); torch.noGrad(() => full.forward(sample)); });
   const serving = await serveOneAtATime(model, full, reportSet.images, labels, policy, () => signal.stopped);

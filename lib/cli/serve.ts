@@ -115,7 +115,10 @@ export async function serve(argv: readonly string[]): Promise<number> {
       'saveCheckpoint(dir, model, { extra: { serving: { inputShape, policy: { criterion, thresholds } } } })');
   }
   torch.setNumThreads(1);
-  const model = (options.full ? new EarlyExitModel(loaded.model.plainBackbone(), []) : loaded.model).eval().optimizeForInference();
+  const chosen = (options.full ? new EarlyExitModel(loaded.model.plainBackbone(), []) : loaded.model).eval();
+  // An exported program is served by the interpreter: optimizeForInference compiles TorchScript only.
+  const model = chosen.backbone.isExportedProgram ? chosen : chosen.optimizeForInference();
+  if (chosen.backbone.isExportedProgram) console.log('the backbone is an exported program (torch.export): served interpreted, since optimizeForInference compiles TorchScript only');
   const policy = options.full ? { criterion: serving.policy.criterion, thresholds: [] } : serving.policy;
   const server = new EarlyExitServer(model, {
     inputShape: serving.inputShape, policy, perSample: options.perSample, maxBatchSize: options.maxBatchSize,

@@ -1,7 +1,9 @@
 /**
  * Checkpoints of an early-exit model and its optimizer, so training continues where it
  * stopped. A checkpoint is a folder that Python can read too:
- *   backbone.pt      the TorchScript backbone (torch.jit.load)
+ *   backbone.pt      the TorchScript backbone (torch.jit.load), or for an exported program:
+ *   backbone.pt2     the program as it was loaded (torch.export.load), and
+ *   backbone-state.pt  its trained weights, its state dict (torch.load, then load_state_dict)
  *   exit-<i>.pt      each nn branch's state dict (torch.load, then load_state_dict)
  *   exit-<i>.ts.pt   each TorchScript branch (torch.jit.load)
  *   optimizer.pt     the optimizer's tensors by name (torch.load)
@@ -19,6 +21,7 @@ import { describeFileKind, fsyncFile, fsyncFolder, writeFileAtomic } from '../io
 import { isMissingFile, readRegularFile } from '../io/regular-file';
 import { Device } from '../torch/dtype';
 import { ScriptModule, load as loadScript } from '../torch/jit';
+import { load as loadExported } from '../torch/export';
 import { Module, ModuleSpec, fromSpec } from '../torch/nn';
 import { Optimizer, OptimizerStateDict } from '../torch/optim';
 import { load as loadTensors, save as saveTensors } from '../io/serialization';
@@ -43,15 +46,20 @@ interface CheckpointJson {
   optimizer?: { paramGroups: OptimizerStateDict['paramGroups']; scalars: Record<string, number> };
   epoch?: number;
   extra?: unknown;
+  /** What the backbone is: TorchScript (and absent in older checkpoints) or an exported program. */
+  backbone?: BackboneKind;
   /** Each other file's size and SHA-256 (hex), checked before it is read; absent in checkpoints of 0.1. */
   files?: Record<string, FileDigest>;
 }
 
 interface FileDigest { bytes: number; sha256: string }
 
-/** The files besides checkpoint.json that a checkpoint of these branches (and optimizer) has. */
-function checkpointFiles(branches: ReadonlyArray<{ file: string }>, hasOptimizer: boolean): string[] {
-  return ['backbone.pt', ...branches.map((branch) => branch.file), ...(hasOptimizer ? ['optimizer.pt'] : [])];
+type BackboneKind = 'torchscript' | 'exported';
+
+/** The files besides checkpoint.json that a checkpoint of this backbone, these branches (and optimizer) has. */
+function checkpointFiles(backbone: BackboneKind, branches: ReadonlyArray<{ file: string }>, hasOptimizer: boolean): string[] {
+  return [...(backbone === 'exported' ? ['backbone.pt2', 'backbone-state.pt'] : ['backbone.pt']), ...branches.map((branch) => branch.file),
+    ...(hasOptimizer ? ['optimizer.pt'] : [])];
 }
 
 /** The size and SHA-256 of the file at `file`, read once as a regular file. */
@@ -71,7 +79,7 @@ export interface SaveCheckpointOptions {
 }
 
 /** The names of the files a checkpoint folder holds. */
-const CHECKPOINT_FILE = /^(?:backbone\.pt|optimizer\.pt|checkpoint\.json|exit-\d+\.pt|exit-\d+\.ts\.pt)$/;
+const CHECKPOINT_FILE = /^(?:backbone\.pt|backbone\.pt2|backbone-state\.pt|optimizer\.pt|checkpoint\.json|exit-\d+\.pt|exit-\d+\.ts\.pt)$/;
 
 /** `true` when `name` is one of the files `saveCheckpoint` writes. */
 function isCheckpointFile(name: string): boolean {
@@ -120,9 +128,18 @@ function checkReplaceable(target: string, dir: string): boolean {
 
 /** Writes every file of the checkpoint into the folder `staging`, each flushed to the disk. */
 function writeCheckpointFiles(staging: string, model: EarlyExitModel, options: SaveCheckpointOptions): void {
-  const backbone = path.join(staging, 'backbone.pt');
-  model.backbone.save(backbone);
-  fsyncFile(backbone);
+  const kind: BackboneKind = model.backbone.isExportedProgram ? 'exported' : 'torchscript';
+  if (kind === 'exported') {
+    // The program as loaded (its graph and modules), and the weights as trained.
+    const program = path.join(staging, 'backbone.pt2');
+    fs.writeFileSync(program, readRegularFile(model.backbone.model.path));
+    fsyncFile(program);
+    saveTensors(model.backbone.stateDict(), path.join(staging, 'backbone-state.pt'));
+  } else {
+    const backbone = path.join(staging, 'backbone.pt');
+    model.backbone.save(backbone);
+    fsyncFile(backbone);
+  }
   const branches: BranchRecord[] = model.branches.map((branch, i) => {
     if (branch instanceof ScriptModule) {
       const file = `exit-${i}.ts.pt`;
@@ -136,6 +153,7 @@ function writeCheckpointFiles(staging: string, model: EarlyExitModel, options: S
     return { type: 'nn', spec: branch.spec(), file };
   });
   const json: CheckpointJson = { format: FORMAT, version: VERSION, exitPoints: model.exitPoints, branches, epoch: options.epoch, extra: options.extra };
+  if (kind === 'exported') json.backbone = kind;
   if (options.optimizer) {
     const { state, paramGroups } = options.optimizer.stateDict();
     const tensors: Record<string, Tensor> = {};
@@ -150,7 +168,7 @@ function writeCheckpointFiles(staging: string, model: EarlyExitModel, options: S
     json.optimizer = { paramGroups, scalars };
   }
   // Digests of what is on the disk now, read back after each file was flushed.
-  json.files = Object.fromEntries(checkpointFiles(branches, json.optimizer !== undefined).map((name) => [name, digestFile(path.join(staging, name))]));
+  json.files = Object.fromEntries(checkpointFiles(kind, branches, json.optimizer !== undefined).map((name) => [name, digestFile(path.join(staging, name))]));
   writeFileAtomic(path.join(staging, 'checkpoint.json'), JSON.stringify(json, null, 2), 'saveCheckpoint');
   fsyncFolder(staging);
 }
@@ -236,6 +254,10 @@ function validateCheckpointJson(value: unknown, file: string): CheckpointJson {
   if (value.format !== FORMAT) invalid('format', `is ${shown(value.format)}, not ${JSON.stringify(FORMAT)}`);
   if (value.version !== VERSION) invalid('version', `is ${shown(value.version)}; this library reads version ${VERSION}`);
   const { exitPoints, branches, optimizer, epoch } = value;
+  if (value.backbone !== undefined && value.backbone !== 'torchscript' && value.backbone !== 'exported') {
+    invalid('backbone', `is ${shown(value.backbone)}, not "torchscript" or "exported"`);
+  }
+  const kind = (value.backbone ?? 'torchscript') as BackboneKind;
   if (!Array.isArray(exitPoints)) return invalid('exitPoints', `is ${shown(exitPoints)}, not an array of module names`);
   exitPoints.forEach((point, i) => { if (typeof point !== 'string') invalid(`exitPoints[${i}]`, `is ${shown(point)}, not a string`); });
   if (!Array.isArray(branches)) return invalid('branches', `is ${shown(branches)}, not an array`);
@@ -273,7 +295,7 @@ function validateCheckpointJson(value: unknown, file: string): CheckpointJson {
   if (value.files !== undefined) {
     const { files } = value;
     if (!isRecord(files)) return invalid('files', `is ${shown(files)}, not an object`);
-    const expected = checkpointFiles(branches as Array<{ file: string }>, optimizer !== undefined);
+    const expected = checkpointFiles(kind, branches as Array<{ file: string }>, optimizer !== undefined);
     const listed = Object.keys(files);
     if (listed.sort().join() !== [...expected].sort().join()) invalid('files', `lists ${shown(listed)}, not the checkpoint's files ${shown(expected)}`);
     for (const [name, digest] of Object.entries(files)) {
@@ -311,7 +333,13 @@ export function loadCheckpoint(dir: string, options: { device?: Device | string 
         `with SHA-256 ${actual.sha256}; checkpoint.json records ${recorded.bytes} bytes with SHA-256 ${recorded.sha256}`);
     }
   }
-  const backbone = loadScript(path.join(dir, 'backbone.pt'), { device: options.device });
+  let backbone: ScriptModule;
+  if (json.backbone === 'exported') {
+    backbone = loadExported(path.join(dir, 'backbone.pt2'), { device: options.device });
+    backbone.loadStateDict(loadTensors(path.join(dir, 'backbone-state.pt')) as Record<string, Tensor>);
+  } else {
+    backbone = loadScript(path.join(dir, 'backbone.pt'), { device: options.device });
+  }
   const branches = json.branches.map((record) => {
     if (record.type === 'torchscript') return loadScript(path.join(dir, record.file), { device: options.device });
     const branch = fromSpec(record.spec);
