@@ -83,9 +83,10 @@ export function fillDisk(file: string): void {
 }
 
 /** The MNIST CNN with a seeded exit after each of its two blocks, in eval mode. */
-export function mnistTwoExits(): EarlyExitModel {
+export function mnistTwoExits(backbone: 'torchscript' | 'exported' = 'torchscript'): EarlyExitModel {
   torch.manualSeed(0);
-  return new EarlyExitModel(jit.load(fixture('mnist_cnn.pt')), [
+  const loaded = backbone === 'exported' ? torch.export.load(fixture('mnist_cnn_exported.pt2')) : jit.load(fixture('mnist_cnn.pt'));
+  return new EarlyExitModel(loaded, [
     ['features1', nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(784, 10))],
     ['features2', nn.Sequential(nn.Flatten(), nn.Linear(3136, 10))],
   ]).eval();

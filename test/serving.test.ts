@@ -250,13 +250,15 @@ describe('HTTP', () => {
 describe('torch-early-exit serve', () => {
   const CLI = require('path').join(__dirname, '..', 'bin', 'torch-early-exit.js') as string;
 
-  it('serves a checkpoint over HTTP, answering as the model does, and stops on SIGINT', async () => {
+  const [major, minor] = torch.version.libtorch.split('.').map(Number);
+  const backbones: Array<'torchscript' | 'exported'> = major > 2 || (major === 2 && minor >= 6) ? ['torchscript', 'exported'] : ['torchscript'];
+  it.each(backbones)('serves a checkpoint (%s backbone) over HTTP, answering as the model does, and stops on SIGINT', async (backbone) => {
     const fs = await import('fs');
     const os = await import('os');
     const path = await import('path');
     const { spawn, spawnSync } = await import('child_process');
     const { saveCheckpoint } = await import('../lib');
-    const model = mnistTwoExits();
+    const model = mnistTwoExits(backbone);
     const { x, thresholds } = medianEntropySplit(model);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-serve-'));
     const policy = { criterion: 'entropy' as const, thresholds };
@@ -267,8 +269,8 @@ describe('torch-early-exit serve', () => {
     expect(bare.stderr).toMatch(/has no extra.serving \{ inputShape, policy \}/);
 
     const child = spawn(process.execPath, [CLI, 'serve', path.join(dir, 'served'), '--port', '0', '--instances', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
     const url = await new Promise<string>((resolve, reject) => {
-      let out = '';
       child.stdout.on('data', (chunk: Buffer) => {
         out += chunk.toString();
         const found = /on (http:\/\/[^:]+:\d+)/.exec(out);
@@ -276,6 +278,8 @@ describe('torch-early-exit serve', () => {
       });
       child.on('exit', (code) => reject(new Error(`serve exited with ${code}: ${out}`)));
     });
+    // An exported program is served interpreted, and serve says so.
+    expect(out.includes('served interpreted, since optimizeForInference compiles TorchScript only')).toBe(backbone === 'exported');
     const answers = await Promise.all([0, 1, 2, 3].map(async (i) => {
       const reply = await fetch(`${url}/v2/models/model/infer`, {
         method: 'POST', headers: { 'content-type': 'application/json' },
