@@ -1,4 +1,6 @@
 /** Command-line pieces shared by the benchmark and soak scripts. */
+import * as fs from 'fs';
+import * as path from 'path';
 
 /** `value` as a positive integer, or an error naming `flag`. */
 export function positiveInt(flag: string, value: string | undefined): number {
@@ -10,6 +12,8 @@ export function positiveInt(flag: string, value: string | undefined): number {
 /** The file name after --json. */
 export function jsonFile(value: string | undefined): string {
   if (!value) throw new Error('--json needs a file name');
+  // Made now, so that a long measurement does not end in ENOENT.
+  fs.mkdirSync(path.dirname(path.resolve(value)), { recursive: true });
   return value;
 }
 

@@ -6,6 +6,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { EarlyExitModel, ScriptModule, Tensor, earlyExitLoss, jit, nn, optim, torch } from '../lib';
+import { readArchive } from '../lib/io/zip-integrity';
+import { zipStored } from '../lib/io/zip-writer';
 import { fixture, fromRef, maxAbsDiff, python, pythonWithTorch, reference, seedBranch } from './helpers';
 
 const [major, minor] = torch.version.libtorch.split('.').map(Number);
@@ -198,6 +200,27 @@ print(json.dumps(net(x).tolist()))
     const output = torch.noGrad(() => model.forward(x));
     expect(maxAbsDiff(output, torch.tensor(expected))).toBeLessThanOrEqual(1e-6);
     expect(seen).toHaveLength(1);
+  });
+
+  it('refuses a damaged program, naming what is wrong: JSON off the schema, weights of another shape, an unknown operator', () => {
+    const { entries } = readArchive(fixture('resnet20_exported.pt2'), 'fixture');
+    const jsonEntry = [...entries.keys()].find((name) => name === 'serialized_exported_program.json' || /\/models\/[^/]+\.json$/.test(name))!;
+    const damaged = (edit: (program: any) => void): string => {
+      const program = JSON.parse(entries.get(jsonEntry)!.toString('utf8'));
+      edit(program);
+      const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tee-damaged-')), 'model.pt2');
+      fs.writeFileSync(file, zipStored([...entries].map(([name, bytes]) => [name, name === jsonEntry ? Buffer.from(JSON.stringify(program)) : bytes] as const), 'test'));
+      return file;
+    };
+    expect(() => torch.export.load(damaged((program) => { program.graph_module.signature.input_specs[0] = { parameter: {} }; })))
+      .toThrow(/cannot load exported program '.*': the program's JSON does not follow the export schema/);
+    expect(() => torch.export.load(damaged((program) => { program.graph_module.graph.tensor_values.p_conv1_weight.sizes[0] = { as_int: 8 }; })))
+      .toThrow(/the parameter 'conv1.weight' has the shape \[16,3,3,3\] in the file's weights, but the program was exported with \[8,3,3,3\]/);
+    expect(() => torch.export.load(damaged((program) => {
+      program.graph_module.graph.nodes.find((node: any) => node.target === 'torch.ops.aten.linear.default').target = 'torch.ops.aten.no_such_op.default';
+    }))).toThrow(/node 'linear' \(aten::no_such_op.default, in module 'fc'\): this LibTorch has no operator aten::no_such_op/);
+    expect(() => torch.export.load(damaged((program) => { program.schema_version.major = 9; })))
+      .toThrow(/uses export schema 9, and this library reads schema 8/);
   });
 
   it('refuses a file that torch.export.save did not write, and what only TorchScript can do, saying why', () => {

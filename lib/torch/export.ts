@@ -226,8 +226,16 @@ class Translator {
 
     // Graph inputs, by the signature: module state or user inputs.
     const stateIndex = new Map<string, number>();
-    const addState = (qualified: string, kind: string, tensor: Tensor | undefined, where: string): number => {
+    const addState = (qualified: string, kind: string, tensor: Tensor | undefined, where: string, graphName: string): number => {
       if (!tensor) this.fail(`the program's ${where} '${qualified}' is not among the file's weights and constants`);
+      // The weights must be what the graph was traced with: a damaged or swapped file is refused here, not mid-forward.
+      const sizes = graph.tensor_values?.[graphName]?.sizes as any[] | undefined;
+      if (Array.isArray(sizes) && sizes.every((size) => typeof size?.as_int === 'number')) {
+        const expected = sizes.map((size) => size.as_int as number);
+        if (expected.join() !== tensor.shape.join()) {
+          this.fail(`the ${where} '${qualified}' has the shape [${tensor.shape}] in the file's weights, but the program was exported with [${expected}]`);
+        }
+      }
       const dot = qualified.lastIndexOf('.');
       const module = this.addModule(dot < 0 ? '' : qualified.slice(0, dot));
       const index = this.description.tensors.length;
@@ -244,13 +252,13 @@ class Translator {
       let source: number;
       if (kind === 'parameter') {
         name = body.arg.name;
-        source = addState(body.parameter_name, 'parameter', this.weights.get(body.parameter_name), 'parameter');
+        source = addState(body.parameter_name, 'parameter', this.weights.get(body.parameter_name), 'parameter', name);
       } else if (kind === 'buffer') {
         name = body.arg.name;
-        source = addState(body.buffer_name, 'buffer', this.weights.get(body.buffer_name) ?? this.constants.get(body.buffer_name), 'buffer');
+        source = addState(body.buffer_name, 'buffer', this.weights.get(body.buffer_name) ?? this.constants.get(body.buffer_name), 'buffer', name);
       } else if (kind === 'tensor_constant') {
         name = body.arg.name;
-        source = addState(body.tensor_constant_name, 'constant', this.constants.get(body.tensor_constant_name), 'constant');
+        source = addState(body.tensor_constant_name, 'constant', this.constants.get(body.tensor_constant_name), 'constant', name);
       } else if (kind === 'user_input') {
         if (!body.arg.as_tensor) this.fail(`the program takes a user input of kind '${Object.keys(body.arg)[0]}'; this library passes tensors only`);
         name = body.arg.as_tensor.name;
@@ -268,18 +276,15 @@ class Translator {
 
     // Nodes. Module of each node: the innermost entry of its nn_module_stack.
     const nodeModules: string[][] = [];
+    // Batch norms' num_batches_tracked, by module, and the registers (= input indices) holding them.
     const counters = new Map<string, number>();
-    for (const [qualified, index] of stateIndex) {
-      if (qualified.endsWith('.num_batches_tracked')) counters.set(qualified.slice(0, -'.num_batches_tracked'.length), index);
-    }
-    const stateRegisters = new Set([...inputNames.values()].filter((_, i) => this.description.inputs[i] >= 0));
     const counterRegisters = new Set<number>();
     for (const [qualified, index] of stateIndex) {
-      if (qualified.endsWith('.num_batches_tracked')) {
-        const input = this.description.inputs.indexOf(index);
-        if (input >= 0) counterRegisters.add(input);
-      }
+      if (!qualified.endsWith('.num_batches_tracked')) continue;
+      counters.set(qualified.slice(0, -'.num_batches_tracked'.length), index);
+      counterRegisters.add(this.description.inputs.indexOf(index));
     }
+    const stateRegisters = new Set([...inputNames.values()].filter((_, i) => this.description.inputs[i] >= 0));
     for (let n = 0; n < graph.nodes.length; n++) {
       const node = graph.nodes[n];
       const target = targetName(String(node.target));
@@ -476,7 +481,15 @@ export function load(path: string, options: ExportLoadOptions = {}): ScriptModul
   const { entries } = readArchive(path, what);
   const contents = readPt2(entries, what);
   const translator = new Translator(contents.program, contents.weights, contents.constants, what);
-  const info = translator.translate();
+  let info: ProgramInfo;
+  try {
+    info = translator.translate();
+  } catch (error) {
+    const message = (error as Error).message;
+    if (message.startsWith(what)) throw error;
+    // A field missing or of the wrong kind where the export schema has one.
+    throw new Error(`${what}: the program's JSON does not follow the export schema (${message})`);
+  }
   info.layout = contents.layout;
   let native: NativeScriptModule;
   try {
