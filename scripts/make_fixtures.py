@@ -335,6 +335,20 @@ def make_containers(w):
     })
 
 
+def distiller_sgd_steps(model, cache, x, y, weight, optimizer, steps):
+    """Optimizer steps of Distiller's weighted loss, the exit's output taken by a forward hook
+    into cache["exit"]; returns the losses."""
+    losses = []
+    for _ in range(steps):
+        final = model(x)
+        loss = weight * F.cross_entropy(cache["exit"], y) + (1 - weight) * F.cross_entropy(final, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def make_training(w):
     """Two SGD steps of Distiller-style joint and exits-only training, in eager PyTorch."""
     torch.manual_seed(0)
@@ -364,15 +378,7 @@ def make_training(w):
         # A frozen backbone stays in eval mode: its batch-norm statistics do not move.
         model.train(not frozen)
         branch.train()
-        losses = []
-        for _ in range(settings["steps"]):
-            final = model(x)
-            weight = settings["lossWeights"][0]
-            loss = weight * F.cross_entropy(cache["exit"], y) + (1 - weight) * F.cross_entropy(final, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        losses = distiller_sgd_steps(model, cache, x, y, settings["lossWeights"][0], optimizer, settings["steps"])
         hook.remove()
         named = dict(model.named_parameters())
         named.update({"exits.0." + n: p for n, p in branch.named_parameters()})
@@ -605,15 +611,7 @@ def sgd_reference(model, point, channels):
     # Dropout (MobileNetV2's classifier) draws from the default generator: the same seed and
     # the same calls give LibTorch's kernel the same numbers on the Node side.
     torch.manual_seed(settings["seed"])
-    losses = []
-    for _ in range(settings["steps"]):
-        final = model(x)
-        w = settings["lossWeight"]
-        loss = w * F.cross_entropy(cache["exit"], y) + (1 - w) * F.cross_entropy(final, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = distiller_sgd_steps(model, cache, x, y, settings["lossWeight"], optimizer, settings["steps"])
     handle.remove()
     state = model.state_dict()
     names = list(dict(model.named_parameters()))

@@ -11,7 +11,10 @@ import { readPt2 } from '../io/pt2-archive';
 import { readArchive } from '../io/zip-integrity';
 import { checkOptions, checkString } from '../util/check';
 import { LoadedModel, LoadOptions, ScriptModule } from './jit';
+import type { ProgramInfo, ProgramModule } from './program-info';
 import { Tensor } from './tensor';
+
+export type { ProgramInfo, ProgramModule } from './program-info';
 
 /** The export schema's Layout and MemoryFormat numbers, as LibTorch's. */
 const LAYOUTS: Record<number, number> = { 7: 0, 1: 1, 2: 2, 6: 3, 3: 4, 4: 5, 5: 6 };
@@ -50,29 +53,6 @@ interface NativeProgram {
   batched: number[];
   /** The mode the program was exported in (its batch norms' and dropouts' flag): every module starts in it. */
   training: boolean;
-}
-
-/** What the program says of one module: where hooks run on it, and whether samples can leave there. */
-export interface ProgramModule {
-  name: string;
-  className: string;
-  /** The calls of the module in one forward (runs of its nodes), each ending at a node. */
-  calls: number;
-  /** Why a forward hook cannot run on it, when it cannot. */
-  hookRefusal?: string;
-  /** Why samples cannot leave the batch after it, when they cannot. */
-  boundaryRefusal?: string;
-}
-
-/** What the library knows of a loaded exported program beyond its module objects. */
-export interface ProgramInfo {
-  /** 'torch 2.6 zip' or 'PT2 archive'. */
-  layout: string;
-  /** The PyTorch that exported it, as the file says. */
-  torchVersion: string;
-  /** Graph nodes, for tests that count what a stop skipped. */
-  nodeCount: number;
-  modules: Map<string, ProgramModule>;
 }
 
 const MODE_ARGUMENTS: Record<string, string> = {

@@ -12,7 +12,7 @@ import { checkTorchScriptSource } from '../io/torchscript-source';
 import { readArchive } from '../io/zip-integrity';
 import { ParameterOwner } from './parameters';
 import { Tensor, fromNative, toNative } from './tensor';
-import type { ProgramInfo, ProgramModule } from './export';
+import type { ProgramInfo, ProgramModule } from './program-info';
 
 /** What `registerForwardHook` accepts: a JS function, or a module run natively. */
 export type ForwardHook = ((module: ScriptModule, inputs: unknown[], output: unknown) => void) | HookModule;

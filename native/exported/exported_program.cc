@@ -231,6 +231,7 @@ Built Build(Napi::Env env, const Napi::Object& description, const std::string& f
   state->root = root;
   state->program = graph;
   state->programForward = forward;
+  state->programNodesRun = graph->nodesRun;
   (void)env;
   (void)file;
   return {graph, state};

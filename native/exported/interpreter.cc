@@ -115,7 +115,7 @@ c10::IValue ProgramGraph::Run(std::vector<c10::IValue> userInputs) const {
 
   torch::jit::Stack stack;
   for (const ProgramNode& node : nodes) {
-    nodesRun.fetch_add(1, std::memory_order_relaxed);
+    nodesRun->fetch_add(1, std::memory_order_relaxed);
     if (node.symbolic != SymbolicOp::kNone) {
       registers[node.outputs.at(0)] = Symbolic(node, registers);
     } else {

@@ -7,6 +7,7 @@
 #include <ATen/core/ivalue.h>
 
 #include <atomic>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -83,8 +84,8 @@ struct ProgramGraph {
   // equal to it. When samples leave early, these shrink with them.
   std::vector<bool> batched;
   size_t registerCount = 0;
-  // Nodes run since load (for tests that count what a stop skipped).
-  mutable std::atomic<int64_t> nodesRun{0};
+  // Nodes run since load (for tests that count what a stop skipped), shared with ModelState.
+  std::shared_ptr<std::atomic<int64_t>> nodesRun = std::make_shared<std::atomic<int64_t>>(0);
 
   // Runs the program on the user inputs; hooks run through the current ForwardContext.
   c10::IValue Run(std::vector<c10::IValue> userInputs) const;

@@ -4,6 +4,7 @@
 #include <napi.h>
 #include <torch/script.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <unordered_set>
@@ -35,6 +36,8 @@ struct ModelState {
   // here, since a class type does not own its methods) runs `program` in the interpreter.
   std::shared_ptr<ProgramGraph> program;
   std::shared_ptr<torch::jit::Function> programForward;
+  // How many graph nodes the program has run since load.
+  std::shared_ptr<std::atomic<int64_t>> programNodesRun;
 };
 
 struct MethodCall {

@@ -7,7 +7,6 @@
 #include <sstream>
 #include <utility>
 
-#include "exported/interpreter.h"
 #include "torchscript/async_work.h"
 #include "torchscript/batch_boundary.h"
 #include "tensor/dtypes.h"
@@ -371,7 +370,7 @@ void ScriptModule::RequireTorchScript(Napi::Env env, const char* action) const {
 
 Napi::Value ScriptModule::ProgramNodesRun(const Napi::CallbackInfo& info) {
   Get(info.Env());
-  return Napi::Number::New(info.Env(), state_->program ? static_cast<double>(state_->program->nodesRun.load()) : -1.0);
+  return Napi::Number::New(info.Env(), state_->programNodesRun ? static_cast<double>(state_->programNodesRun->load()) : -1.0);
 }
 
 Napi::Value ScriptModule::IsDisposed(const Napi::CallbackInfo& info) {

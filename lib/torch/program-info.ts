@@ -1,0 +1,24 @@
+/** What the library knows of a loaded exported program (torch.export) beyond its module objects: lib/torch/export.ts makes it, jit.ts's ScriptModule reads it. */
+
+/** What the program says of one module: where hooks run on it, and whether samples can leave there. */
+export interface ProgramModule {
+  name: string;
+  className: string;
+  /** The calls of the module in one forward (runs of its nodes), each ending at a node. */
+  calls: number;
+  /** Why a forward hook cannot run on it, when it cannot. */
+  hookRefusal?: string;
+  /** Why samples cannot leave the batch after it, when they cannot. */
+  boundaryRefusal?: string;
+}
+
+/** What the library knows of a loaded exported program beyond its module objects. */
+export interface ProgramInfo {
+  /** 'torch 2.6 zip' or 'PT2 archive'. */
+  layout: string;
+  /** The PyTorch that exported it, as the file says. */
+  torchVersion: string;
+  /** Graph nodes, for tests that count what a stop skipped. */
+  nodeCount: number;
+  modules: Map<string, ProgramModule>;
+}
