@@ -8,7 +8,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { EarlyExitModel, Tensor, jit, nn, torch } from '../lib';
-import { FIXTURES, fromRef, maxAbsDiff } from './helpers';
+import { CAN_EXPORT, FIXTURES, fromRef, maxAbsDiff } from './helpers';
 
 const here = fs.readFileSync(path.join(FIXTURES, 'TORCH_VERSION'), 'utf8').trim();
 const foreign = fs.existsSync(FIXTURES)
@@ -46,10 +46,8 @@ if (foreign.length > 0) describe.each(foreign)('files made by %s, in LibTorch ' 
   });
 
   const exportedFile = path.join(dir, 'resnet20_exported.pt2');
-  const [major, minor] = torch.version.libtorch.split('.').map(Number);
-  const canExport = major > 2 || (major === 2 && minor >= 6);
-  (fs.existsSync(exportedFile) ? it : it.skip)(`its exported program (torch.export) ${canExport ? "gives that PyTorch's outputs" : 'is refused, naming LibTorch 2.6'}`, () => {
-    if (!canExport) {
+  (fs.existsSync(exportedFile) ? it : it.skip)(`its exported program (torch.export) ${CAN_EXPORT ? "gives that PyTorch's outputs" : 'is refused, naming LibTorch 2.6'}`, () => {
+    if (!CAN_EXPORT) {
       expect(() => torch.export.load(exportedFile)).toThrow(/exported programs \(torch.export\) need LibTorch 2.6 or later/);
       return;
     }

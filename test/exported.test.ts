@@ -8,17 +8,15 @@ import * as path from 'path';
 import { EarlyExitModel, ScriptModule, Tensor, earlyExitLoss, jit, nn, optim, torch } from '../lib';
 import { readArchive } from '../lib/io/zip-integrity';
 import { zipStored } from '../lib/io/zip-writer';
-import { fixture, fromRef, maxAbsDiff, python, pythonWithTorch, reference, seedBranch } from './helpers';
+import { CAN_EXPORT, fixture, fromRef, maxAbsDiff, python, pythonWithTorch, reference, seedBranch } from './helpers';
 
-const [major, minor] = torch.version.libtorch.split('.').map(Number);
-const canExport = major > 2 || (major === 2 && minor >= 6);
-const describeExported = canExport ? describe : describe.skip;
+const describeExported = CAN_EXPORT ? describe : describe.skip;
 const exported = () => reference('exported_reference.json');
 const training = () => reference('training_reference.json');
 const load = (): ScriptModule => torch.export.load(fixture('resnet20_exported.pt2'));
 
 describe('torch.export.load on LibTorch older than 2.6', () => {
-  (canExport ? it.skip : it)('is refused, naming the LibTorch needed', () => {
+  (CAN_EXPORT ? it.skip : it)('is refused, naming the LibTorch needed', () => {
     fs.writeFileSync(path.join(os.tmpdir(), 'tee-not-loaded.pt2'), 'x');
     expect(() => torch.export.load(path.join(os.tmpdir(), 'tee-not-loaded.pt2')))
       .toThrow(/exported programs \(torch.export\) need LibTorch 2.6 or later, and this is LibTorch 1\.13/);

@@ -42,6 +42,10 @@ export function maxAbsDiff(actual: Tensor, expected: RefTensor | Tensor | ArrayL
   return worst;
 }
 
+const [libtorchMajor, libtorchMinor] = torch.version.libtorch.split('.').map(Number);
+/** Whether this LibTorch loads exported programs (torch.export): 2.6 and later. */
+export const CAN_EXPORT = libtorchMajor > 2 || (libtorchMajor === 2 && libtorchMinor >= 6);
+
 let chosenPython: string | undefined;
 
 /**

@@ -8,7 +8,7 @@ import { EarlyExitModel, Tensor, exitScores, jit, nn, torch } from '../lib';
 import { EarlyExitServer } from '../lib/serving/server';
 import { createHttpApp } from '../lib/serving/http';
 import { ServerClosedError } from '../lib/serving/errors';
-import { fixture, medianEntropySplit, mnistTwoExits } from './helpers';
+import { CAN_EXPORT, fixture, medianEntropySplit, mnistTwoExits } from './helpers';
 
 /** ResNet-18 at 64 px with an exit after layer1 that half of a seeded batch meets, compiled for inference. */
 function resnetWithEarlyExit(): { model: EarlyExitModel; x: Tensor; threshold: number } {
@@ -250,8 +250,7 @@ describe('HTTP', () => {
 describe('torch-early-exit serve', () => {
   const CLI = require('path').join(__dirname, '..', 'bin', 'torch-early-exit.js') as string;
 
-  const [major, minor] = torch.version.libtorch.split('.').map(Number);
-  const backbones: Array<'torchscript' | 'exported'> = major > 2 || (major === 2 && minor >= 6) ? ['torchscript', 'exported'] : ['torchscript'];
+  const backbones: Array<'torchscript' | 'exported'> = CAN_EXPORT ? ['torchscript', 'exported'] : ['torchscript'];
   it.each(backbones)('serves a checkpoint (%s backbone) over HTTP, answering as the model does, and stops on SIGINT', async (backbone) => {
     const fs = await import('fs');
     const os = await import('os');

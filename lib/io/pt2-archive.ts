@@ -26,8 +26,6 @@ export interface Pt2Contents {
   weights: Map<string, Tensor>;
   /** Lifted tensor constants by name. */
   constants: Map<string, Tensor>;
-  /** 'torch 2.6 zip' or 'PT2 archive'. */
-  layout: string;
 }
 
 function parseJson(bytes: Buffer | undefined, entry: string, what: string): any {
@@ -39,11 +37,16 @@ function parseJson(bytes: Buffer | undefined, entry: string, what: string): any 
   }
 }
 
+/** The value of a torch.save file stored as an entry of the archive, checked as a file of its own. */
+function decodeEntry(bytes: Buffer, inner: string): unknown {
+  return decodeTorchSave(verifyZipArchive(bytes, inner), inner);
+}
+
 /** A dict of tensors saved with torch.save inside the archive (2.6's state dict and constants). */
 function nestedTorchSave(bytes: Buffer | undefined, entry: string, what: string): Map<string, Tensor> {
   if (!bytes) throw new Error(`${what}: the archive has no ${entry}`);
   const inner = `${what}: ${entry}`;
-  const value = decodeTorchSave(verifyZipArchive(bytes, inner), inner);
+  const value = decodeEntry(bytes, inner);
   const map = new Map<string, Tensor>();
   if (value === null || typeof value !== 'object') throw new Error(`${inner}: holds no dict of tensors`);
   for (const [name, tensor] of Object.entries(value as Record<string, unknown>)) {
@@ -70,7 +73,7 @@ function rawTensors(entries: Map<string, Buffer>, folder: string, configName: st
     if (!bytes) throw new Error(`${what}: tensor '${name}': the archive has no ${entry}`);
     if (spec.use_pickle) {
       const inner = `${what}: tensor '${name}' (${entry})`;
-      const value = decodeTorchSave(verifyZipArchive(bytes, inner), inner);
+      const value = decodeEntry(bytes, inner);
       if (!(value instanceof Tensor)) throw new Error(`${inner}: does not hold a tensor`);
       tensors.set(name, value);
       continue;
@@ -101,7 +104,6 @@ export function readPt2(entries: Map<string, Buffer>, what: string): Pt2Contents
       program: parseJson(entries.get('serialized_exported_program.json'), 'serialized_exported_program.json', what),
       weights: nestedTorchSave(entries.get('serialized_state_dict.pt'), 'serialized_state_dict.pt', what),
       constants: entries.has('serialized_constants.pt') ? nestedTorchSave(entries.get('serialized_constants.pt'), 'serialized_constants.pt', what) : new Map(),
-      layout: 'torch 2.6 zip',
     };
   }
   const format = [...entries.keys()].find((name) => /^[^/]+\/archive_format$/.test(name));
@@ -116,7 +118,6 @@ export function readPt2(entries: Map<string, Buffer>, what: string): Pt2Contents
       program: parseJson(entries.get(models[0]), models[0], what),
       weights: rawTensors(entries, `${root}data/weights/`, `${model}_weights_config.json`, what),
       constants: rawTensors(entries, `${root}data/constants/`, `${model}_constants_config.json`, what),
-      layout: 'PT2 archive',
     };
   }
   throw new Error(`${what}: this is not a file written by torch.export.save (no serialized_exported_program.json, and no PT2 archive_format)`);

@@ -371,9 +371,7 @@ class Translator {
 
     // Module calls: maximal runs of consecutive nodes inside a module (a module reused, as
     // torchvision's ReLU, makes several runs). A hook runs at the end of each.
-    const info: ProgramInfo = {
-      layout: '', torchVersion: String(this.program.torch_version ?? 'unknown'), nodeCount: nodes.length, modules: new Map(),
-    };
+    const info: ProgramInfo = { modules: new Map() };
     for (const [name, index] of this.moduleIndex) {
       if (name === '') continue;
       const runs: Array<[number, number]> = [];
@@ -470,7 +468,6 @@ export function load(path: string, options: ExportLoadOptions = {}): ScriptModul
     // A field missing or of the wrong kind where the export schema has one.
     throw new Error(`${what}: the program's JSON does not follow the export schema (${message})`);
   }
-  info.layout = contents.layout;
   let native: NativeScriptModule;
   try {
     native = binding.loadExportedProgram(translator.description, path);

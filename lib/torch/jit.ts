@@ -216,9 +216,7 @@ export class ScriptModule extends ParameterOwner implements HookModule {
    * boundaries of a chain, as between ResNet's blocks, nested or not.
    */
   get isBatchBoundary(): boolean {
-    const program = this.programModule;
-    if (program) return program.calls === 1 && program.hookRefusal === undefined && program.boundaryRefusal === undefined;
-    return this.native.callSites()[1];
+    return this.programModule ? this.batchBoundaryProblem === undefined : this.native.callSites()[1];
   }
 
   /** @internal For a module of an exported program: why samples cannot leave the batch after it. */

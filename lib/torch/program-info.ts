@@ -14,11 +14,6 @@ export interface ProgramModule {
 
 /** What the library knows of a loaded exported program beyond its module objects. */
 export interface ProgramInfo {
-  /** 'torch 2.6 zip' or 'PT2 archive'. */
-  layout: string;
-  /** The PyTorch that exported it, as the file says. */
-  torchVersion: string;
-  /** Graph nodes, for tests that count what a stop skipped. */
-  nodeCount: number;
+  /** Every module but the root, by qualified name. */
   modules: Map<string, ProgramModule>;
 }

@@ -94,12 +94,8 @@ SymbolicOp ParseSymbolic(const std::string& target) {
   return SymbolicOp::kNone;
 }
 
-struct Built {
-  std::shared_ptr<ProgramGraph> graph;
-  std::shared_ptr<ModelState> state;
-};
-
-Built Build(Napi::Env env, const Napi::Object& description, const std::string& file) {
+// The model of `description`: its module tree, with the program's interpreter as the root's forward.
+std::shared_ptr<ModelState> Build(const Napi::Object& description) {
   auto graph = std::make_shared<ProgramGraph>();
   auto state = std::make_shared<ModelState>();
   // One class per module, each in a compilation unit of its own: the name stays the Python
@@ -153,8 +149,7 @@ Built Build(Napi::Env env, const Napi::Object& description, const std::string& f
       users = std::max(users, input.user + 1);
     } else {
       input.module = owners.at(source).first;
-      input.attribute = owners.at(source).second;
-      input.slot = graph->modules[input.module]->type()->getAttributeSlot(input.attribute);
+      input.slot = graph->modules[input.module]->type()->getAttributeSlot(owners.at(source).second);
     }
     graph->inputs.push_back(std::move(input));
   }
@@ -232,9 +227,7 @@ Built Build(Napi::Env env, const Napi::Object& description, const std::string& f
   state->program = graph;
   state->programForward = forward;
   state->programNodesRun = graph->nodesRun;
-  (void)env;
-  (void)file;
-  return {graph, state};
+  return state;
 }
 
 }  // namespace
@@ -245,9 +238,9 @@ Napi::Value LoadExportedProgram(const Napi::CallbackInfo& info) {
   std::string file = info[1].As<Napi::String>().Utf8Value();
   std::string context = "cannot load exported program '" + file + "'";
   return Guard(env, context.c_str(), [&]() -> Napi::Value {
-    Built built = Build(env, info[0].As<Napi::Object>(), file);
-    torch::jit::Module root = built.state->root;
-    return ScriptModule::Wrap(env, std::move(built.state), root, "");
+    std::shared_ptr<ModelState> state = Build(info[0].As<Napi::Object>());
+    torch::jit::Module root = state->root;
+    return ScriptModule::Wrap(env, std::move(state), root, "");
   });
 }
 

@@ -2,8 +2,8 @@
 
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <stdexcept>
-#include <unordered_set>
 
 #include "hooks/forward_hooks.h"
 
@@ -77,6 +77,14 @@ void Push(const ProgramArgument& argument, const std::vector<c10::IValue>& regis
   }
 }
 
+// "aten::conv2d.default" -> {"aten::conv2d", ""}; "aten::add.Tensor" -> {"aten::add", "Tensor"}.
+c10::OperatorName SplitTarget(const std::string& target) {
+  size_t dot = target.find('.', target.find("::") == std::string::npos ? 0 : target.find("::") + 2);
+  if (dot == std::string::npos) return {target, ""};
+  std::string overload = target.substr(dot + 1);
+  return {target.substr(0, dot), overload == "default" ? "" : overload};
+}
+
 }  // namespace
 
 c10::IValue ProgramGraph::Run(std::vector<c10::IValue> userInputs) const {
@@ -86,10 +94,13 @@ c10::IValue ProgramGraph::Run(std::vector<c10::IValue> userInputs) const {
     registers[i] = input.module < 0 ? std::move(userInputs.at(input.user)) : modules[input.module]->getSlot(input.slot);
   }
   // When samples leave the batch at a hook, every live value that carries the batch
-  // shrinks with them: skip connections, masks and sizes alike.
+  // shrinks with them: skip connections, masks and sizes alike. Only a call with a
+  // per-sample stop rule can see samples leave.
   ForwardContext* context = CurrentForwardContext();
+  bool perSample = context != nullptr && std::any_of(context->stopRules.begin(), context->stopRules.end(),
+                                                      [](const StopRule& rule) { return rule.perSample; });
   std::function<void(const at::Tensor&, int64_t)> previousShrink;
-  if (context != nullptr) {
+  if (perSample) {
     previousShrink = context->shrink;
     context->shrink = [&](const at::Tensor& staying, int64_t before) {
       int64_t after = staying.size(0);
@@ -105,17 +116,22 @@ c10::IValue ProgramGraph::Run(std::vector<c10::IValue> userInputs) const {
       }
     };
   }
-  struct Restore {
+  // Puts the context's shrink back, and counts the nodes run, when the run ends or stops.
+  int64_t run = 0;
+  struct Finish {
     ForwardContext* context;
     std::function<void(const at::Tensor&, int64_t)>* previous;
-    ~Restore() {
+    const std::shared_ptr<std::atomic<int64_t>>& counter;
+    int64_t* run;
+    ~Finish() {
       if (context != nullptr) context->shrink = std::move(*previous);
+      counter->fetch_add(*run, std::memory_order_relaxed);
     }
-  } restore{context, &previousShrink};
+  } finish{perSample ? context : nullptr, &previousShrink, nodesRun, &run};
 
   torch::jit::Stack stack;
   for (const ProgramNode& node : nodes) {
-    nodesRun->fetch_add(1, std::memory_order_relaxed);
+    ++run;
     if (node.symbolic != SymbolicOp::kNone) {
       registers[node.outputs.at(0)] = Symbolic(node, registers);
     } else {
@@ -175,21 +191,6 @@ c10::IValue ProgramGraph::Run(std::vector<c10::IValue> userInputs) const {
   for (int64_t output : outputs) results.push_back(registers[output]);
   return c10::ivalue::Tuple::create(std::move(results));
 }
-
-}  // namespace tee
-
-namespace tee {
-namespace {
-
-// "aten::conv2d.default" -> {"aten::conv2d", ""}; "aten::add.Tensor" -> {"aten::add", "Tensor"}.
-c10::OperatorName SplitTarget(const std::string& target) {
-  size_t dot = target.find('.', target.find("::") == std::string::npos ? 0 : target.find("::") + 2);
-  if (dot == std::string::npos) return {target, ""};
-  std::string overload = target.substr(dot + 1);
-  return {target.substr(0, dot), overload == "default" ? "" : overload};
-}
-
-}  // namespace
 
 void ResolveOperators(ProgramGraph& graph) {
   for (ProgramNode& node : graph.nodes) {

@@ -65,7 +65,6 @@ struct ProgramHook {
 // Where a graph input comes from: a module's parameter, buffer or constant, or a user input.
 struct ProgramInput {
   int64_t module = -1;  // -1: the user input `user`
-  std::string attribute;
   int64_t user = -1;
   size_t slot = 0;  // the attribute's slot in its module object, resolved at load
 };
