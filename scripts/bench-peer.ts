@@ -85,7 +85,7 @@ function allConfident(logits: Float32Array, batch: number, threshold: number): b
   return true;
 }
 
-type LibPath = 'full' | 'eager' | 'stopped' | 'notStopped' | 'handCut' | 'exported';
+type LibPath = 'full' | 'eager' | 'stopped' | 'notStopped' | 'handCut' | 'exported' | 'exportedCompiled' | 'exportedStopped';
 type OrtPath = 'full' | 'stopped' | 'notStopped';
 
 interface SideOptions { model: string; batch: number; path: string }
@@ -99,10 +99,16 @@ async function librarySide(options: Record<string, unknown>): Promise<Side> {
   const data = input(shape);
   let run: (x: Tensor) => Tensor;
   let compiled = 'not compiled';
+  // The backbone as TorchScript, or as the exported program where the path says so.
+  const backbone = () => (which.startsWith('exported') ? torch.export.load(path.join(dir, model.exported!)) : jit.load(path.join(dir, model.files.backbone)));
   if (which === 'exported') {
-    // The exported program in this library's interpreter: not compiled (optimizeForInference is TorchScript's).
-    const module = torch.export.load(path.join(dir, model.exported!)).eval();
+    // The exported program in this library's interpreter, not compiled.
+    const module = backbone().eval();
     compiled = 'exported program, interpreted';
+    run = (x) => module.forward(x) as Tensor;
+  } else if (which === 'exportedCompiled') {
+    const module = jit.optimizeForInference(backbone().eval());
+    compiled = `exported program, ${module.inferenceOptimization}`;
     run = (x) => module.forward(x) as Tensor;
   } else if (which === 'full' || which === 'eager' || which === 'handCut') {
     const file = path.join(dir, which === 'handCut' ? model.files.prefixBranchScript : model.files.backbone);
@@ -113,13 +119,13 @@ async function librarySide(options: Record<string, unknown>): Promise<Side> {
   } else {
     const branch = parseBranchSpec(model.branch.join(','));
     branch.loadStateDict(torch.load(path.join(dir, model.files.branchStateDict)) as Record<string, Tensor>);
-    const early = new EarlyExitModel(jit.load(path.join(dir, model.files.backbone)), [[model.exitPoint, branch]]).eval()
-      .optimizeForInference();
-    compiled = early.inferenceOptimization!;
-    const policy = { criterion: 'entropy' as const, thresholds: [which === 'stopped' ? ALWAYS : NEVER] };
+    const early = new EarlyExitModel(backbone(), [[model.exitPoint, branch]]).eval().optimizeForInference();
+    compiled = `${which === 'exportedStopped' ? 'exported program, ' : ''}${early.inferenceOptimization!}`;
+    const stop = which !== 'notStopped';
+    const policy = { criterion: 'entropy' as const, thresholds: [stop ? ALWAYS : NEVER] };
     run = (x) => {
       const result = early.forwardEarlyExit(x, policy);
-      if (result.exit !== (which === 'stopped' ? 0 : 1)) throw new Error(`expected exit ${which === 'stopped' ? 0 : 1}, took ${result.exit}`);
+      if (result.exit !== (stop ? 0 : 1)) throw new Error(`expected exit ${stop ? 0 : 1}, took ${result.exit}`);
       return result.output;
     };
   }
@@ -233,13 +239,17 @@ function pairsFor(model: string, steps: number, exported: boolean): Pair[] {
     ...(exported ? [
       { name: `${model}: exported program (interpreted), batch 1`, a: lib('exported', 1), b: ort('full', 1), ...one },
       { name: `${model}: exported program (interpreted), batch 64`, a: lib('exported', 64), b: ort('full', 64), ...batched },
+      { name: `${model}: exported program (optimizeForInference), batch 1`, a: lib('exportedCompiled', 1), b: ort('full', 1), ...one },
+      { name: `${model}: exported program (optimizeForInference), batch 64`, a: lib('exportedCompiled', 64), b: ort('full', 64), ...batched },
+      { name: `${model}: exported program, stopped exit vs ORT prefix+branch, batch 1`, a: lib('exportedStopped', 1), b: ort('stopped', 1), ...one },
     ] : []),
   ];
 }
 
 /**
- * The exported program's interpreter against TorchScript's plain interpreter (the `eager`
- * path: jit.load without optimizeForInference) on the same weights, and against onnxruntime.
+ * The exported program against TorchScript on the same weights: its interpreter against
+ * TorchScript's plain interpreter (the `eager` path: jit.load without optimizeForInference),
+ * and both compiled by optimizeForInference.
  */
 function exportedPairs(model: string, steps: number): Pair[] {
   const lib = (p: LibPath, batch: number) => ({ factory: 'library', options: { model, batch, path: p } });
@@ -249,6 +259,8 @@ function exportedPairs(model: string, steps: number): Pair[] {
   return [
     { name: `${model}: exported (interpreted) vs TorchScript plain interpreter, batch 1`, a: lib('exported', 1), b: lib('eager', 1), ...one },
     { name: `${model}: exported (interpreted) vs TorchScript plain interpreter, batch 64`, a: lib('exported', 64), b: lib('eager', 64), ...batched },
+    { name: `${model}: exported vs TorchScript, both optimizeForInference, batch 1`, a: lib('exportedCompiled', 1), b: lib('full', 1), ...one },
+    { name: `${model}: exported vs TorchScript, both optimizeForInference, batch 64`, a: lib('exportedCompiled', 64), b: lib('full', 64), ...batched },
   ];
 }
 

@@ -209,6 +209,9 @@ ensure_root() {
   phase_begin "package install"
   enter_mounts "$PARTIAL"
   local packages=("${PACKAGES[@]}")
+  # sid's PyTorch 2.14 exports ONNX (scripts/peer_models.py, for bench:peer) only with the
+  # onnx Python package; 2.6's exporter does without it (see allow_export_without_onnx_package).
+  if [ "$SUITE" = sid ]; then packages+=(python3-onnx); fi
   if [ "$SUITE" = trixie-arm64 ]; then
     in_root "$PARTIAL" dpkg --add-architecture arm64
     packages=("${ARM64_PACKAGES[@]}")

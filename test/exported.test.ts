@@ -5,7 +5,8 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { EarlyExitModel, ScriptModule, Tensor, earlyExitLoss, jit, nn, optim, torch } from '../lib';
+import { EarlyExitModel, ScriptModule, Tensor, earlyExitLoss, exitScores, jit, nn, optim, torch } from '../lib';
+import { binding } from '../lib/binding';
 import { readArchive } from '../lib/io/zip-integrity';
 import { zipStored } from '../lib/io/zip-writer';
 import { CAN_EXPORT, fixture, fromRef, maxAbsDiff, python, pythonWithTorch, reference, seedBranch } from './helpers';
@@ -221,12 +222,90 @@ print(json.dumps(net(x).tolist()))
       .toThrow(/uses export schema 9, and this library reads schema 8/);
   });
 
-  it('refuses a file that torch.export.save did not write, and what only TorchScript can do, saying why', () => {
-    const model = load();
-    expect(() => new EarlyExitModel(model, [['layer1', nn.Identity()]]).eval().optimizeForInference())
-      .toThrow(/an exported program \(torch.export\) cannot be compiled for inference yet/);
+  it('refuses a file that torch.export.save did not write, saying why', () => {
     const bad = path.join(os.tmpdir(), 'tee-not-a-pt2.pt2');
     fs.copyFileSync(fixture('resnet20_scripted.pt'), bad);
     expect(() => torch.export.load(bad)).toThrow(/cannot load exported program '.*': this is not a file written by torch.export.save/);
+  });
+});
+
+describeExported('optimizeForInference on an exported ResNet-20: frozen, batch norm folded, oneDNN where it runs, exits in place', () => {
+  const pooled = (channels: number) => nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10));
+  const points = ['layer1.2.relu2', 'layer2.0.conv1', 'layer2.1'];
+  const withExits = (): EarlyExitModel => {
+    torch.manualSeed(0);
+    return new EarlyExitModel(load(), [['layer1.2.relu2', pooled(16)], ['layer2.0.conv1', pooled(32)], ['layer2.1', pooled(32)]]).eval();
+  };
+  const never = { criterion: 'entropy' as const, thresholds: [null, null, null] };
+  const stopAt = (exit: number) => ({ criterion: 'entropy' as const, thresholds: points.map((_, i) => (i === exit ? 100 : null)) });
+
+  it('the final output equals eager PyTorch, and every exit stops with the output the uncompiled model gives it', async () => {
+    const model = withExits();
+    const item = exported().cases[1];
+    const x = fromRef(item.input);
+    const expected = torch.noGrad(() => model.forward(x));
+    model.optimizeForInference();
+    expect(model.inferenceOptimization).toBe(binding.oneDnnInferenceProblem() === '' ? 'oneDNN' : 'frozen');
+    expect(maxAbsDiff(model.forwardEarlyExit(x, never).output, item.output)).toBeLessThanOrEqual(1e-5);
+    for (let exit = 0; exit < points.length; exit++) {
+      const result = model.forwardEarlyExit(x, stopAt(exit));
+      expect(result.exit).toBe(exit);
+      expect(maxAbsDiff(result.output, expected[exit])).toBeLessThanOrEqual(1e-5);
+      expect(maxAbsDiff((await model.forwardEarlyExitAsync(x, stopAt(exit))).output, result.output)).toBe(0);
+    }
+    // A stop runs nothing after its exit: the later exits' branches never run.
+    const [, second, third] = model.eeMgr.exitsOf(model.backbone);
+    model.eeMgr.deleteExitsOutputs(model.backbone);
+    model.forwardEarlyExit(x, stopAt(0));
+    expect(model.backbone.hookOutput(second.handle.id)).toBeUndefined();
+    expect(model.backbone.hookOutput(third.handle.id)).toBeUndefined();
+    // The program itself does not run: the compiled model is TorchScript's.
+    const nodes = model.backbone.programNodesRun;
+    model.forwardEarlyExit(x, never);
+    expect(model.backbone.programNodesRun).toBe(nodes);
+  });
+
+  it('per-sample exits where the compiled model has a batch boundary; inside a block, a refusal that names the way out', () => {
+    const model = withExits();
+    const x = torch.randn([6, 3, 32, 32]);
+    const scores = exitScores(torch.noGrad(() => model.forward(x)), 'entropy');
+    const between = [...scores[0]].sort((a, b) => a - b)[2];
+    const policy = { criterion: 'entropy' as const, thresholds: [between, null, null], perSample: true };
+    const interpreted = model.forwardEarlyExit(x, policy);
+    model.optimizeForInference();
+    const compiled = model.forwardEarlyExit(x, policy);
+    expect(compiled.exits).toEqual(interpreted.exits);
+    expect(new Set(compiled.exits).size).toBe(2);
+    expect(maxAbsDiff(compiled.output, interpreted.output)).toBeLessThanOrEqual(1e-5);
+    // layer2.0.conv1 is inside a block: the interpreter shrinks the block's input too, the compiled model cannot.
+    expect(model.exitsPerSample).toEqual([true, true, true]);
+    expect(() => model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [null, 1, null], perSample: true }))
+      .toThrow(/samples cannot leave the batch alone at exit 'layer2\.0\.conv1' of the compiled model: .*\(the model itself can: leaveInferenceMode\(\) runs it uncompiled\)/);
+    model.leaveInferenceMode();
+    expect(model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [null, 1, null], perSample: true }).output.shape[1]).toBe(10);
+  });
+
+  it('is a snapshot: refuses to run once a weight changed, and compiles only the root, in eval mode', () => {
+    const model = withExits().optimizeForInference();
+    const x = torch.randn([2, 3, 32, 32]);
+    model.forwardEarlyExit(x, never);
+    torch.noGrad(() => model.backbone.getModule('layer3.0.bn1').namedParameters()[0][1].mul_(2));
+    expect(() => model.forwardEarlyExit(x, never)).toThrow(/out of date: 'layer3\.0\.bn1\.weight' was changed in place since optimizeForInference\(\)/);
+    expect(() => jit.optimizeForInference(load().eval().getModule('layer1')))
+      .toThrow(/only the root module of an exported program can be compiled for inference/);
+    expect(() => jit.optimizeForInference(load().train())).toThrow(/train mode: call eval\(\)/);
+  });
+
+  it('jit.optimizeForInference gives a compiled copy that equals eager PyTorch at any batch; the program stays as it was', () => {
+    const program = load().eval();
+    const optimized = jit.optimizeForInference(program);
+    for (const item of exported().cases) {
+      expect(maxAbsDiff(torch.noGrad(() => optimized.forward(fromRef(item.input))) as Tensor, item.output)).toBeLessThanOrEqual(1e-5);
+    }
+    expect(optimized.isExportedProgram).toBe(false);
+    const seen: number[][] = [];
+    program.getModule('layer1').registerForwardHook((_m, _i, output) => { seen.push((output as Tensor).shape); });
+    torch.noGrad(() => program.forward(torch.randn([1, 3, 32, 32])));
+    expect(seen).toEqual([[1, 16, 32, 32]]);
   });
 });

@@ -1,6 +1,10 @@
+import { execFileSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
 import { EarlyExitModel, Tensor, exitDecisions, exitScores, jit, nn, optim, torch } from '../lib';
 import { binding } from '../lib/binding';
-import { fixture, fromRef, maxAbsDiff, medianEntropySplit, mnistTwoExits, reference, seedBranch } from './helpers';
+import { fixture, fromRef, maxAbsDiff, medianEntropySplit, mnistTwoExits, pythonWithTorch, reference, seedBranch } from './helpers';
 
 const resnet = () => reference('resnet20_reference.json');
 
@@ -96,6 +100,38 @@ describe('optimizeForInference: the compiled model computes what the model does'
     const between = [...scores[1]].sort((a, b) => a - b)[1];
     const result = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [null, between, null], perSample: true });
     expect(result.exits).toEqual(scores[1].map((s) => (s <= between ? 1 : 3)));
+  });
+
+  it('a batch size read off the input before an exit and used after it makes the exit no batch boundary, compiled or not', () => {
+    // Per-sample there would view the remaining samples with the batch size of all of them.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-early-size-'));
+    const file = path.join(dir, 'early_size.pt');
+    // torch.jit.script reads the class's source, so the script is a file.
+    fs.writeFileSync(path.join(dir, 'early_size.py'), `
+import torch
+class EarlySize(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.act = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(4 * 8 * 8, 10)
+    def forward(self, x):
+        n = x.size(0)
+        y = self.act(self.conv(x))
+        return self.fc(y.view(n, -1))
+torch.jit.save(torch.jit.script(EarlySize().eval()), '${file}')
+`);
+    execFileSync(pythonWithTorch(), [path.join(dir, 'early_size.py')], { stdio: 'ignore' });
+    const backbone = jit.load(file);
+    expect(backbone.getModule('act').isBatchBoundary).toBe(false);
+    const model = new EarlyExitModel(backbone, [['act', nn.Sequential(nn.Flatten(), nn.Linear(256, 10))]]).eval();
+    const x = torch.randn([4, 1, 8, 8]);
+    const policy = { criterion: 'entropy' as const, thresholds: [1e9], perSample: true };
+    expect(() => model.forwardEarlyExit(x, policy)).toThrow(/samples cannot leave the batch alone at exit 'act'/);
+    model.optimizeForInference();
+    expect(() => model.forwardEarlyExit(x, policy)).toThrow(/samples cannot leave the batch alone at exit 'act' of the compiled model/);
+    // A whole-batch stop is still fine there.
+    expect(model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [1e9] }).exit).toBe(0);
   });
 
   it('jit.optimizeForInference gives a frozen copy: equal outputs, no submodules to hook, the original untouched', () => {

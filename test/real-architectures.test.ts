@@ -195,4 +195,28 @@ describeExported('torchvision models exported by torch.export', () => {
       expect(maxAbsDiff(result.output.narrow(0, j, 1), alone[expected[j]])).toBeLessThanOrEqual(1e-5);
     }
   });
+
+  it.each(exportedCases)('%s: compiled by optimizeForInference, every exit stops as the program does, per sample where a batch boundary is', (name, points) => {
+    torch.manualSeed(0);
+    const model = new EarlyExitModel(torch.export.load(fixture(`${name}_exported.pt2`)), points.map(([point, channels]) =>
+      [point, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10))])).eval();
+    const x = fromRef(tv().input);
+    const outputs = torch.noGrad(() => model.forward(x));
+    const thresholds = exitScores(outputs, 'entropy').slice(0, 3).map(widestGap);
+    // Compiled, samples leave only where the exit's output is the one batch-sized value read
+    // after it (as for TorchScript): not inside ResNet-18's block.
+    const perSample = name === 'resnet18' ? [null, thresholds[1], thresholds[2]] : thresholds;
+    const policy = { criterion: 'entropy' as const, thresholds: perSample, perSample: true };
+    const interpreted = model.forwardEarlyExit(x, policy);
+    model.optimizeForInference();
+    expect(maxAbsDiff(model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [null, null, null] }).output, tv()[name])).toBeLessThanOrEqual(1e-4);
+    points.forEach(([point], i) => {
+      const stopped = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: points.map((_, j) => (j === i ? 100 : null)) });
+      expect([point, stopped.exit, maxAbsDiff(stopped.output, outputs[i]) <= 1e-4]).toEqual([point, i, true]);
+    });
+    const compiled = model.forwardEarlyExit(x, policy);
+    expect(compiled.exits).toEqual(interpreted.exits);
+    expect(new Set(compiled.exits).size).toBeGreaterThanOrEqual(2);
+    expect(maxAbsDiff(compiled.output, interpreted.output)).toBeLessThanOrEqual(1e-4);
+  });
 });

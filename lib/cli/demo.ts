@@ -170,10 +170,9 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   const reportSet = { images: testSet.images.narrow(0, half, testSet.images.shape[0] - half), labels: testSet.labels.narrow(0, half, testSet.labels.shape[0] - half) };
   const calibrationOutputs = collectOutputs(model, calibrationSet);
   // Served as it is fastest: the model compiled for inference with its exits, against the
-  // network without exits compiled the same way. An exported program cannot be compiled yet:
-  // both sides are interpreted, and the log says so.
-  const compile = !model.backbone.isExportedProgram;
-  if (compile) model.optimizeForInference();
+  // network without exits compiled the same way (an exported program as a TorchScript one).
+  model.optimizeForInference();
+  const compiledAs = `compiled for inference: ${model.inferenceOptimization}${model.backbone.isExportedProgram ? ', from the exported program' : ''}`;
   const sample = calibrationSet.images.narrow(0, 0, 1);
   const exitLatenciesMs = measureExitLatencies(model, sample, 50, 20);
   const baselineMs = measureBaselineLatency(model, sample, 50, 20);
@@ -188,7 +187,7 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
     .sort((a, b) => b.chosen.speedup - a.chosen.speedup)[0] ?? calibrations[0];
   const policy = policyOf(calibration);
   log(`\ncalibration on ${half} held-out digits: stopping at ${names.map((n, i) => `${n} ${exitLatenciesMs[i].toFixed(3)} ms`).join(', ')}, ` +
-    `network without exits ${baselineMs.toFixed(3)} ms (batch 1, median, ${compile ? `compiled for inference: ${model.inferenceOptimization}` : 'exported program, interpreted: optimizeForInference compiles TorchScript only'})`);
+    `network without exits ${baselineMs.toFixed(3)} ms (batch 1, median, ${compiledAs})`);
   for (const c of calibrations) {
     log(`  ${c.criterion.padEnd(15)} thresholds [${c.chosen.thresholds.map((t) => (t === null ? 'never' : t.toFixed(4)))}] ` +
       `accuracy ${pct(c.chosen.accuracy)} (at least ${pct(c.chosen.accuracyBound)} with ${100 * CONFIDENCE}% confidence) ` +
@@ -202,7 +201,7 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
 
   if (signal.stopped) throw new DemoInterrupted('interrupted');
   const plain = model.plainBackbone({ device: options.device });
-  const full = compile ? optimizeForInference(plain) : plain;
+  const full = optimizeForInference(plain);
   const labels = Array.from(reportSet.labels.cpu().data() as BigInt64Array, Number);
   for (let i = 0; i < 50; i++) torch.tidy(() => { model.forwardEarlyExit(sample, policy); torch.noGrad(() => full.forward(sample)); });
   const serving = await serveOneAtATime(model, full, reportSet.images, labels, policy, () => signal.stopped);

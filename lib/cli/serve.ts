@@ -116,9 +116,8 @@ export async function serve(argv: readonly string[]): Promise<number> {
   }
   torch.setNumThreads(1);
   const chosen = (options.full ? new EarlyExitModel(loaded.model.plainBackbone(), []) : loaded.model).eval();
-  // An exported program is served by the interpreter: optimizeForInference compiles TorchScript only.
-  const model = chosen.backbone.isExportedProgram ? chosen : chosen.optimizeForInference();
-  if (chosen.backbone.isExportedProgram) console.log('the backbone is an exported program (torch.export): served interpreted, since optimizeForInference compiles TorchScript only');
+  const model = chosen.optimizeForInference();
+  if (chosen.backbone.isExportedProgram) console.log(`the backbone is an exported program (torch.export), served compiled for inference: ${model.inferenceOptimization}`);
   const policy = options.full ? { criterion: serving.policy.criterion, thresholds: [] } : serving.policy;
   const server = new EarlyExitServer(model, {
     inputShape: serving.inputShape, policy, perSample: options.perSample, maxBatchSize: options.maxBatchSize,

@@ -210,8 +210,10 @@ export class EarlyExitModel {
       }
       if (policy.perSample && !(boundaries ?? this.exitsPerSample)[i]) {
         const problem = boundaries ? undefined : this.backbone.getModule(exit.point).batchBoundaryProblem;
+        // An exported program's interpreter shrinks every live value; the compiled model cannot.
+        const uncompiled = boundaries && this.exitsPerSample[i] ? ' (the model itself can: leaveInferenceMode() runs it uncompiled)' : '';
         throw new Error(`forwardEarlyExit: samples cannot leave the batch alone at exit '${exit.point}'${boundaries ? ' of the compiled model' : ''}: ` +
-          `${problem ?? 'a batch-sized tensor made before it (a skip connection, the input) is still read after it'}; ` +
+          `${problem ?? 'a batch-sized tensor made before it (a skip connection, the input) is still read after it'}${uncompiled}; ` +
           'use a batch boundary (exitsPerSample), a whole-batch policy (perSample: false), or the threshold null there');
       }
       rules.push([exit.handle.id, policy.criterion, threshold, Boolean(policy.perSample)]);

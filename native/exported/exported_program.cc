@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "exported/inference_graph.h"
 #include "exported/interpreter.h"
 #include "node/errors.h"
 #include "tensor/dtypes.h"
@@ -227,6 +228,7 @@ std::shared_ptr<ModelState> Build(const Napi::Object& description) {
   state->program = graph;
   state->programForward = forward;
   state->programNodesRun = graph->nodesRun;
+  state->keyedForInference = [graph](const std::vector<std::string>& points) { return ProgramForInference(*graph, points); };
   return state;
 }
 

@@ -10,10 +10,6 @@
 namespace tee {
 namespace {
 
-std::string Where(const ProgramNode& node) {
-  return "node '" + node.name + "' (" + node.target + (node.module.empty() ? "" : ", in module '" + node.module + "'") + ")";
-}
-
 int64_t FloorDiv(int64_t a, int64_t b) {
   if (b == 0) throw std::runtime_error("division by zero in a symbolic size");
   int64_t q = a / b;
@@ -24,7 +20,7 @@ int64_t Symbolic(const ProgramNode& node, const std::vector<c10::IValue>& regist
   auto operand = [&](size_t i) -> int64_t {
     const ProgramArgument& argument = node.arguments.at(i);
     const c10::IValue& value = argument.kind == ProgramArgument::Kind::kValue ? registers.at(argument.value) : argument.constant;
-    if (!value.isInt()) throw std::runtime_error(Where(node) + ": a symbolic size operand is not an integer but a " + value.tagKind());
+    if (!value.isInt()) throw std::runtime_error(DescribeNode(node) + ": a symbolic size operand is not an integer but a " + value.tagKind());
     return value.toInt();
   };
   switch (node.symbolic) {
@@ -87,6 +83,10 @@ c10::OperatorName SplitTarget(const std::string& target) {
 
 }  // namespace
 
+std::string DescribeNode(const ProgramNode& node) {
+  return "node '" + node.name + "' (" + node.target + (node.module.empty() ? "" : ", in module '" + node.module + "'") + ")";
+}
+
 c10::IValue ProgramGraph::Run(std::vector<c10::IValue> userInputs) const {
   std::vector<c10::IValue> registers(registerCount);
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -146,16 +146,16 @@ c10::IValue ProgramGraph::Run(std::vector<c10::IValue> userInputs) const {
       try {
         node.op->callBoxed(&stack);
       } catch (const c10::Error& error) {
-        throw std::runtime_error(Where(node) + " failed: " + error.what_without_backtrace());
+        throw std::runtime_error(DescribeNode(node) + " failed: " + error.what_without_backtrace());
       } catch (const ForwardStopped&) {
         throw;
       } catch (const std::exception& error) {
-        throw std::runtime_error(Where(node) + " failed: " + error.what());
+        throw std::runtime_error(DescribeNode(node) + " failed: " + error.what());
       }
       if (node.returnsList) {
         c10::List<at::Tensor> list = stack.at(0).toTensorList();
         if (list.size() < node.listOutputs.size()) {
-          throw std::runtime_error(Where(node) + " returned " + std::to_string(list.size()) + " tensors where the program uses " +
+          throw std::runtime_error(DescribeNode(node) + " returned " + std::to_string(list.size()) + " tensors where the program uses " +
                                    std::to_string(node.listOutputs.size()));
         }
         for (size_t i = 0; i < node.listOutputs.size(); ++i) {
@@ -202,7 +202,7 @@ void ResolveOperators(ProgramGraph& graph) {
     c10::OperatorName name = SplitTarget(node.target);
     auto handle = c10::Dispatcher::singleton().findSchema(name);
     if (!handle) {
-      throw std::runtime_error(Where(node) + ": this LibTorch has no operator " + name.name +
+      throw std::runtime_error(DescribeNode(node) + ": this LibTorch has no operator " + name.name +
                                (name.overload_name.empty() ? "" : "." + name.overload_name) +
                                " (the program was exported by a newer PyTorch, or uses a custom operator)");
     }
@@ -223,13 +223,13 @@ void ResolveOperators(ProgramGraph& graph) {
         argument.constant = *formal.default_value();
         node.arguments.push_back(std::move(argument));
       } else {
-        throw std::runtime_error(Where(node) + ": the program gives no argument '" + formal.name() + "' that " +
+        throw std::runtime_error(DescribeNode(node) + ": the program gives no argument '" + formal.name() + "' that " +
                                  c10::toString(schema) + " needs");
       }
     }
     for (size_t g = 0; g < node.given.size(); ++g) {
       if (!used[g]) {
-        throw std::runtime_error(Where(node) + ": the program gives an argument '" + node.given[g].first + "' that " +
+        throw std::runtime_error(DescribeNode(node) + ": the program gives an argument '" + node.given[g].first + "' that " +
                                  c10::toString(schema) + " does not have");
       }
     }
@@ -238,7 +238,7 @@ void ResolveOperators(ProgramGraph& graph) {
       for (size_t a = 0; a < schema.arguments().size(); ++a) {
         if (schema.arguments()[a].name() == node.modeArgumentName) node.modeArgument = static_cast<int64_t>(a);
       }
-      if (node.modeArgument < 0) throw std::runtime_error(Where(node) + ": no argument '" + node.modeArgumentName + "' to follow train/eval");
+      if (node.modeArgument < 0) throw std::runtime_error(DescribeNode(node) + ": no argument '" + node.modeArgumentName + "' to follow train/eval");
     }
     node.returnsList = schema.returns().size() == 1 && schema.returns()[0].type()->kind() == c10::TypeKind::ListType;
   }

@@ -90,6 +90,9 @@ struct ProgramGraph {
   c10::IValue Run(std::vector<c10::IValue> userInputs) const;
 };
 
+// "node 'relu_3' (aten::relu.default, in module 'layer1.0')", for messages.
+std::string DescribeNode(const ProgramNode& node);
+
 // Resolves every node's operator and checks its arguments against the schema; throws a
 // message naming the node when one cannot run in this LibTorch.
 void ResolveOperators(ProgramGraph& graph);

@@ -3,6 +3,7 @@
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/passes/inliner.h>
 
+#include <unordered_map>
 #include <vector>
 
 #include "hooks/forward_hooks.h"
@@ -20,6 +21,18 @@ bool HoldsTensor(const c10::TypePtr& type) {
   if (type->kind() == c10::TypeKind::ClassType) return false;
   for (const c10::TypePtr& contained : type->containedTypes()) {
     if (HoldsTensor(contained)) return true;
+  }
+  return false;
+}
+
+// Numbers carry the batch too: a batch size read off a tensor before a point (n = x.size(0))
+// and used after it (view(n, -1)) no longer matches once samples left there.
+bool HoldsNumber(const c10::TypePtr& type) {
+  c10::TypeKind kind = type->kind();
+  if (kind == c10::TypeKind::IntType || kind == c10::TypeKind::FloatType || kind == c10::TypeKind::NumberType) return true;
+  if (kind == c10::TypeKind::ClassType) return false;
+  for (const c10::TypePtr& contained : type->containedTypes()) {
+    if (HoldsNumber(contained)) return true;
   }
   return false;
 }
@@ -62,6 +75,22 @@ bool Exclusive(Node* a, Node* b) {
   return false;
 }
 
+// Whether `value` was computed from a tensor of the forward (not a weight): its sizes,
+// numbers read off it, and arithmetic on those.
+bool ReadsTensor(Value* value, std::unordered_map<Value*, bool>& known) {
+  auto found = known.find(value);
+  if (found != known.end()) return found->second;
+  bool reads = false;
+  if (!IsAttribute(value->node())) {
+    for (Value* input : value->node()->inputs()) {
+      if (!IsAttribute(input->node()) && (HoldsTensor(input->type()) || ReadsTensor(input, known))) reads = true;
+      if (reads) break;
+    }
+  }
+  known[value] = reads;
+  return reads;
+}
+
 }  // namespace
 
 void CollectTaps(Block* block, std::vector<Node*>& taps) {
@@ -80,8 +109,10 @@ bool IsBoundaryNode(torch::jit::Graph& graph, Node* point, Value* flowing) {
     if (IsAttribute(node) || IsInstrumentation(node)) continue;
     for (Value* output : node->outputs()) before.push_back(output);
   }
+  std::unordered_map<Value*, bool> known;
   for (Value* value : before) {
-    if (value == flowing || !HoldsTensor(value->type())) continue;
+    if (value == flowing) continue;
+    if (!HoldsTensor(value->type()) && !(HoldsNumber(value->type()) && ReadsTensor(value, known))) continue;
     for (const torch::jit::Use& use : value->uses()) {
       if (IsInstrumentation(use.user)) continue;
       Node* user = use.user;

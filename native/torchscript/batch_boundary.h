@@ -13,6 +13,7 @@ namespace tee {
 
 // Whether `point`, a node of the graph's top-level block, is a batch boundary: nothing
 // batch-sized made before it is read after it except `flowing`, the value that goes on.
+// Tensors count, and numbers computed from them (a batch size read off the input early).
 // Weights (attributes, constants) are not batch-sized; the instrumentation's own nodes do
 // not count as readers.
 bool IsBoundaryNode(torch::jit::Graph& graph, torch::jit::Node* point, torch::jit::Value* flowing);

@@ -98,6 +98,14 @@ torch::jit::Module Freeze(torch::jit::Module& module, Optimization optimization,
   return torch::jit::optimize_for_inference(module);
 }
 
+torch::jit::Module Keyed(const torch::jit::Module& root, const std::vector<std::string>& points, const KeyedForInference& keyed) {
+  if (keyed) return keyed(points);
+  torch::jit::Module clone = root.clone();
+  clone.eval();
+  KeyTapsByIndex(clone, points);
+  return clone;
+}
+
 }  // namespace
 
 std::string OneDnnProblem() {
@@ -127,7 +135,7 @@ std::string InferenceModel::StaleReason(const std::shared_ptr<const HookMap>& cu
 
 std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& root, const std::vector<std::string>& points,
                                                     std::shared_ptr<const HookMap> hooks, uint64_t generation,
-                                                    Optimization optimization) {
+                                                    Optimization optimization, const KeyedForInference& keyed) {
   if (root.is_training()) throw std::runtime_error("the model is in train mode: call eval() before compiling it for inference");
   auto compiled = std::make_shared<InferenceModel>();
   for (const std::string& point : points) {
@@ -158,9 +166,7 @@ std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& ro
   compiled->hooks = std::move(hooks);
   compiled->generation = generation;
 
-  torch::jit::Module clone = root.clone();
-  clone.eval();
-  KeyTapsByIndex(clone, points);
+  torch::jit::Module clone = Keyed(root, points, keyed);
   compiled->module = Freeze(clone, optimization, compiled->optimization);
   std::shared_ptr<torch::jit::Graph> graph = ForwardGraph(compiled->module);
   std::vector<Node*> exits;
@@ -178,11 +184,10 @@ std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& ro
   return compiled;
 }
 
-torch::jit::Module CompilePlainForInference(const torch::jit::Module& root, Optimization optimization, std::string& applied) {
+torch::jit::Module CompilePlainForInference(const torch::jit::Module& root, Optimization optimization, std::string& applied,
+                                            const KeyedForInference& keyed) {
   if (root.is_training()) throw std::runtime_error("the model is in train mode: call eval() before compiling it for inference");
-  torch::jit::Module clone = root.clone();
-  clone.eval();
-  KeyTapsByIndex(clone, {});
+  torch::jit::Module clone = Keyed(root, {}, keyed);
   return Freeze(clone, optimization, applied);
 }
 

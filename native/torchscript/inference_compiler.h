@@ -9,6 +9,7 @@
 
 #include <torch/script.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -43,6 +44,12 @@ struct InferenceModel {
 // kOneDnn where it works and kFrozen elsewhere.
 enum class Optimization { kFrozen, kOneDnn, kAuto };
 
+// Makes the module that freezing starts from: a copy of the model in eval mode whose forward
+// runs earlyexit::exit_point(i, output) where module points[i] ends, and no other hook. Left
+// empty, the model's own TorchScript forward is cloned and its taps keyed so; an exported
+// program writes its graph out instead (exported/inference_graph.h).
+using KeyedForInference = std::function<torch::jit::Module(const std::vector<std::string>& points)>;
+
 // Why optimize_for_inference cannot run with this LibTorch, or "" when it can.
 std::string OneDnnProblem();
 
@@ -50,10 +57,11 @@ std::string OneDnnProblem();
 // names). Throws std::runtime_error naming the point when one cannot be kept.
 std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& root, const std::vector<std::string>& points,
                                                     std::shared_ptr<const HookMap> hooks, uint64_t generation,
-                                                    Optimization optimization);
+                                                    Optimization optimization, const KeyedForInference& keyed);
 
 // The same without exit points: the plain model frozen and optimized, as
 // torch.jit.optimize_for_inference makes it; `applied` says which optimization ran.
-torch::jit::Module CompilePlainForInference(const torch::jit::Module& root, Optimization optimization, std::string& applied);
+torch::jit::Module CompilePlainForInference(const torch::jit::Module& root, Optimization optimization, std::string& applied,
+                                            const KeyedForInference& keyed);
 
 }  // namespace tee

@@ -38,6 +38,8 @@ struct ModelState {
   std::shared_ptr<torch::jit::Function> programForward;
   // How many graph nodes the program has run since load.
   std::shared_ptr<std::atomic<int64_t>> programNodesRun;
+  // How the inference compiler gets the module to freeze, when not from the TorchScript forward.
+  KeyedForInference keyedForInference;
 };
 
 struct MethodCall {

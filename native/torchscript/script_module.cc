@@ -318,7 +318,6 @@ Napi::Value ScriptModule::RemoveHook(const Napi::CallbackInfo& info) {
 Napi::Value ScriptModule::CompileForInference(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   RequireIdle(env, "compile the model for inference");
-  RequireTorchScript(env, "compiled for inference yet");
   if (module_._ivalue().get() != state_->root._ivalue().get()) ThrowError(env, "only the root module can be compiled for inference");
   if (!info[0].IsArray()) ThrowTypeError(env, "compileForInference(points: string[], optimize: boolean)");
   Napi::Array array = info[0].As<Napi::Array>();
@@ -326,7 +325,8 @@ Napi::Value ScriptModule::CompileForInference(const Napi::CallbackInfo& info) {
   for (uint32_t i = 0; i < array.Length(); ++i) points.push_back(array.Get(i).ToString());
   c10::NoGradGuard noGrad;
   state_->inference =
-      tee::CompileForInference(state_->root, points, state_->hooks.Snapshot(), state_->generation, ParseOptimization(info[1]));
+      tee::CompileForInference(state_->root, points, state_->hooks.Snapshot(), state_->generation, ParseOptimization(info[1]),
+                               state_->keyedForInference);
   Napi::Array boundaries = Napi::Array::New(env, points.size());
   for (size_t i = 0; i < points.size(); ++i) boundaries.Set(i, Napi::Boolean::New(env, state_->inference->batchBoundaries[i]));
   Napi::Array result = Napi::Array::New(env, 2);
@@ -345,11 +345,13 @@ Napi::Value ScriptModule::DropInference(const Napi::CallbackInfo& info) {
 Napi::Value ScriptModule::OptimizedCopy(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   RequireIdle(env, "compile the model for inference");
-  RequireTorchScript(env, "compiled for inference yet");
+  if (state_->keyedForInference && module_._ivalue().get() != state_->root._ivalue().get()) {
+    ThrowError(env, "only the root module of an exported program can be compiled for inference");
+  }
   c10::NoGradGuard noGrad;
   auto state = std::make_shared<ModelState>();
   std::string applied;
-  state->root = CompilePlainForInference(Get(env), ParseOptimization(info[0]), applied);
+  state->root = CompilePlainForInference(Get(env), ParseOptimization(info[0]), applied, state_->keyedForInference);
   state->compiledForInference = true;
   Napi::Array result = Napi::Array::New(env, 2);
   result.Set(0u, Wrap(env, state, state->root, ""));
