@@ -153,7 +153,7 @@ class Writer {
 torch::jit::Module ProgramForInference(const ProgramGraph& program, const std::vector<std::string>& points) {
   if (!program.mutations.empty()) {
     throw std::runtime_error("the program writes " + std::to_string(program.mutations.size()) +
-                             " buffer(s) in eval mode, which a compiled model would not do");
+                             " buffer(s) as it runs (BUFFER_MUTATION), which a compiled model, whose buffers are constants, cannot");
   }
   // Which point each module is, and that every point ends exactly once per forward.
   std::vector<int64_t> pointOf(program.modules.size(), -1);
@@ -199,6 +199,10 @@ torch::jit::Module ProgramForInference(const ProgramGraph& program, const std::v
       int64_t point = pointOf[hook.module];
       if (point < 0) continue;
       Value* output = writer.Read(hook.output, node);
+      if (output->type()->kind() != c10::TypeKind::TensorType) {
+        throw std::runtime_error("exit point '" + points[point] + "' returns " + output->type()->annotation_str() +
+                                 ", not a Tensor: a compiled exit needs a Tensor to give its branch");
+      }
       Node* exit = graph->create(c10::Symbol::fromQualString(kExitPointOperator), {graph->insertConstant(point), output}, 1);
       exit->output()->setType(output->type());
       graph->insertNode(exit);
