@@ -15,6 +15,10 @@ describe('exit branch specs in PyTorch syntax', () => {
     expect(shapeOf(branch.eval(), [2, 4, 7, 7])).toEqual([2, 3]);
     expect(branch.namedParameters().map(([name]) => name)).toEqual(['3.weight', '3.bias']);
     expect(parseBranchSpec('BatchNorm2d(4, eps=1e-3, momentum=None)').namedBuffers().map(([name]) => name)).toContain('running_mean');
+    // DeeBERT's off-ramp on [batch, tokens, features]: the [CLS] token, LayerNorm, pooler, classifier.
+    const ramp = parseBranchSpec("Select(1, 0), LayerNorm((8,), eps=1e-6, elementwise_affine=True), Linear(8, 8), Tanh(), GELU(approximate='tanh'), Linear(8, 2)");
+    expect(shapeOf(ramp, [3, 5, 8])).toEqual([3, 2]);
+    expect(ramp.namedParameters().map(([name]) => name)).toEqual(['1.weight', '1.bias', '2.weight', '2.bias', '5.weight', '5.bias']);
   });
 
   it.each([

@@ -89,6 +89,31 @@ out['avgDivisor'] = ref(nn.AvgPool2d(2, divisor_override=3)(x))
 out['maxDilated'] = ref(nn.MaxPool2d(3, stride=2, padding=1, dilation=2, ceil_mode=True)(x))
 out['adaptive'] = ref(nn.AdaptiveAvgPool2d((3, 2))(x))
 
+class Cls(nn.Module):
+    def forward(self, x):
+        return x[:, 0]
+ramp = nn.Sequential(Cls(), nn.LayerNorm(8), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+load_pattern(ramp)
+seq = inp([2, 5, 8], 7)
+out['rampKeys'] = list(ramp.state_dict().keys())
+y = ramp(seq)
+y.pow(2).sum().backward()
+out['ramp'] = ref(y)
+out['rampGrads'] = {k: ref(p.grad) for k, p in ramp.named_parameters()}
+out['gelu'] = ref(nn.GELU()(seq))
+out['geluTanh'] = ref(nn.GELU(approximate='tanh')(seq))
+ln = nn.LayerNorm([5, 8], eps=1e-3)
+load_pattern(ln)
+out['layerNorm2'] = ref(ln(seq))
+out['layerNormPlain'] = ref(nn.LayerNorm(8, elementwise_affine=False)(seq))
+emb = nn.Embedding(10, 4, padding_idx=0)
+load_pattern(emb)
+ids = torch.tensor([[0, 3, 9], [2, 0, 3]])
+e = emb(ids)
+e.pow(2).sum().backward()
+out['embedding'] = ref(e)
+out['embeddingGrad'] = ref(emb.weight.grad)
+
 n = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), nn.BatchNorm1d(2))
 out['nestedModules'] = [k for k, _ in n.named_modules()]
 out['nestedParams'] = [k for k, _ in n.named_parameters()]
@@ -256,6 +281,58 @@ describe('nn modules against PyTorch 1.13', () => {
     expect(model.namedBuffers().map(([name]) => name)).toEqual(py.nestedBuffers);
     expect(Object.keys(model.stateDict())).toEqual(py.nestedState);
     expect(py.nestedState).toEqual(['0.0.weight', '0.0.bias', '1.weight', '1.bias', '1.running_mean', '1.running_var', '1.num_batches_tracked']);
+  });
+});
+
+describe('heads on sequences against PyTorch: LayerNorm, Tanh, GELU, Embedding, Select', () => {
+  it("DeeBERT's off-ramp (the [CLS] token, LayerNorm, pooler with Tanh, classifier): keys, logits and gradients", () => {
+    const ramp = nn.Sequential(nn.Select(1, 0), nn.LayerNorm(8), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3));
+    expect(Object.keys(ramp.stateDict())).toEqual(py.rampKeys);
+    loadPattern(ramp);
+    const y = ramp.forward(input([2, 5, 8], 7));
+    y.pow(2).sum().backward();
+    expect(absMax(py.ramp as RefTensor)).toBeGreaterThan(0.05);
+    expect(maxAbsDiff(y, py.ramp as RefTensor)).toBeLessThanOrEqual(1e-5);
+    for (const [name, parameter] of ramp.namedParameters()) {
+      expect([name, maxAbsDiff(parameter.grad!, (py.rampGrads as Record<string, RefTensor>)[name]) <= 1e-5]).toEqual([name, true]);
+    }
+  });
+
+  it('GELU (exact and tanh), LayerNorm over two dimensions and without affine parameters', () => {
+    const x = input([2, 5, 8], 7);
+    expect(maxAbsDiff(nn.GELU().forward(x), py.gelu as RefTensor)).toBeLessThanOrEqual(1e-6);
+    expect(maxAbsDiff(nn.GELU('tanh').forward(x), py.geluTanh as RefTensor)).toBeLessThanOrEqual(1e-6);
+    expect(maxAbsDiff(fromRef(py.gelu as RefTensor), py.geluTanh as RefTensor)).toBeGreaterThan(1e-5);
+    const norm = nn.LayerNorm([5, 8], { eps: 1e-3 });
+    loadPattern(norm);
+    expect(maxAbsDiff(norm.forward(x), py.layerNorm2 as RefTensor)).toBeLessThanOrEqual(1e-5);
+    const plain = nn.LayerNorm(8, { elementwiseAffine: false });
+    expect(plain.namedParameters()).toEqual([]);
+    expect(maxAbsDiff(plain.forward(x), py.layerNormPlain as RefTensor)).toBeLessThanOrEqual(1e-5);
+    expect(() => nn.GELU('fast' as never)).toThrow(/approximate must be 'none' or 'tanh'/);
+    expect(() => nn.LayerNorm([])).toThrow(/normalizedShape must be a positive integer or a list of them/);
+  });
+
+  it('Embedding looks rows up by id; the padding row starts at zero and gets no gradient', () => {
+    torch.manualSeed(1);
+    const fresh = nn.Embedding(10, 4, { paddingIdx: -10 });
+    expect(fresh.stateDict().weight.select(0, 0).abs().sum().item()).toBe(0);
+    expect(fresh.stateDict().weight.select(0, 1).abs().sum().item()).toBeGreaterThan(0);
+    const embedding = nn.Embedding(10, 4, 0);
+    loadPattern(embedding);
+    const ids = torch.tensor([[0, 3, 9], [2, 0, 3]], { dtype: 'int64' });
+    const e = embedding.forward(ids);
+    e.pow(2).sum().backward();
+    expect(maxAbsDiff(e, py.embedding as RefTensor)).toBeLessThanOrEqual(1e-6);
+    expect(maxAbsDiff(embedding.namedParameters()[0][1].grad!, py.embeddingGrad as RefTensor)).toBeLessThanOrEqual(1e-6);
+    expect(() => nn.Embedding(10, 4, 10)).toThrow(/paddingIdx must be within num_embeddings \(10\), got 10/);
+  });
+
+  it('Select takes one position along a dimension, as torch.select, negative indices too', () => {
+    const x = input([2, 5, 8], 7);
+    expect(nn.Select(1, -1).forward(x).toArray()).toEqual(x.select(1, 4).toArray());
+    expect(nn.Select(2, 3).forward(x).shape).toEqual([2, 5]);
+    expect(() => nn.Select(1, 5).forward(x)).toThrow(/index 5 out of range/);
   });
 });
 

@@ -65,7 +65,7 @@ Options:
                          PyTorch's syntax: positional order and keywords as in PyTorch, True/False/
                          None, tuples: 'MaxPool2d(2, ceil_mode=True), Flatten(), Linear(784, 10)'.
                          Layers: Linear Conv2d BatchNorm1d BatchNorm2d ReLU AvgPool2d MaxPool2d
-                         AdaptiveAvgPool2d Flatten Dropout Identity.
+                         AdaptiveAvgPool2d Flatten Dropout Identity Tanh GELU LayerNorm Select.
   --epochs N             training epochs (default 4)
   --batch-size N         training batch size (default 64)
   --loss-weights W,...   one loss weight per exit, summing below 1 (default 0.3 split over the exits)

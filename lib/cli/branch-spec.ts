@@ -33,6 +33,10 @@ const LAYERS: Record<string, Layer> = {
   Flatten: { params: ['start_dim', 'end_dim'], make: nn.Flatten },
   Dropout: { params: ['p', 'inplace'], make: nn.Dropout },
   Identity: { params: [], make: nn.Identity },
+  Tanh: { params: [], make: nn.Tanh },
+  GELU: { params: ['approximate'], make: nn.GELU },
+  LayerNorm: { params: ['normalized_shape', 'eps', 'elementwise_affine'], make: nn.LayerNorm },
+  Select: { params: ['dim', 'index'], make: nn.Select },
 };
 
 const camel = (name: string) => name.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());

@@ -280,6 +280,73 @@ class IdentityModule extends Module {
   constructor() { super('Identity', {}); }
 }
 
+class TanhModule extends Module {
+  constructor() { super('Tanh', {}); }
+}
+
+class GELUModule extends Module {
+  /** `approximate: 'tanh'` is the tanh approximation BERT's original code used; 'none' the exact erf form. */
+  constructor(approximate?: 'none' | 'tanh' | { approximate?: 'none' | 'tanh' });
+  constructor(...args: unknown[]) {
+    const o = readArgs('GELU', ['approximate'], { approximate: 'none' }, args);
+    if (o.approximate !== 'none' && o.approximate !== 'tanh') throw new TypeError(`GELU: approximate must be 'none' or 'tanh', got ${JSON.stringify(o.approximate)}`);
+    super('GELU', { approximate: o.approximate });
+  }
+}
+
+interface LayerNormOptions { eps?: number; elementwiseAffine?: boolean }
+type LayerNormArgs =
+  | [normalizedShape: number | number[], options?: LayerNormOptions]
+  | [normalizedShape: number | number[], eps?: number, elementwiseAffine?: boolean];
+
+class LayerNormModule extends Module {
+  constructor(...args: LayerNormArgs);
+  constructor(...args: unknown[]) {
+    const o = readArgs('LayerNorm', ['normalizedShape', 'eps', 'elementwiseAffine'], { eps: 1e-5, elementwiseAffine: true }, args);
+    const shape = typeof o.normalizedShape === 'number' ? [o.normalizedShape] : o.normalizedShape;
+    if (!Array.isArray(shape) || shape.length === 0) throw new TypeError(`LayerNorm: normalizedShape must be a positive integer or a list of them, got ${JSON.stringify(o.normalizedShape)}`);
+    shape.forEach((size, i) => positiveInt(size, `LayerNorm: normalizedShape[${i}]`));
+    if (typeof o.eps !== 'number' || !(o.eps > 0)) throw new TypeError(`LayerNorm: eps must be a positive number, got ${JSON.stringify(o.eps)}`);
+    super('LayerNorm', { normalizedShape: shape, eps: o.eps, elementwiseAffine: Boolean(o.elementwiseAffine) });
+  }
+}
+
+interface EmbeddingOptions { paddingIdx?: number | null }
+type EmbeddingArgs =
+  | [numEmbeddings: number, embeddingDim: number, options?: EmbeddingOptions]
+  | [numEmbeddings: number, embeddingDim: number, paddingIdx?: number | null];
+
+class EmbeddingModule extends Module {
+  /** `paddingIdx`: the row padding tokens look up, zero and never trained, as in PyTorch (negative counts from the end). */
+  constructor(...args: EmbeddingArgs);
+  constructor(...args: unknown[]) {
+    const o = readArgs('Embedding', ['numEmbeddings', 'embeddingDim', 'paddingIdx'], { paddingIdx: null }, args);
+    const count = positiveInt(o.numEmbeddings, 'Embedding: numEmbeddings');
+    let padding = o.paddingIdx as number | null;
+    if (padding !== null) {
+      if (!Number.isInteger(padding) || padding >= count || padding < -count) {
+        throw new RangeError(`Embedding: paddingIdx must be within num_embeddings (${count}), got ${JSON.stringify(padding)}`);
+      }
+      if (padding < 0) padding += count;
+    }
+    super('Embedding', { numEmbeddings: count, embeddingDim: positiveInt(o.embeddingDim, 'Embedding: embeddingDim'), paddingIdx: padding });
+  }
+}
+
+/**
+ * `x.select(dim, index)`, as `torch.select`: a branch's head on one position of a sequence
+ * (DeeBERT's off-ramps read the [CLS] token: `Select(1, 0)` on [batch, tokens, features]).
+ * PyTorch has no module for it; a Python head writes `x[:, 0]`.
+ */
+class SelectModule extends Module {
+  constructor(dim: number, index: number);
+  constructor(...args: unknown[]) {
+    const o = readArgs('Select', ['dim', 'index'], {}, args);
+    if (!Number.isInteger(o.dim) || !Number.isInteger(o.index)) throw new TypeError(`Select: dim and index must be integers, got ${JSON.stringify([o.dim, o.index])}`);
+    super('Select', { dim: o.dim, index: o.index });
+  }
+}
+
 class SequentialModule extends Module {
   constructor(...modules: Module[]) {
     modules.forEach((module, index) => {
@@ -332,6 +399,16 @@ export const Dropout = constructible<Args<typeof DropoutModule>, DropoutModule>(
 export type Dropout = DropoutModule;
 export const Identity = constructible<Args<typeof IdentityModule>, IdentityModule>(IdentityModule);
 export type Identity = IdentityModule;
+export const Tanh = constructible<Args<typeof TanhModule>, TanhModule>(TanhModule);
+export type Tanh = TanhModule;
+export const GELU = constructible<Args<typeof GELUModule>, GELUModule>(GELUModule);
+export type GELU = GELUModule;
+export const LayerNorm = constructible<Args<typeof LayerNormModule>, LayerNormModule>(LayerNormModule);
+export type LayerNorm = LayerNormModule;
+export const Embedding = constructible<Args<typeof EmbeddingModule>, EmbeddingModule>(EmbeddingModule);
+export type Embedding = EmbeddingModule;
+export const Select = constructible<Args<typeof SelectModule>, SelectModule>(SelectModule);
+export type Select = SelectModule;
 export const Sequential = constructible<Module[], SequentialModule>(SequentialModule);
 export type Sequential = SequentialModule;
 
@@ -343,7 +420,8 @@ export function fromSpec(spec: ModuleSpec): Module {
   const classes: Record<string, new (options: never) => Module> = {
     Linear: LinearModule, Conv2d: Conv2dModule, BatchNorm1d: BatchNorm1dModule, BatchNorm2d: BatchNorm2dModule,
     ReLU: ReLUModule, AvgPool2d: AvgPool2dModule, MaxPool2d: MaxPool2dModule, AdaptiveAvgPool2d: AdaptiveAvgPool2dModule,
-    Flatten: FlattenModule, Dropout: DropoutModule, Identity: IdentityModule,
+    Flatten: FlattenModule, Dropout: DropoutModule, Identity: IdentityModule, Tanh: TanhModule, GELU: GELUModule,
+    LayerNorm: LayerNormModule, Embedding: EmbeddingModule, Select: SelectModule,
   } as unknown as Record<string, new (options: never) => Module>;
   const cls = classes[spec.kind];
   if (!cls) throw new Error(`unknown module kind '${spec.kind}' in spec`);

@@ -21,6 +21,20 @@ class BranchSequentialImpl : public torch::nn::SequentialImpl {
 };
 TORCH_MODULE(BranchSequential);
 
+// x.select(dim, index), as torch.select: a head on one token ([CLS]) of a sequence.
+class SelectImpl : public torch::nn::Cloneable<SelectImpl> {
+ public:
+  SelectImpl(int64_t dim, int64_t index) : dim_(dim), index_(index) {}
+  void reset() override {}
+  at::Tensor forward(const at::Tensor& input) { return input.select(dim_, index_); }
+  void pretty_print(std::ostream& stream) const override { stream << "Select(dim=" << dim_ << ", index=" << index_ << ")"; }
+
+ private:
+  int64_t dim_;
+  int64_t index_;
+};
+TORCH_MODULE(Select);
+
 class Options {
  public:
   explicit Options(Napi::Object object) : object_(object) {}
@@ -114,6 +128,18 @@ torch::nn::AnyModule Build(Napi::Env env, const std::string& kind, const Options
   }
   if (kind == "Dropout") return nn::AnyModule(nn::Dropout(nn::DropoutOptions(o.Number("p")).inplace(o.Bool("inplace"))));
   if (kind == "Identity") return nn::AnyModule(nn::Identity());
+  if (kind == "Tanh") return nn::AnyModule(nn::Tanh());
+  if (kind == "GELU") return nn::AnyModule(nn::GELU(nn::GELUOptions().approximate(o.String("approximate"))));
+  if (kind == "LayerNorm") {
+    return nn::AnyModule(
+        nn::LayerNorm(nn::LayerNormOptions(o.Ints("normalizedShape")).eps(o.Number("eps")).elementwise_affine(o.Bool("elementwiseAffine"))));
+  }
+  if (kind == "Embedding") {
+    auto options = nn::EmbeddingOptions(o.Int("numEmbeddings"), o.Int("embeddingDim"));
+    if (!o.IsNull("paddingIdx")) options.padding_idx(o.Int("paddingIdx"));
+    return nn::AnyModule(nn::Embedding(options));
+  }
+  if (kind == "Select") return nn::AnyModule(Select(o.Int("dim"), o.Int("index")));
   if (kind == "Sequential") {
     BranchSequential sequential;
     for (uint32_t i = 0; i < children.Length(); ++i) {
