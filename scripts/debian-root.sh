@@ -322,9 +322,9 @@ exchange() { # SUITE...
       rm -rf "$to/test/fixtures/torch-$version"
       mkdir -p "$to/test/fixtures/torch-$version"
       cp "$from/test/fixtures/"{resnet20_scripted.pt,resnet20_traced.pt,resnet20_reference.json,branch_state_dict.pt,TORCH_VERSION} \
-        "$to/test/fixtures/torch-$version/"
+        "$from/test/fixtures/"{text_encoder_scripted.pt,text_encoder_reference.json} "$to/test/fixtures/torch-$version/"
       # Exported programs exist from PyTorch 2.6 on.
-      for exported in resnet20_exported.pt2 exported_reference.json; do
+      for exported in resnet20_exported.pt2 exported_reference.json text_encoder_exported.pt2; do
         if [ -f "$from/test/fixtures/$exported" ]; then cp "$from/test/fixtures/$exported" "$to/test/fixtures/torch-$version/"; fi
       done
       mkdir -p "$to/prebuilds"

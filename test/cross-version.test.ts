@@ -58,6 +58,19 @@ if (foreign.length > 0) describe.each(foreign)('files made by %s, in LibTorch ' 
     }
   });
 
+  it("its text encoder (TorchScript, and exported where both sides have torch.export) gives that PyTorch's outputs at every layer", () => {
+    const text = JSON.parse(fs.readFileSync(path.join(dir, 'text_encoder_reference.json'), 'utf8'));
+    const files = [path.join(dir, 'text_encoder_scripted.pt'), path.join(dir, 'text_encoder_exported.pt2')].filter((file) => fs.existsSync(file));
+    for (const file of CAN_EXPORT ? files : files.slice(0, 1)) {
+      const points = Object.keys(text.hooks);
+      const backbone = file.endsWith('.pt2') ? torch.export.load(file) : jit.load(file);
+      const model = new EarlyExitModel(backbone, points.map((point) => [point, nn.Identity()])).eval();
+      const outputs = torch.noGrad(() => model.forward(fromRef(text.input)));
+      points.forEach((point, i) => expect([file, point, maxAbsDiff(outputs[i], text.hooks[point]) <= 1e-5]).toEqual([file, point, true]));
+      expect(maxAbsDiff(outputs[points.length], text.output)).toBeLessThanOrEqual(1e-5);
+    }
+  });
+
   it("its Python's torch.save of a state dict loads value for value", () => {
     const loaded = torch.load(path.join(dir, 'branch_state_dict.pt')) as Record<string, Tensor>;
     expect(Object.keys(loaded)).toEqual(Object.keys(reference.exit.branch_state_dict));

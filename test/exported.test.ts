@@ -220,6 +220,19 @@ print(json.dumps(net(x).tolist()))
     }))).toThrow(/node 'linear' \(aten::no_such_op.default, in module 'fc'\): this LibTorch has no operator aten::no_such_op/);
     expect(() => torch.export.load(damaged((program) => { program.schema_version.major = 9; })))
       .toThrow(/uses export schema 9, and this library reads schema 8/);
+    // Batch norm's eps as a string: only the floats JSON cannot hold may come as strings ("-Infinity").
+    const eps = (value: unknown) => damaged((program) => {
+      const node = program.graph_module.graph.nodes.find((n: any) => n.target === 'torch.ops.aten.batch_norm.default');
+      node.inputs.find((input: any) => input.name === 'eps').arg = { as_float: value };
+    });
+    expect(() => torch.export.load(eps('tiny'))).toThrow(/does not follow the export schema \(a float argument is "tiny"\)/);
+    // With an infinite eps, batch norm's output is its bias alone.
+    const infinite = torch.export.load(eps('Infinity')).eval();
+    const seen: Tensor[] = [];
+    infinite.getModule('bn1').registerForwardHook((_m, _i, output) => { seen.push((output as Tensor).clone()); });
+    torch.noGrad(() => infinite.forward(torch.randn([1, 3, 32, 32])));
+    const bias = infinite.getModule('bn1').namedParameters().find(([name]) => name === 'bias')![1];
+    expect(maxAbsDiff(seen[0], torch.zeros([1, 16, 32, 32]).add(bias.view([1, 16, 1, 1])))).toBe(0);
   });
 
   it('refuses a file that torch.export.save did not write, saying why', () => {

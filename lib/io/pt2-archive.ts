@@ -28,12 +28,42 @@ export interface Pt2Contents {
   constants: Map<string, Tensor>;
 }
 
+/**
+ * Python's json module writes float('inf') as Infinity, which JSON has not (a program that
+ * masks attention with -inf holds one): outside strings it becomes 1e999, which parses to
+ * Infinity. (NaN, which JSON cannot hold either, stays a refusal.)
+ */
+function withoutPythonInfinity(text: string): string {
+  let out = '';
+  let start = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (inString) {
+      if (c === '\\') i++;
+      else if (c === '"') inString = false;
+    } else if (c === '"') {
+      inString = true;
+    } else if (c === 'I' && text.startsWith('Infinity', i)) {
+      out += `${text.slice(start, i)}1e999`;
+      start = i + 'Infinity'.length;
+      i = start - 1;
+    }
+  }
+  return out + text.slice(start);
+}
+
 function parseJson(bytes: Buffer | undefined, entry: string, what: string): any {
   if (!bytes) throw new Error(`${what}: the archive has no ${entry}`);
+  const text = bytes.toString('utf8');
   try {
-    return JSON.parse(bytes.toString('utf8'));
+    return JSON.parse(text);
   } catch (error) {
-    throw new Error(`${what}: ${entry} is not valid JSON (${(error as Error).message})`);
+    try {
+      return JSON.parse(withoutPythonInfinity(text));
+    } catch {
+      throw new Error(`${what}: ${entry} is not valid JSON (${(error as Error).message})`);
+    }
   }
 }
 

@@ -104,6 +104,17 @@ function symbolOf(size: any): string | undefined {
 }
 
 /** Turns the export schema's JSON into the addon's description, and what the library needs to know of it. */
+/**
+ * A float of the program's JSON. PyTorch 2.14 writes the ones JSON cannot hold as strings
+ * ("-Infinity", as a mask's fill value); 2.6 writes them bare, which the archive reader
+ * takes (lib/io/pt2-archive.ts).
+ */
+function exportFloat(value: unknown): number {
+  if (typeof value === 'number') return value;
+  if (value === 'Infinity' || value === '-Infinity' || value === 'NaN') return Number(value);
+  throw new TypeError(`a float argument is ${JSON.stringify(value)}`);
+}
+
 class Translator {
   readonly registers = new Map<string, number>();
   readonly description: NativeProgram = {
@@ -152,18 +163,18 @@ class Translator {
       case 'as_optional_tensors':
         return ['optionalValues', (value as any[]).map((t) => (t.as_none !== undefined ? -1 : this.use(t.as_tensor.name, where)))];
       case 'as_int': return ['int', value];
-      case 'as_float': return ['float', value];
+      case 'as_float': return ['float', exportFloat(value)];
       case 'as_bool': return ['bool', value];
       case 'as_string': return ['string', value];
       case 'as_ints': return ['intList', value];
-      case 'as_floats': return ['floatList', value];
+      case 'as_floats': return ['floatList', (value as unknown[]).map(exportFloat)];
       case 'as_bools': return ['boolList', value];
       case 'as_sym_int':
       case 'as_sym_float':
       case 'as_sym_bool':
         if (value.as_name !== undefined) return ['value', this.use(value.as_name, where)];
         if (value.as_int !== undefined) return ['int', value.as_int];
-        if (value.as_float !== undefined) return ['float', value.as_float];
+        if (value.as_float !== undefined) return ['float', exportFloat(value.as_float)];
         return ['bool', value.as_bool];
       case 'as_sym_ints':
         return ['ints', (value as any[]).map((item) => (item.as_name !== undefined ? [this.use(item.as_name, where), 0] : [-1, item.as_int]))];

@@ -1,5 +1,6 @@
 #include "exported/interpreter.h"
 
+#include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
@@ -79,6 +80,20 @@ c10::OperatorName SplitTarget(const std::string& target) {
   if (dot == std::string::npos) return {target, ""};
   std::string overload = target.substr(dot + 1);
   return {target.substr(0, dot), overload == "default" ? "" : overload};
+}
+
+// Python passes a number where an operator takes a Tensor (x / 8.0 is aten.div.Tensor with
+// other=8.0) as a 0-dim tensor marked a wrapped number, which type promotion treats as a
+// scalar: float32 / 8.0 stays float32. The interpreter does the same, once, at load.
+void WrapNumber(const c10::Argument& formal, ProgramArgument& argument) {
+  if (formal.type()->kind() != c10::TypeKind::TensorType || argument.kind != ProgramArgument::Kind::kConstant) return;
+  const c10::IValue& value = argument.constant;
+  if (!value.isDouble() && !value.isInt() && !value.isBool()) return;
+  at::Tensor wrapped = value.isDouble() ? at::scalar_tensor(value.toDouble(), at::kDouble)
+                       : value.isInt()  ? at::scalar_tensor(value.toInt(), at::kLong)
+                                        : at::scalar_tensor(value.toBool(), at::kBool);
+  wrapped.unsafeGetTensorImpl()->set_wrapped_number(true);
+  argument.constant = wrapped;
 }
 
 }  // namespace
@@ -218,6 +233,7 @@ void ResolveOperators(ProgramGraph& graph) {
       if (found < node.given.size()) {
         used[found] = true;
         node.arguments.push_back(std::move(node.given[found].second));
+        WrapNumber(formal, node.arguments.back());
       } else if (formal.default_value()) {
         ProgramArgument argument;
         argument.constant = *formal.default_value();

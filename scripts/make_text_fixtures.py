@@ -1,0 +1,218 @@
+#!/usr/bin/python3
+"""The transformer fixtures: a BERT-style text encoder trained on the SpamAssassin corpus's
+training split by the PyTorch beside this LibTorch, as TorchScript and (PyTorch >= 2.6) as an
+exported program, with its tokenizer and what eager PyTorch's forward hooks see.
+
+Usage: /usr/bin/python3 scripts/make_text_fixtures.py OUTDIR
+
+Its own stamp (STAMP_TEXT): the CNN fixtures of make_fixtures.py are not made again when only
+this changes, nor this when they do.
+"""
+import hashlib
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FILES = ["spam_tokenizer.json", "text_encoder_scripted.pt", "text_encoder_reference.json"]
+
+
+def digest():
+    h = hashlib.sha256()
+    for name in ("make_text_fixtures.py", "spam_text.py"):
+        with open(os.path.join(HERE, name), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: make_text_fixtures.py OUTDIR")
+    stamp = os.path.join(sys.argv[1], "STAMP_TEXT")
+    if os.path.isfile(stamp) and open(stamp).read().strip() == digest() and \
+            all(os.path.isfile(os.path.join(sys.argv[1], n)) for n in FILES):
+        print("text fixtures up to date")
+        sys.exit(0)
+
+import math  # noqa: E402
+import random  # noqa: E402
+
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+sys.path.insert(0, HERE)
+import spam_text  # noqa: E402
+from make_fixtures import Writer, can_export, class_name, max_diff, tensor_json  # noqa: E402
+
+MAX_LENGTH = 64
+VOCABULARY = 8192
+DIM, HEADS, HIDDEN, LAYERS = 64, 4, 128, 4
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention, written out: padding keys get no attention."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, padding: Tensor) -> Tensor:
+        n, length, dim = x.size(0), x.size(1), x.size(2)
+        qkv = self.qkv(x).view(n, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(dim // self.heads)
+        scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+        context = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(n, length, dim)
+        return self.out(context)
+
+
+class EncoderLayer(nn.Module):
+    """BERT's layer: attention and a GELU feed-forward, each with a residual and LayerNorm after."""
+
+    def __init__(self, dim: int, heads: int, hidden: int):
+        super().__init__()
+        self.attention = SelfAttention(dim, heads)
+        self.norm1 = nn.LayerNorm(dim)
+        self.feed_forward = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(0.1)
+
+    def forward(self, x: Tensor, padding: Tensor) -> Tensor:
+        x = self.norm1(x + self.dropout(self.attention(x, padding)))
+        return self.norm2(x + self.dropout(self.feed_forward(x)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int, layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList([EncoderLayer(dim, heads, hidden) for _ in range(layers)])
+
+    def forward(self, x: Tensor, padding: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, padding)
+        return x
+
+
+class TextEncoder(nn.Module):
+    """Token and position embeddings, the encoder, BERT's pooler ([CLS], Linear, Tanh) and a
+    classifier. It takes the token ids alone: padding ([PAD] = 0) is read off the ids, so the
+    mask is made inside, before the first layer, and read by every layer after it."""
+
+    def __init__(self, vocabulary: int, dim: int, heads: int, hidden: int, layers: int, max_length: int, classes: int):
+        super().__init__()
+        self.tokens = nn.Embedding(vocabulary, dim, padding_idx=0)
+        self.positions = nn.Embedding(max_length, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(0.1)
+        self.encoder = Encoder(dim, heads, hidden, layers)
+        self.pooler = nn.Sequential(nn.Linear(dim, dim), nn.Tanh())
+        self.classifier = nn.Linear(dim, classes)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        padding = input_ids == 0
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)
+        x = self.dropout(self.norm(self.tokens(input_ids) + self.positions(positions)))
+        x = self.encoder(x, padding)
+        return self.classifier(self.pooler(x[:, 0]))
+
+
+def data_dir():
+    return os.path.join(HERE, "..", "node_modules", "@stdlib", "datasets-spam-assassin", "data")
+
+
+def batches(rows, labels, size, rng):
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    for start in range(0, len(order), size):
+        chosen = order[start:start + size]
+        length = max(len(rows[i]) for i in chosen)
+        ids = torch.tensor([rows[i] + [0] * (length - len(rows[i])) for i in chosen])
+        yield ids, torch.tensor([labels[i] for i in chosen])
+
+
+def accuracy(model, rows, labels):
+    model.eval()
+    right = 0
+    with torch.no_grad():
+        for ids, y in batches(rows, labels, 256, random.Random(0)):
+            right += (model(ids).argmax(1) == y).sum().item()
+    return right / len(rows)
+
+
+def make_text_encoder(w):
+    emails = spam_text.load_corpus(data_dir())
+    train, test = spam_text.split_emails(emails)
+    vocabulary = spam_text.build_vocabulary((e["text"] for e in train), size=VOCABULARY)
+    spam_text.save_tokenizer(w.path("spam_tokenizer.json"), vocabulary, MAX_LENGTH)
+    w.done("spam_tokenizer.json")
+    index = {word: i for i, word in enumerate(vocabulary)}
+    rows = [spam_text.encode(index, e["text"], MAX_LENGTH) for e in train]
+    labels = [e["label"] for e in train]
+
+    torch.manual_seed(0)
+    model = TextEncoder(len(vocabulary), DIM, HEADS, HIDDEN, LAYERS, MAX_LENGTH, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    rng = random.Random(0)
+    for epoch in range(3):
+        model.train()
+        for ids, y in batches(rows, labels, 32, rng):
+            loss = nn.functional.cross_entropy(model(ids), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    test_rows = [spam_text.encode(index, e["text"], MAX_LENGTH) for e in test]
+    held_out = accuracy(model, test_rows, [e["label"] for e in test])
+    print("text encoder: held-out accuracy %.4f on %d e-mails" % (held_out, len(test)))
+
+    # A batch of mixed lengths from the held-out split, and what the hooks see.
+    chosen = [test[i] for i in (0, 1, 2, 3, 4, 5)]
+    input_ids, _ = spam_text.encode_batch(index, [e["text"] for e in chosen], MAX_LENGTH)
+    x = torch.tensor(input_ids)
+    points = ["encoder.layers.%d" % i for i in range(LAYERS)] + ["pooler"]
+    seen = {}
+    handles = [model.get_submodule(p).register_forward_hook(
+        lambda m, i, o, p=p: seen.__setitem__(p, o.detach().clone())) for p in points]
+    with torch.no_grad():
+        out = model(x)
+    for h in handles:
+        h.remove()
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        assert max_diff(scripted(x), out) < 1e-5
+    w.jit("text_encoder_scripted.pt", scripted)
+    if can_export():
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        tokens = torch.export.Dim("tokens", min=2, max=MAX_LENGTH)
+        program = torch.export.export(model, (x,), dynamic_shapes=({0: batch, 1: tokens},))
+        with torch.no_grad():
+            assert max_diff(program.module()(x[:3, :20]), model(x[:3, :20])) < 1e-5
+        torch.export.save(program, w.path("text_encoder_exported.pt2"))
+        w.done("text_encoder_exported.pt2")
+    w.json("text_encoder_reference.json", {
+        "held_out_accuracy": held_out,
+        "held_out": len(test),
+        "lengths": [len(r) - r.count(0) for r in input_ids],
+        "input": tensor_json(x),
+        "output": tensor_json(out),
+        "hooks": {p: tensor_json(seen[p]) for p in points},
+        "named_modules": [[n, class_name(m)] for n, m in model.named_modules()],
+        "named_parameters": [n for n, _ in model.named_parameters()],
+    })
+
+
+def main(outdir):
+    os.makedirs(outdir, exist_ok=True)
+    stamp = os.path.join(outdir, "STAMP_TEXT")
+    if os.path.exists(stamp):
+        os.remove(stamp)
+    torch.set_num_threads(1)
+    make_text_encoder(Writer(outdir))
+    with open(stamp, "w") as f:
+        f.write(digest() + "\n")
+    print("wrote %s" % stamp)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,94 @@
+/**
+ * Early exits on a transformer: the BERT-style text encoder that scripts/make_text_fixtures.py
+ * trains on the SpamAssassin training split, as TorchScript and as an exported program,
+ * against eager PyTorch's forward hooks.
+ */
+import { EarlyExitModel, ScriptModule, Tensor, WordTokenizer, exitDecisions, exitScores, jit, loadSpamAssassin, nn, splitEmails, torch } from '../lib';
+import { CAN_EXPORT, fixture, fromRef, maxAbsDiff, reference } from './helpers';
+
+const describeExported = CAN_EXPORT ? describe : describe.skip;
+const ref = () => reference('text_encoder_reference.json');
+const LAYERS = ['encoder.layers.0', 'encoder.layers.1', 'encoder.layers.2', 'encoder.layers.3'];
+
+/** DeeBERT's off-ramp: the [CLS] token, a pooler (Linear, Tanh) and a classifier. */
+const offRamp = () => nn.Sequential(nn.Select(1, 0), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2));
+
+function hooksEqualPython(backbone: ScriptModule): void {
+  const model = new EarlyExitModel(backbone, LAYERS.map((point) => [point, nn.Identity()])).eval();
+  const outputs = torch.noGrad(() => model.forward(fromRef(ref().input)));
+  LAYERS.forEach((point, i) => expect([point, maxAbsDiff(outputs[i], ref().hooks[point]) <= 1e-5]).toEqual([point, true]));
+  expect(maxAbsDiff(outputs[LAYERS.length], ref().output)).toBeLessThanOrEqual(1e-5);
+}
+
+/** Thresholds that send some samples out at each exit, and the decisions they give. */
+function spreadPolicy(outputs: Tensor[]): { thresholds: number[]; expected: number[] } {
+  const scores = exitScores(outputs, 'entropy');
+  const thresholds = scores.slice(0, -1).map((s) => [...s].sort((a, b) => a - b)[1] + 1e-6);
+  return { thresholds, expected: exitDecisions(scores, 'entropy', thresholds) };
+}
+
+describe('the text encoder (TorchScript)', () => {
+  it('was trained in Python to tell spam from ham on e-mails it never saw', () => {
+    expect(ref().held_out_accuracy).toBeGreaterThan(0.9);
+    const tokenizer = WordTokenizer.load(fixture('spam_tokenizer.json'));
+    expect(tokenizer.maxLength).toBe(64);
+    // The reference batch is the tokenizer's encoding of the first held-out e-mails, of mixed lengths.
+    const { test } = splitEmails(loadSpamAssassin());
+    const { inputIds } = tokenizer.encodeBatch(test.slice(0, 6).map((e) => e.text));
+    expect(inputIds.toArray()).toEqual(fromRef(ref().input).toArray());
+    expect(new Set(ref().lengths).size).toBeGreaterThan(1);
+  });
+
+  it('has its modules, and every layer\'s output equals Python\'s forward hooks', () => {
+    const backbone = jit.load(fixture('text_encoder_scripted.pt'));
+    expect(backbone.namedModules().map(([name]) => name)).toEqual((ref().named_modules as Array<[string, string]>).map(([name]) => name));
+    hooksEqualPython(backbone);
+  });
+
+  it('stops at an exit after any layer; per-sample exits are refused where the padding mask is still read', () => {
+    torch.manualSeed(0);
+    const model = new EarlyExitModel(jit.load(fixture('text_encoder_scripted.pt')), LAYERS.slice(0, 3).map((point) => [point, offRamp()])).eval();
+    const x = fromRef(ref().input);
+    const outputs = torch.noGrad(() => model.forward(x));
+    for (let exit = 0; exit < 3; exit++) {
+      const result = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [0, 1, 2].map((i) => (i === exit ? 100 : null)) });
+      expect(result.exit).toBe(exit);
+      expect(maxAbsDiff(result.output, outputs[exit])).toBe(0);
+    }
+    // The mask is made from the ids before the first layer and read by every layer after it.
+    expect(model.exitsPerSample).toEqual([false, false, false]);
+    expect(() => model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [1, null, null], perSample: true }))
+      .toThrow(/samples cannot leave the batch alone at exit 'encoder\.layers\.0'/);
+  });
+});
+
+describeExported('the text encoder exported by torch.export (dynamic batch and length)', () => {
+  const load = () => torch.export.load(fixture('text_encoder_exported.pt2'));
+
+  it('has its modules, and every layer\'s output equals Python\'s forward hooks', () => {
+    const backbone = load();
+    const ours = backbone.namedModules().map(([name]) => name);
+    for (const point of [...LAYERS, 'encoder.layers.2.attention', 'pooler', 'classifier']) expect(ours).toContain(point);
+    hooksEqualPython(backbone);
+  });
+
+  it('per-sample exits across the padding mask, mixed lengths in one batch, equal each sample run alone', () => {
+    torch.manualSeed(0);
+    const model = new EarlyExitModel(load(), LAYERS.slice(0, 3).map((point) => [point, offRamp()])).eval();
+    // Every live value that carries the batch (the residual stream, the mask, the batch size) shrinks.
+    expect(model.exitsPerSample).toEqual([true, true, true]);
+    const x = fromRef(ref().input);
+    const outputs = torch.noGrad(() => model.forward(x));
+    const { thresholds, expected } = spreadPolicy(outputs);
+    expect(new Set(expected).size).toBeGreaterThanOrEqual(3);
+    const policy = { criterion: 'entropy' as const, thresholds, perSample: true };
+    const result = model.forwardEarlyExit(x, policy);
+    expect(result.exits).toEqual(expected);
+    const lengths: number[] = ref().lengths;
+    lengths.forEach((length, i) => {
+      // Alone, without the padding the batch gave it.
+      const alone = torch.noGrad(() => model.forward(x.narrow(0, i, 1).narrow(1, 0, length)));
+      expect([i, maxAbsDiff(result.output.narrow(0, i, 1), alone[expected[i]]) <= 1e-5]).toEqual([i, true]);
+    });
+  });
+});
