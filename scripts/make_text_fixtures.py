@@ -33,6 +33,7 @@ if __name__ == "__main__":
         print("text fixtures up to date")
         sys.exit(0)
 
+import copy  # noqa: E402
 import math  # noqa: E402
 import random  # noqa: E402
 
@@ -140,6 +141,64 @@ def accuracy(model, rows, labels):
     return right / len(rows)
 
 
+def off_ramp():
+    """DeeBERT's off-ramp: the [CLS] token, a pooler (Linear, Tanh) and a classifier."""
+    class Cls(nn.Module):
+        def forward(self, x):
+            return x[:, 0]
+    return nn.Sequential(Cls(), nn.Linear(DIM, DIM), nn.Tanh(), nn.Linear(DIM, 2))
+
+
+def training_reference(model, x, y):
+    """Two optimizer steps each way the papers train exits, from the trained encoder, with an
+    off-ramp after each of the first three layers: jointly (Distiller's weighted loss, every
+    parameter moves, dropout on) and DeeBERT's second stage (the backbone frozen in eval mode,
+    the off-ramps trained on the sum of their losses)."""
+    points = ["encoder.layers.%d" % i for i in range(3)]
+    torch.manual_seed(3)
+    ramps = [off_ramp() for _ in points]
+    reference = {"points": points, "input": tensor_json(x), "target": tensor_json(y),
+                 "ramps": [{k: tensor_json(v) for k, v in r.state_dict().items()} for r in ramps],
+                 "settings": {"lr": 0.05, "momentum": 0.9, "weightDecay": 1e-4, "lossWeights": [0.2, 0.2, 0.2], "seed": 11}}
+    settings = reference["settings"]
+    for scheme in ("joint", "two_stage"):
+        net = copy.deepcopy(model)
+        heads = copy.deepcopy(ramps)
+        outputs = {}
+        handles = [net.get_submodule(p).register_forward_hook(
+            lambda m, i, o, k=k: outputs.__setitem__(k, heads[k](o))) for k, p in enumerate(points)]
+        if scheme == "joint":
+            net.train()
+            params = list(net.parameters()) + [q for h in heads for q in h.parameters()]
+        else:
+            net.eval()
+            for q in net.parameters():
+                q.requires_grad_(False)
+            params = [q for h in heads for q in h.parameters()]
+        optimizer = torch.optim.SGD(params, lr=settings["lr"], momentum=settings["momentum"], weight_decay=settings["weightDecay"])
+        torch.manual_seed(settings["seed"])
+        losses = []
+        for _ in range(2):
+            final = net(x)
+            exits = [nn.functional.cross_entropy(outputs[k], y) for k in range(len(points))]
+            if scheme == "joint":
+                weights = settings["lossWeights"]
+                loss = (1 - sum(weights)) * nn.functional.cross_entropy(final, y) + sum(wk * e for wk, e in zip(weights, exits))
+            else:
+                loss = sum(exits)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        for h in handles:
+            h.remove()
+        state = net.state_dict()
+        chosen = ["tokens.weight", "encoder.layers.0.attention.qkv.weight", "encoder.layers.2.norm2.bias", "classifier.weight"]
+        reference[scheme] = {"losses": losses, "after": {n: tensor_json(state[n]) for n in chosen},
+                             "ramps_after": [{k: tensor_json(v) for k, v in h.state_dict().items()} for h in heads]}
+    return reference
+
+
 def make_text_encoder(w):
     emails = spam_text.load_corpus(data_dir())
     train, test = spam_text.split_emails(emails)
@@ -199,6 +258,7 @@ def make_text_encoder(w):
         "hooks": {p: tensor_json(seen[p]) for p in points},
         "named_modules": [[n, class_name(m)] for n, m in model.named_modules()],
         "named_parameters": [n for n, _ in model.named_parameters()],
+        "training": training_reference(model, x[:4], torch.tensor([e["label"] for e in chosen[:4]])),
     })
 
 

@@ -3,7 +3,7 @@
  * trains on the SpamAssassin training split, as TorchScript and as an exported program,
  * against eager PyTorch's forward hooks.
  */
-import { EarlyExitModel, ScriptModule, Tensor, WordTokenizer, exitDecisions, exitScores, jit, loadSpamAssassin, nn, splitEmails, torch } from '../lib';
+import { EarlyExitModel, ScriptModule, Tensor, WordTokenizer, earlyExitLoss, exitDecisions, exitScores, jit, loadSpamAssassin, nn, optim, splitEmails, torch } from '../lib';
 import { CAN_EXPORT, fixture, fromRef, maxAbsDiff, reference } from './helpers';
 
 const describeExported = CAN_EXPORT ? describe : describe.skip;
@@ -27,6 +27,49 @@ function spreadPolicy(outputs: Tensor[]): { thresholds: number[]; expected: numb
   return { thresholds, expected: exitDecisions(scores, 'entropy', thresholds) };
 }
 
+/**
+ * Two optimizer steps each way the papers train exits, against PyTorch's: jointly with
+ * Distiller's weighted loss, and DeeBERT's second stage (backbone frozen, off-ramps trained
+ * on the sum of their losses).
+ */
+function trainsAsPyTorch(backbone: ScriptModule, scheme: 'joint' | 'two_stage'): void {
+  const t = ref().training;
+  const ramps = (t.ramps as Array<Record<string, any>>).map((state) => {
+    const ramp = offRamp();
+    ramp.loadStateDict(Object.fromEntries(Object.entries(state).map(([key, value]) => [key, fromRef(value)])));
+    return ramp;
+  });
+  const model = new EarlyExitModel(backbone, (t.points as string[]).map((point, i) => [point, ramps[i]]));
+  if (scheme === 'two_stage') model.freezeBackbone();
+  model.train();
+  const { lr, momentum, weightDecay, lossWeights, seed } = t.settings;
+  const optimizer = new optim.SGD(scheme === 'joint' ? model.parameters() : ramps.flatMap((ramp) => ramp.parameters()), { lr, momentum, weightDecay });
+  const x = fromRef(t.input);
+  const y = fromRef(t.target);
+  torch.manualSeed(seed);
+  for (let step = 0; step < 2; step++) {
+    const outputs = model.forward(x);
+    const loss = scheme === 'joint'
+      ? earlyExitLoss(outputs, y, lossWeights)
+      : outputs.slice(0, 3).map((output) => nn.functional.crossEntropy(output, y)).reduce((a, b) => a.add(b));
+    optimizer.zeroGrad();
+    loss.backward();
+    optimizer.step();
+    expect(loss.item()).toBeCloseTo(t[scheme].losses[step], 5);
+  }
+  const state = model.backbone.stateDict();
+  for (const [name, expected] of Object.entries<any>(t[scheme].after)) {
+    expect([name, maxAbsDiff(state[name], expected) <= 1e-5]).toEqual([name, true]);
+  }
+  ramps.forEach((ramp, i) => {
+    const after = ramp.stateDict();
+    for (const [name, expected] of Object.entries<any>(t[scheme].ramps_after[i])) {
+      expect([i, name, maxAbsDiff(after[name], expected) <= 1e-5]).toEqual([i, name, true]);
+    }
+  });
+  if (scheme === 'two_stage') expect(maxAbsDiff(state['tokens.weight'], t.two_stage.after['tokens.weight'])).toBe(0);
+}
+
 describe('the text encoder (TorchScript)', () => {
   it('was trained in Python to tell spam from ham on e-mails it never saw', () => {
     expect(ref().held_out_accuracy).toBeGreaterThan(0.9);
@@ -43,6 +86,10 @@ describe('the text encoder (TorchScript)', () => {
     const backbone = jit.load(fixture('text_encoder_scripted.pt'));
     expect(backbone.namedModules().map(([name]) => name)).toEqual((ref().named_modules as Array<[string, string]>).map(([name]) => name));
     hooksEqualPython(backbone);
+  });
+
+  it.each(['joint', 'two_stage'] as const)("two training steps with DeeBERT's off-ramps (%s) equal PyTorch's", (scheme) => {
+    trainsAsPyTorch(jit.load(fixture('text_encoder_scripted.pt')), scheme);
   });
 
   it('stops at an exit after any layer; per-sample exits are refused where the padding mask is still read', () => {
@@ -70,6 +117,10 @@ describeExported('the text encoder exported by torch.export (dynamic batch and l
     const ours = backbone.namedModules().map(([name]) => name);
     for (const point of [...LAYERS, 'encoder.layers.2.attention', 'pooler', 'classifier']) expect(ours).toContain(point);
     hooksEqualPython(backbone);
+  });
+
+  it.each(['joint', 'two_stage'] as const)("two training steps with DeeBERT's off-ramps (%s) equal PyTorch's", (scheme) => {
+    trainsAsPyTorch(load(), scheme);
   });
 
   it('per-sample exits across the padding mask, mixed lengths in one batch, equal each sample run alone', () => {
