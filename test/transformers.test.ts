@@ -3,8 +3,8 @@
  * trains on the SpamAssassin training split, as TorchScript and as an exported program,
  * against eager PyTorch's forward hooks.
  */
-import { EarlyExitModel, ScriptModule, Tensor, WordTokenizer, earlyExitLoss, exitDecisions, exitScores, jit, loadSpamAssassin, nn, optim, splitEmails, torch } from '../lib';
-import { CAN_EXPORT, fixture, fromRef, maxAbsDiff, reference } from './helpers';
+import { EarlyExitModel, ScriptModule, Tensor, WordTokenizer, earlyExitLoss, emailLabels, exitDecisions, exitScores, jit, loadSpamAssassin, nn, optim, splitEmails, torch } from '../lib';
+import { CAN_EXPORT, fixture, fromRef, maxAbsDiff, python, reference } from './helpers';
 
 const describeExported = CAN_EXPORT ? describe : describe.skip;
 const ref = () => reference('text_encoder_reference.json');
@@ -92,6 +92,60 @@ describe('the text encoder (TorchScript)', () => {
     trainsAsPyTorch(jit.load(fixture('text_encoder_scripted.pt')), scheme);
   });
 
+  it("PABEE's criterion: patience exits where PABEE's own rule does, sample by sample", () => {
+    torch.manualSeed(0);
+    const ramps = [offRamp(), offRamp(), offRamp()];
+    const model = new EarlyExitModel(jit.load(fixture('text_encoder_scripted.pt')), LAYERS.slice(0, 3).map((point, i) => [point, ramps[i]]))
+      .freezeBackbone().train();
+    // DeeBERT's second stage, briefly, on training e-mails: ramps that mostly agree.
+    const tokenizer = WordTokenizer.load(fixture('spam_tokenizer.json'));
+    const { train, test } = splitEmails(loadSpamAssassin());
+    const optimizer = new optim.SGD(ramps.flatMap((ramp) => ramp.parameters()), { lr: 0.05, momentum: 0.9 });
+    for (let step = 0; step < 16; step++) {
+      const batch = train.slice(16 * step, 16 * step + 16);
+      const outputs = model.forward(tokenizer.encodeBatch(batch.map((e) => e.text)).inputIds);
+      const loss = outputs.slice(0, 3).map((output) => nn.functional.crossEntropy(output, emailLabels(batch))).reduce((a, b) => a.add(b));
+      optimizer.zeroGrad();
+      loss.backward();
+      optimizer.step();
+    }
+    model.eval();
+    const x = tokenizer.encodeBatch(test.slice(0, 48).map((e) => e.text)).inputIds;
+    const outputs = torch.noGrad(() => model.forward(x));
+    // PABEE's inference loop (Zhou et al. 2020, modeling_pabee_albert.py), one sample at a time:
+    // the counter grows while a layer's prediction equals the previous layer's, and the sample
+    // leaves at the layer where it reaches the patience.
+    const pabee = JSON.parse(python(`
+import json
+outputs = json.loads('${JSON.stringify(outputs.map((o) => o.toArray()))}')
+def argmax(logits):
+    return logits.index(max(logits))
+def pabee(layers, patience):
+    counter, previous = 0, None
+    for i, logits in enumerate(layers):
+        if previous is not None and argmax(logits) == argmax(previous):
+            counter += 1
+        else:
+            counter = 0
+        previous = logits
+        if counter == patience:
+            return i
+    return len(layers) - 1
+samples = len(outputs[0])
+print(json.dumps([[pabee([layer[j] for layer in outputs], patience) for j in range(samples)] for patience in range(3)]))
+`)) as number[][];
+    const scores = exitScores(outputs, 'patience');
+    pabee.forEach((expected, patience) => {
+      // The library counts agreeing outputs, PABEE counts agreements after the first: patience p is threshold p + 1.
+      const thresholds = [patience + 1, patience + 1, patience + 1];
+      expect([patience, exitDecisions(scores, 'patience', thresholds)]).toEqual([patience, expected]);
+      const served = expected.map((_, j) => model.forwardEarlyExit(x.narrow(0, j, 1), { criterion: 'patience', thresholds }).exit);
+      expect([patience, served]).toEqual([patience, expected]);
+    });
+    expect(new Set(pabee[1]).size).toBeGreaterThanOrEqual(2);
+    expect(pabee[0].every((exit) => exit === 0)).toBe(true);
+  });
+
   it('stops at an exit after any layer; per-sample exits are refused where the padding mask is still read', () => {
     torch.manualSeed(0);
     const model = new EarlyExitModel(jit.load(fixture('text_encoder_scripted.pt')), LAYERS.slice(0, 3).map((point) => [point, offRamp()])).eval();
@@ -141,5 +195,8 @@ describeExported('the text encoder exported by torch.export (dynamic batch and l
       const alone = torch.noGrad(() => model.forward(x.narrow(0, i, 1).narrow(1, 0, length)));
       expect([i, maxAbsDiff(result.output.narrow(0, i, 1), alone[expected[i]]) <= 1e-5]).toEqual([i, true]);
     });
+    // Patience per sample: the streaks shrink with the batch too.
+    const patience = { criterion: 'patience' as const, thresholds: [2, 2, 2], perSample: true };
+    expect(model.forwardEarlyExit(x, patience).exits).toEqual(exitDecisions(exitScores(outputs, 'patience'), 'patience', [2, 2, 2]));
   });
 });
