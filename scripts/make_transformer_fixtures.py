@@ -160,6 +160,34 @@ class VisionTransformer(nn.Module):
         return self.head(self.norm(x[:, 0]))
 
 
+def hooked_forward(model, x, points):
+    """The output, and what eager PyTorch's forward hooks see at `points`."""
+    seen = {}
+    handles = [model.get_submodule(p).register_forward_hook(
+        lambda m, i, o, p=p: seen.__setitem__(p, o.detach().clone())) for p in points]
+    with torch.no_grad():
+        out = model(x)
+    for h in handles:
+        h.remove()
+    return out, seen
+
+
+def save_both(w, name, model, x, dims, check):
+    """NAME_scripted.pt, and with torch.export NAME_exported.pt2 with the dynamic dimensions
+    `dims()` gives, each checked against the eager model (the exported one on `check`, a
+    shape other than the example's)."""
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        assert max_diff(scripted(x), model(x)) < 1e-5
+    w.jit(name + "_scripted.pt", scripted)
+    if can_export():
+        program = torch.export.export(model, (x,), dynamic_shapes=(dims(),))
+        with torch.no_grad():
+            assert max_diff(program.module()(check), model(check)) < 1e-5
+        torch.export.save(program, w.path(name + "_exported.pt2"))
+        w.done(name + "_exported.pt2")
+
+
 def mulberry32(seed):
     """lib/data/mnist.ts's seeded generator, step for step."""
     state = seed & 0xFFFFFFFF
@@ -216,24 +244,8 @@ def make_vit(w):
     print("vision transformer: held-out accuracy %.4f on %d digits" % (held_out, len(y_test)))
     x = x_test[:6]
     points = ["layers.%d" % i for i in range(LAYERS)]
-    seen = {}
-    handles = [model.get_submodule(p).register_forward_hook(
-        lambda m, i, o, p=p: seen.__setitem__(p, o.detach().clone())) for p in points]
-    with torch.no_grad():
-        out = model(x)
-    for h in handles:
-        h.remove()
-    scripted = torch.jit.script(model)
-    with torch.no_grad():
-        assert max_diff(scripted(x), out) < 1e-5
-    w.jit("vit_scripted.pt", scripted)
-    if can_export():
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
-        with torch.no_grad():
-            assert max_diff(program.module()(x[:1]), model(x[:1])) < 1e-5
-        torch.export.save(program, w.path("vit_exported.pt2"))
-        w.done("vit_exported.pt2")
+    out, seen = hooked_forward(model, x, points)
+    save_both(w, "vit", model, x, lambda: {0: torch.export.Dim("batch", min=1, max=4096)}, x[:1])
     w.json("vit_reference.json", {
         "held_out_accuracy": held_out,
         "held_out": len(y_test),
@@ -359,25 +371,9 @@ def make_text_encoder(w):
     input_ids, _ = spam_text.encode_batch(index, [e["text"] for e in chosen], MAX_LENGTH)
     x = torch.tensor(input_ids)
     points = ["encoder.layers.%d" % i for i in range(LAYERS)] + ["pooler"]
-    seen = {}
-    handles = [model.get_submodule(p).register_forward_hook(
-        lambda m, i, o, p=p: seen.__setitem__(p, o.detach().clone())) for p in points]
-    with torch.no_grad():
-        out = model(x)
-    for h in handles:
-        h.remove()
-    scripted = torch.jit.script(model)
-    with torch.no_grad():
-        assert max_diff(scripted(x), out) < 1e-5
-    w.jit("text_encoder_scripted.pt", scripted)
-    if can_export():
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        tokens = torch.export.Dim("tokens", min=2, max=MAX_LENGTH)
-        program = torch.export.export(model, (x,), dynamic_shapes=({0: batch, 1: tokens},))
-        with torch.no_grad():
-            assert max_diff(program.module()(x[:3, :20]), model(x[:3, :20])) < 1e-5
-        torch.export.save(program, w.path("text_encoder_exported.pt2"))
-        w.done("text_encoder_exported.pt2")
+    out, seen = hooked_forward(model, x, points)
+    save_both(w, "text_encoder", model, x, lambda: {0: torch.export.Dim("batch", min=1, max=4096),
+                                                   1: torch.export.Dim("tokens", min=2, max=MAX_LENGTH)}, x[:3, :20])
     w.json("text_encoder_reference.json", {
         "held_out_accuracy": held_out,
         "held_out": len(test),
