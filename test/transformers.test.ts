@@ -77,6 +77,20 @@ function trainsAsPyTorch(backbone: ScriptModule, scheme: 'joint' | 'two_stage'):
   else expect(moved).toBeGreaterThan(0);
 }
 
+/** Compiled by optimizeForInference, every exit stops with the uncompiled output, at two batch shapes. */
+function compiledEqualsUncompiled(backbone: ScriptModule): void {
+  torch.manualSeed(0);
+  const model = new EarlyExitModel(backbone, [['encoder.layers.0', offRamp()], ['encoder.layers.2', offRamp()]]).eval();
+  const full = fromRef(ref().input);
+  const shapes = [full, full.narrow(0, 1, 2).narrow(1, 0, 20)];
+  const expected = shapes.map((x) => torch.noGrad(() => model.forward(x)));
+  model.optimizeForInference();
+  shapes.forEach((x, s) => [[null, null], [100, null], [null, 100]].forEach((thresholds, k) => {
+    const output = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds }).output;
+    expect([s, k, maxAbsDiff(output, expected[s][k === 0 ? 2 : k - 1]) <= 1e-5]).toEqual([s, k, true]);
+  }));
+}
+
 describe('the text encoder (TorchScript)', () => {
   it('was trained in Python to tell spam from ham on e-mails it never saw', () => {
     expect(ref().held_out_accuracy).toBeGreaterThan(0.9);
@@ -153,6 +167,10 @@ print(json.dumps([[pabee([layer[j] for layer in outputs], patience) for j in ran
     expect(pabee[0].every((exit) => exit === 0)).toBe(true);
   });
 
+  it('compiled by optimizeForInference, exits stop with the uncompiled outputs at any batch and length', () => {
+    compiledEqualsUncompiled(jit.load(fixture('text_encoder_scripted.pt')));
+  });
+
   it('stops at an exit after any layer; per-sample exits are refused where the padding mask is still read', () => {
     torch.manualSeed(0);
     const model = new EarlyExitModel(jit.load(fixture('text_encoder_scripted.pt')), LAYERS.slice(0, 3).map((point) => [point, offRamp()])).eval();
@@ -182,6 +200,10 @@ describeExported('the text encoder exported by torch.export (dynamic batch and l
 
   it.each(['joint', 'two_stage'] as const)("two training steps with DeeBERT's off-ramps (%s) equal PyTorch's", (scheme) => {
     trainsAsPyTorch(load(), scheme);
+  });
+
+  it('compiled by optimizeForInference, exits stop with the uncompiled outputs at any batch and length', () => {
+    compiledEqualsUncompiled(load());
   });
 
   it('per-sample exits across the padding mask, mixed lengths in one batch, equal each sample run alone', () => {
