@@ -103,7 +103,6 @@ function symbolOf(size: any): string | undefined {
   return typeof size?.as_expr?.expr_str === 'string' ? size.as_expr.expr_str : undefined;
 }
 
-/** Turns the export schema's JSON into the addon's description, and what the library needs to know of it. */
 /**
  * A float of the program's JSON. PyTorch 2.14 writes the ones JSON cannot hold as strings
  * ("-Infinity", as a mask's fill value); 2.6 writes them bare, which the archive reader
@@ -115,6 +114,7 @@ function exportFloat(value: unknown): number {
   throw new TypeError(`a float argument is ${JSON.stringify(value)}`);
 }
 
+/** Turns the export schema's JSON into the addon's description, and what the library needs to know of it. */
 class Translator {
   readonly registers = new Map<string, number>();
   readonly description: NativeProgram = {
