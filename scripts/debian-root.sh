@@ -309,7 +309,7 @@ run_in_root() { # CMD
 # prebuilds/, so that npm pack on any side carries all of them.
 exchange() { # SUITE...
   phase_begin "exchange"
-  local sides=("$REPO") suite from to version
+  local sides=("$REPO") suite from to version file own
   for suite in "$@"; do
     [ -e "$ROOTS/$suite/.ready" ] || die "no $suite root: run bash $0 $suite build first"
     sides+=("$ROOTS/$suite$COPY_IN_ROOT")
@@ -317,6 +317,13 @@ exchange() { # SUITE...
   for from in "${sides[@]}"; do
     [ -f "$from/test/fixtures/TORCH_VERSION" ] || die "no fixtures in $from/test/fixtures: run scripts/setup.sh there first"
     version=$(cat "$from/test/fixtures/TORCH_VERSION")
+    # PyTorch and LibTorch come from one Debian source, so they share the version (1.13.0a0:
+    # the binary says 1.13.0).
+    own=()
+    for file in "$from"/prebuilds/*/"torch-early-exit.libtorch-${version%%[!0-9.]*}".*.node; do
+      [ -f "$file" ] && own+=("${file#"$from/"}")
+    done
+    [ "${#own[@]}" -gt 0 ] || die "no LibTorch ${version%%[!0-9.]*} binary in $from/prebuilds: run scripts/setup.sh there first"
     for to in "${sides[@]}"; do
       [ "$from" = "$to" ] && continue
       rm -rf "$to/test/fixtures/torch-$version"
@@ -327,9 +334,11 @@ exchange() { # SUITE...
       for exported in resnet20_exported.pt2 exported_reference.json text_encoder_exported.pt2; do
         if [ -f "$from/test/fixtures/$exported" ]; then cp "$from/test/fixtures/$exported" "$to/test/fixtures/torch-$version/"; fi
       done
-      mkdir -p "$to/prebuilds"
-      cp -r "$from/prebuilds/." "$to/prebuilds/"
-      log "fixtures of PyTorch $version and the prebuilt binaries of $from -> $to"
+      # Only the binary this side built itself: a reused root also holds the others' binaries
+      # from earlier exchanges, and passing those on would overwrite a fresh build with a stale
+      # copy of it (as happened when sid's new 2.14 binary was replaced by trixie's old one).
+      (cd "$from" && cp --parents "${own[@]}" "$to/")
+      log "fixtures of PyTorch $version and the LibTorch ${version%%[!0-9.]*} binary of $from -> $to"
     done
   done
   phase_end
