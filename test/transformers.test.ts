@@ -13,11 +13,12 @@ const LAYERS = ['encoder.layers.0', 'encoder.layers.1', 'encoder.layers.2', 'enc
 /** DeeBERT's off-ramp: the [CLS] token, a pooler (Linear, Tanh) and a classifier. */
 const offRamp = () => nn.Sequential(nn.Select(1, 0), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2));
 
-function hooksEqualPython(backbone: ScriptModule): void {
-  const model = new EarlyExitModel(backbone, LAYERS.map((point) => [point, nn.Identity()])).eval();
-  const outputs = torch.noGrad(() => model.forward(fromRef(ref().input)));
-  LAYERS.forEach((point, i) => expect([point, maxAbsDiff(outputs[i], ref().hooks[point]) <= 1e-5]).toEqual([point, true]));
-  expect(maxAbsDiff(outputs[LAYERS.length], ref().output)).toBeLessThanOrEqual(1e-5);
+/** Every point's output, and the model's, against the forward hooks Python recorded in `recorded`. */
+function hooksEqualPython(backbone: ScriptModule, points: string[], recorded: any): void {
+  const model = new EarlyExitModel(backbone, points.map((point) => [point, nn.Identity()])).eval();
+  const outputs = torch.noGrad(() => model.forward(fromRef(recorded.input)));
+  points.forEach((point, i) => expect([point, maxAbsDiff(outputs[i], recorded.hooks[point]) <= 1e-5]).toEqual([point, true]));
+  expect(maxAbsDiff(outputs[points.length], recorded.output)).toBeLessThanOrEqual(1e-5);
 }
 
 /** Thresholds that send some samples out at each exit, and the decisions they give. */
@@ -25,6 +26,24 @@ function spreadPolicy(outputs: Tensor[]): { thresholds: number[]; expected: numb
   const scores = exitScores(outputs, 'entropy');
   const thresholds = scores.slice(0, -1).map((s) => [...s].sort((a, b) => a - b)[1] + 1e-6);
   return { thresholds, expected: exitDecisions(scores, 'entropy', thresholds) };
+}
+
+/**
+ * Per-sample exits on `x` with thresholds that spread the samples over at least `distinct`
+ * exits: the exits taken are the ones the full outputs decide, and every sample's output
+ * equals that sample run alone (`alone(i)` is its input then). Returns the full outputs.
+ */
+function perSampleEqualsAlone(model: EarlyExitModel, x: Tensor, distinct: number, alone: (i: number) => Tensor): Tensor[] {
+  const outputs = torch.noGrad(() => model.forward(x));
+  const { thresholds, expected } = spreadPolicy(outputs);
+  expect(new Set(expected).size).toBeGreaterThanOrEqual(distinct);
+  const result = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds, perSample: true });
+  expect(result.exits).toEqual(expected);
+  expected.forEach((exit, i) => {
+    const own = torch.noGrad(() => model.forward(alone(i)));
+    expect([i, maxAbsDiff(result.output.narrow(0, i, 1), own[exit]) <= 1e-5]).toEqual([i, true]);
+  });
+  return outputs;
 }
 
 /**
@@ -106,7 +125,7 @@ describe('the text encoder (TorchScript)', () => {
   it('has its modules, and every layer\'s output equals Python\'s forward hooks', () => {
     const backbone = jit.load(fixture('text_encoder_scripted.pt'));
     expect(backbone.namedModules().map(([name]) => name)).toEqual((ref().named_modules as Array<[string, string]>).map(([name]) => name));
-    hooksEqualPython(backbone);
+    hooksEqualPython(backbone, LAYERS, ref());
   });
 
   it.each(['joint', 'two_stage'] as const)("two training steps with DeeBERT's off-ramps (%s) equal PyTorch's", (scheme) => {
@@ -195,7 +214,7 @@ describeExported('the text encoder exported by torch.export (dynamic batch and l
     const backbone = load();
     const ours = backbone.namedModules().map(([name]) => name);
     for (const point of [...LAYERS, 'encoder.layers.2.attention', 'pooler', 'classifier']) expect(ours).toContain(point);
-    hooksEqualPython(backbone);
+    hooksEqualPython(backbone, LAYERS, ref());
   });
 
   it.each(['joint', 'two_stage'] as const)("two training steps with DeeBERT's off-ramps (%s) equal PyTorch's", (scheme) => {
@@ -212,18 +231,9 @@ describeExported('the text encoder exported by torch.export (dynamic batch and l
     // Every live value that carries the batch (the residual stream, the mask, the batch size) shrinks.
     expect(model.exitsPerSample).toEqual([true, true, true]);
     const x = fromRef(ref().input);
-    const outputs = torch.noGrad(() => model.forward(x));
-    const { thresholds, expected } = spreadPolicy(outputs);
-    expect(new Set(expected).size).toBeGreaterThanOrEqual(3);
-    const policy = { criterion: 'entropy' as const, thresholds, perSample: true };
-    const result = model.forwardEarlyExit(x, policy);
-    expect(result.exits).toEqual(expected);
     const lengths: number[] = ref().lengths;
-    lengths.forEach((length, i) => {
-      // Alone, without the padding the batch gave it.
-      const alone = torch.noGrad(() => model.forward(x.narrow(0, i, 1).narrow(1, 0, length)));
-      expect([i, maxAbsDiff(result.output.narrow(0, i, 1), alone[expected[i]]) <= 1e-5]).toEqual([i, true]);
-    });
+    // Alone, each sample goes without the padding the batch gave it.
+    const outputs = perSampleEqualsAlone(model, x, 3, (i) => x.narrow(0, i, 1).narrow(1, 0, lengths[i]));
     // Patience per sample: the streaks shrink with the batch too.
     const patience = { criterion: 'patience' as const, thresholds: [2, 2, 2], perSample: true };
     expect(model.forwardEarlyExit(x, patience).exits).toEqual(exitDecisions(exitScores(outputs, 'patience'), 'patience', [2, 2, 2]));
@@ -244,11 +254,7 @@ describe('the vision transformer on the digits (TorchScript, and exported where 
   });
 
   it.each(backbones)('%s: every layer\'s output equals Python\'s forward hooks', (_kind, load) => {
-    const backbone = load();
-    const model = new EarlyExitModel(backbone, POINTS.map((point) => [point, nn.Identity()])).eval();
-    const outputs = torch.noGrad(() => model.forward(fromRef(vit().input)));
-    POINTS.forEach((point, i) => expect([point, maxAbsDiff(outputs[i], vit().hooks[point]) <= 1e-5]).toEqual([point, true]));
-    expect(maxAbsDiff(outputs[POINTS.length], vit().output)).toBeLessThanOrEqual(1e-5);
+    hooksEqualPython(load(), POINTS, vit());
   });
 
   it.each(backbones)('%s: per-sample exits after the layers equal each sample run alone', (_kind, load) => {
@@ -257,14 +263,6 @@ describe('the vision transformer on the digits (TorchScript, and exported where 
     // Nothing batch-sized but the residual stream lives from one layer to the next.
     expect(model.exitsPerSample).toEqual([true, true, true]);
     const x = fromRef(vit().input);
-    const outputs = torch.noGrad(() => model.forward(x));
-    const { thresholds, expected } = spreadPolicy(outputs);
-    expect(new Set(expected).size).toBeGreaterThanOrEqual(2);
-    const result = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds, perSample: true });
-    expect(result.exits).toEqual(expected);
-    for (let i = 0; i < 6; i++) {
-      const alone = torch.noGrad(() => model.forward(x.narrow(0, i, 1)));
-      expect([i, maxAbsDiff(result.output.narrow(0, i, 1), alone[expected[i]]) <= 1e-5]).toEqual([i, true]);
-    }
+    perSampleEqualsAlone(model, x, 2, (i) => x.narrow(0, i, 1));
   });
 });
