@@ -6,6 +6,7 @@
  * (scripts/spam_text.py) draws exactly the same split without sharing a random generator.
  */
 import { tensor } from '../torch/torch';
+import { asciiLower } from '../util/ascii';
 import { Tensor } from '../torch/tensor';
 
 export interface Email {
@@ -35,7 +36,7 @@ export function emailText(raw: string): string {
   const end = raw.indexOf('\n\n');
   const header = end < 0 ? raw : raw.slice(0, end);
   const body = end < 0 ? '' : raw.slice(end + 2);
-  const subject = header.split('\n').find((line) => line.slice(0, 8).replace(/[A-Z]/g, (c) => c.toLowerCase()) === 'subject:');
+  const subject = header.split('\n').find((line) => asciiLower(line.slice(0, 8)) === 'subject:');
   return `${subject === undefined ? '' : subject.slice(8)}\n${body}`;
 }
 

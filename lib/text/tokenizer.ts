@@ -15,6 +15,7 @@ import { writeFileAtomic } from '../io/atomic-write';
 import { readRegularFile } from '../io/regular-file';
 import { Tensor } from '../torch/tensor';
 import { tensor } from '../torch/torch';
+import { asciiLower } from '../util/ascii';
 import { checkInteger, checkOptions } from '../util/check';
 
 const SPECIALS = ['[PAD]', '[UNK]', '[CLS]'] as const;
@@ -44,11 +45,6 @@ export interface EncodedBatch {
   inputIds: Tensor;
   /** int64 [N, L]: 1 for a token, 0 for padding (Hugging Face's attention_mask). */
   attentionMask: Tensor;
-}
-
-/** ASCII's A–Z to a–z, nothing else. */
-function asciiLower(text: string): string {
-  return text.replace(/[A-Z]+/g, (run) => run.toLowerCase());
 }
 
 export class WordTokenizer {
