@@ -6,7 +6,11 @@
  *    forward stopped at the exit, and the mean latency over the 2,000 held-out digits at
  *    thresholds calibrated for at most 0.5 points of accuracy lost, with its accuracy.
  *
- *   node dist/scripts/bench-inference.js [--json out.json] [--epochs 4]
+ *  - The two transformers (scripts/bench-transformers.ts): the text encoder on the
+ *    SpamAssassin e-mails and the ViT on the digits, exits after the first three layers,
+ *    one at a time and in batches of 32.
+ *
+ *   node dist/scripts/bench-inference.js [--json out.json] [--epochs 4] [--only cnn|transformers]
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -17,6 +21,7 @@ import {
 } from '../lib';
 import { packageRoot } from '../lib/util/package-root';
 import { Side, describeEnvironment, ratioTable, runPairs, serveSide } from './bench-harness';
+import { benchTransformers } from './bench-transformers';
 
 const ROOT = packageRoot();
 
@@ -80,9 +85,17 @@ async function main(): Promise<void> {
   const jsonIndex = args.indexOf('--json');
   const epochsIndex = args.indexOf('--epochs');
   const epochs = epochsIndex >= 0 ? Number(args[epochsIndex + 1]) : 4;
+  const onlyIndex = args.indexOf('--only');
+  const only = onlyIndex >= 0 ? args[onlyIndex + 1] : 'all';
+  if (!['all', 'cnn', 'transformers'].includes(only)) throw new Error(`bench-inference: --only takes cnn or transformers, got '${only}'`);
   torch.setNumThreads(1);
   torch.manualSeed(0);
-  console.log(`bench-inference: LibTorch ${torch.version.libtorch}, 1 intra-op thread, batch 1, ${os.cpus()[0].model}`);
+  console.log(`bench-inference: LibTorch ${torch.version.libtorch}, 1 intra-op thread, ${os.cpus()[0].model}`);
+  if (only === 'transformers') {
+    const transformers = benchTransformers();
+    if (jsonIndex >= 0) fs.writeFileSync(args[jsonIndex + 1], JSON.stringify({ transformers }, null, 2) + '\n');
+    return;
+  }
 
   const resnetFile = path.join(ROOT, 'test', 'fixtures', 'resnet20_scripted.pt');
   const resnet = new EarlyExitModel(jit.load(resnetFile), [
@@ -182,7 +195,8 @@ async function main(): Promise<void> {
   })), environment);
   console.log(ratioTable(torchvision, 'per-sample exits', 'no exits'));
   for (const r of torchvision) console.log(`  ${r.name}: ${r.aDescribe}; speed-up ${(1 / median(r.ratios)).toFixed(2)}x`);
-  if (jsonIndex >= 0) fs.writeFileSync(args[jsonIndex + 1], JSON.stringify({ ...results, torchvision }, null, 2) + '\n');
+  const transformers = only === 'all' ? (console.log('\ntransformers, exits after the first three layers:'), benchTransformers()) : [];
+  if (jsonIndex >= 0) fs.writeFileSync(args[jsonIndex + 1], JSON.stringify({ ...results, torchvision, transformers }, null, 2) + '\n');
 }
 
 if (process.env.TEE_BENCH_SIDE !== '1') void main();
