@@ -2,7 +2,8 @@
  * This library against onnxruntime-node, the peer a Node developer would use, on the same
  * models exported from the same PyTorch weights (scripts/peer_models.py): ResNet-20 (CIFAR,
  * exit after layer1.2.relu2), the demo's MNIST CNN (exit after features1) and torchvision's
- * MobileNetV2 at 224 px (exit after features.4). Each comparison runs the two sides in two
+ * MobileNetV2 at 224 px (exit after features.4); and the transformer fixtures' text encoder,
+ * its full forward on held-out e-mails (text_encoder). Each comparison runs the two sides in two
  * processes taking turns step by step (scripts/bench-harness.ts), one intra-op thread each,
  * the same allocator settings, outputs compared first.
  *
@@ -14,7 +15,7 @@
  *  - not stopped: not confident; this library goes on in the same forward, onnxruntime runs
  *    "prefix + branch, returning the activation too" then "the rest".
  *
- *   npm run bench:peer -- [--models resnet20,mnist_cnn,mobilenet_v2] [--allocator as-installed|glibc|tuned]
+ *   npm run bench:peer -- [--models resnet20,mnist_cnn,mobilenet_v2,text_encoder] [--allocator as-installed|glibc|tuned]
  *                         [--steps N] [--json out.json] [--event-loop-only]
  */
 import * as fs from 'fs';
@@ -25,6 +26,7 @@ import { binding } from '../lib/binding';
 import { parseBranchSpec } from '../lib/cli/branch-spec';
 import { packageRoot } from '../lib/util/package-root';
 import { Environment, Pair, Side, allocatorSetting, describeEnvironment, ratioTable, runPairs, serveSide } from './bench-harness';
+import { spamSplit } from './bench-transformers';
 import { OrtSession, createSingleThreadSession, loadOnnxRuntimeWithInfo } from './peer-runtime';
 import { flagValue, jsonFile, positiveInt } from './script-args';
 
@@ -37,7 +39,15 @@ interface PeerModel {
   files: Record<'backbone' | 'branchStateDict' | 'full' | 'prefixBranch' | 'prefixBranchScript' | 'prefixExit' | 'rest', string>;
 }
 
-interface Manifest { torchVersion: string; models: Record<string, PeerModel> }
+/** The transformer fixture's text encoder: its full forward only. */
+interface PeerTextEncoder {
+  files: Record<'backbone' | 'full', string>;
+  exported: string | null;
+}
+
+interface Manifest { torchVersion: string; models: Record<string, PeerModel>; textEncoder?: PeerTextEncoder }
+
+const TEXT = 'text_encoder';
 
 const ALWAYS = 100; // entropy is at most ln(classes): every sample meets it
 const NEVER = -1; // entropy is never negative: no sample meets it
@@ -48,11 +58,13 @@ function peerModels(): { dir: string; manifest: Manifest } {
   const version = spawnSync(python, ['-c', 'import torch; print(torch.__version__)'], { encoding: 'utf8' });
   if (version.status !== 0) throw new Error(`bench:peer needs PyTorch for ${python} to export the models: ${version.stderr}`);
   const dir = path.join(packageRoot(), 'build', `peer-models-${version.stdout.trim().replace(/[^\w.+-]/g, '_')}`);
-  if (!fs.existsSync(path.join(dir, 'manifest.json'))) {
-    const made = spawnSync(python, [path.join(packageRoot(), 'scripts', 'peer_models.py'), dir], { stdio: 'inherit' });
-    if (made.status !== 0) throw new Error('scripts/peer_models.py failed');
+  const made = path.join(dir, 'manifest.json');
+  // A manifest from before the text encoder was added is made again.
+  if (!fs.existsSync(made) || !(JSON.parse(fs.readFileSync(made, 'utf8')) as Manifest).textEncoder) {
+    const result = spawnSync(python, [path.join(packageRoot(), 'scripts', 'peer_models.py'), dir], { stdio: 'inherit' });
+    if (result.status !== 0) throw new Error('scripts/peer_models.py failed');
   }
-  return { dir, manifest: JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Manifest };
+  return { dir, manifest: JSON.parse(fs.readFileSync(made, 'utf8')) as Manifest };
 }
 
 /** The same input on both sides: a seeded normal sample (speed does not depend on the data). */
@@ -175,7 +187,75 @@ async function peerSide(options: Record<string, unknown>): Promise<Side> {
   };
 }
 
-serveSide({ library: librarySide, peer: peerSide });
+/**
+ * The text encoder's input: held-out e-mails as the tokenizer makes them. Batch 1: the e-mail
+ * of median length (no padding); a larger batch: the first e-mails in digest order, padded to
+ * their longest.
+ */
+function textInput(batch: number): { data: BigInt64Array; shape: number[]; describe: string } {
+  const { test, tokenizer } = spamSplit();
+  if (batch === 1) {
+    const byLength = test.map((email) => tokenizer.encode(email.text)).sort((a, b) => a.length - b.length);
+    const ids = byLength[Math.floor(byLength.length / 2)];
+    return { data: BigInt64Array.from(ids, BigInt), shape: [1, ids.length], describe: `one e-mail of ${ids.length} tokens` };
+  }
+  const { inputIds } = tokenizer.encodeBatch(test.slice(0, batch).map((email) => email.text));
+  const data = inputIds.data() as BigInt64Array;
+  const padding = data.filter((id) => id === 0n).length;
+  return { data, shape: inputIds.shape, describe: `${batch} e-mails padded to ${inputIds.shape[1]} tokens (${(100 * padding / data.length).toFixed(0)}% padding)` };
+}
+
+type TextPath = 'compiled' | 'exported';
+
+async function textLibrarySide(options: Record<string, unknown>): Promise<Side> {
+  const { batch, path: which } = options as { batch: number; path: TextPath };
+  const { dir, manifest } = peerModels();
+  const files = manifest.textEncoder!;
+  torch.setNumThreads(Number(process.env.OMP_NUM_THREADS ?? 1));
+  const { data, shape, describe } = textInput(batch);
+  const module = which === 'exported'
+    ? torch.export.load(path.join(dir, files.exported!)).eval()
+    : jit.optimizeForInference(jit.load(path.join(dir, files.files.backbone)).eval());
+  const compiled = which === 'exported' ? 'exported program, interpreted' : module.inferenceOptimization;
+  const once = (): Float32Array => torch.noGrad(() => torch.tidy(() => (module.forward(torch.tensor(data, { shape })) as Tensor).data() as Float32Array));
+  return {
+    step: () => { once(); },
+    output: () => Array.from(once()),
+    describe: `torch-early-exit on LibTorch ${torch.version.libtorch}, ${torch.getNumThreads()} thread(s), ${compiled}; ${describe}`,
+  };
+}
+
+async function textPeerSide(options: Record<string, unknown>): Promise<Side> {
+  const { batch } = options as { batch: number };
+  const { dir, manifest } = peerModels();
+  const { ort, version } = await loadOnnxRuntimeWithInfo();
+  const session = await createSingleThreadSession(ort, path.join(dir, manifest.textEncoder!.files.full));
+  const { data, shape } = textInput(batch);
+  const run = async () => (await session.run({ input_ids: new ort.Tensor('int64', data, shape) })).output.data as Float32Array;
+  return {
+    step: async () => { await run(); },
+    output: async () => Array.from(await run()),
+    describe: `onnxruntime-node ${version}, intraOpNumThreads 1, graph optimization 'all'`,
+  };
+}
+
+serveSide({ library: librarySide, peer: peerSide, textLibrary: textLibrarySide, textPeer: textPeerSide });
+
+/** The text encoder's full forward against onnxruntime's: compiled TorchScript, and the exported program where there is one. */
+function textPairs(steps: number, exported: boolean): Pair[] {
+  const lib = (p: TextPath, batch: number) => ({ factory: 'textLibrary', options: { batch, path: p } });
+  const ort = (batch: number) => ({ factory: 'textPeer', options: { batch } });
+  const one = { steps, warmup: 5, repeat: 20, tolerance: 1e-4 };
+  const batched = { steps: 20, warmup: 3, tolerance: 1e-4 };
+  return [
+    { name: `${TEXT}: full forward (optimizeForInference), batch 1`, a: lib('compiled', 1), b: ort(1), ...one },
+    { name: `${TEXT}: full forward (optimizeForInference), batch 32`, a: lib('compiled', 32), b: ort(32), ...batched },
+    ...(exported ? [
+      { name: `${TEXT}: exported program (interpreted), batch 1`, a: lib('exported', 1), b: ort(1), ...one },
+      { name: `${TEXT}: exported program (interpreted), batch 32`, a: lib('exported', 32), b: ort(32), ...batched },
+    ] : []),
+  ];
+}
 
 async function printEventLoop(model: string): Promise<Array<{ side: string; ticks: number; ms: number }>> {
   const ticks = await eventLoopTicks(model, 20);
@@ -274,7 +354,8 @@ function handCutPairs(model: string, steps: number): Pair[] {
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const flag = (name: string) => flagValue(args, name);
-  const models = (flag('--models') ?? 'resnet20,mnist_cnn,mobilenet_v2').split(',');
+  const named = (flag('--models') ?? `resnet20,mnist_cnn,mobilenet_v2,${TEXT}`).split(',');
+  const models = named.filter((m) => m !== TEXT);
   const allocator = allocatorSetting(flag('--allocator'), 'as-installed');
   const steps = flag('--steps') === undefined ? 60 : positiveInt('--steps', flag('--steps'));
   const json = args.includes('--json') ? jsonFile(flag('--json')) : undefined;
@@ -287,12 +368,14 @@ async function main(): Promise<void> {
   console.log('ratio < 1: this library is faster. Each ratio pairs one step of each side, in turns.\n');
   const script = __filename;
   if (args.includes('--event-loop-only')) {
+    if (models.length === 0) throw new Error('--event-loop-only needs one of the CNNs in --models');
     await printEventLoop(models[0]);
     return;
   }
   const exported = models.filter((m) => manifest.models[m].exported);
-  const peer = await runPairs(script, models.flatMap((m) => pairsFor(m, steps, manifest.models[m].exported !== null && manifest.models[m].exported !== undefined)),
-    environment, (line) => console.error(line));
+  const pairs = models.flatMap((m) => pairsFor(m, steps, manifest.models[m].exported !== null && manifest.models[m].exported !== undefined));
+  if (named.includes(TEXT)) pairs.push(...textPairs(steps, Boolean(manifest.textEncoder!.exported)));
+  const peer = await runPairs(script, pairs, environment, (line) => console.error(line));
   console.log(ratioTable(peer, 'library', 'onnxruntime'));
   const compiledWith = [...new Set(peer.map((r) => r.aDescribe))].join('; ');
   console.log(`library sides: ${compiledWith}`);
@@ -300,7 +383,7 @@ async function main(): Promise<void> {
   if (problem) console.log(`optimizeForInference ran without oneDNN here: ${problem}`);
   console.log('');
   const cut = await runPairs(script, models.flatMap((m) => handCutPairs(m, steps)), environment, (line) => console.error(line));
-  console.log(ratioTable(cut, 'exit', 'hand-cut'));
+  if (cut.length > 0) console.log(ratioTable(cut, 'exit', 'hand-cut'));
   console.log('');
   const interpreter = exported.length > 0
     ? await runPairs(script, exported.flatMap((m) => exportedPairs(m, steps)), environment, (line) => console.error(line))
@@ -308,10 +391,10 @@ async function main(): Promise<void> {
   if (exported.length > 0) {
     console.log(ratioTable(interpreter, 'exported', 'TorchScript'));
     console.log('');
-  } else {
+  } else if (models.length > 0) {
     console.log(`no exported programs: PyTorch ${manifest.torchVersion} made none (torch.export's .pt2 needs 2.6 or later)\n`);
   }
-  const ticks = await printEventLoop(models[0]);
+  const ticks = models.length > 0 ? await printEventLoop(models[0]) : [];
   if (json) fs.writeFileSync(json, JSON.stringify({ libtorch: torch.version.libtorch, onnxruntime: version, environment, peer, handCut: cut, exportedVsTorchScript: interpreter, eventLoop: ticks }, null, 2) + '\n');
 }
 

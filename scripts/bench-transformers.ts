@@ -13,7 +13,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import {
-  EarlyExitModel, LabelledData, ScriptModule, Tensor, WordTokenizer, calibrateThresholds, collectOutputs, emailLabels,
+  EarlyExitModel, Email, LabelledData, ScriptModule, Tensor, WordTokenizer, calibrateThresholds, collectOutputs, emailLabels,
   jit, loadMnist, loadSpamAssassin, measureExitLatencies, nn, policyOf, splitEmails, torch, trainEarlyExit,
 } from '../lib';
 import { packageRoot } from '../lib/util/package-root';
@@ -50,13 +50,22 @@ function loadBackbone(stem: string): () => { backbone: ScriptModule; form: strin
     : { backbone: jit.load(scripted), form: 'TorchScript (no torch.export in this PyTorch)' });
 }
 
+/**
+ * The SpamAssassin split, the held-out e-mails in the order of their digests: the corpus comes
+ * grouped (easy ham, hard ham, spam), and in its order a calibration half would be nearly all
+ * easy ham. In digest order they are shuffled, the same way every run, so halves and batches
+ * mix the groups as traffic would.
+ */
+export function spamSplit(): { train: Email[]; test: Email[]; tokenizer: WordTokenizer } {
+  const { train, test } = splitEmails(loadSpamAssassin());
+  return {
+    train, test: [...test].sort((a, b) => (a.md5 < b.md5 ? -1 : a.md5 > b.md5 ? 1 : 0)),
+    tokenizer: WordTokenizer.load(path.join(FIXTURES, 'spam_tokenizer.json')),
+  };
+}
+
 function spamTask(): Task {
-  const tokenizer = WordTokenizer.load(path.join(FIXTURES, 'spam_tokenizer.json'));
-  const { train, test: inCorpusOrder } = splitEmails(loadSpamAssassin());
-  // The corpus comes grouped (easy ham, hard ham, spam): in its order, the calibration half
-  // would be nearly all easy ham. In the order of their digests the e-mails are shuffled, the
-  // same way every run, so both halves and every batch mix the groups as traffic would.
-  const test = [...inCorpusOrder].sort((a, b) => (a.md5 < b.md5 ? -1 : a.md5 > b.md5 ? 1 : 0));
+  const { train, test, tokenizer } = spamSplit();
   const texts = test.map((email) => email.text);
   return {
     name: 'text encoder, SpamAssassin',

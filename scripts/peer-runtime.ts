@@ -49,7 +49,10 @@ export interface OrtSessionOptions {
 
 export interface OnnxRuntime {
   InferenceSession: { create(file: string, options?: OrtSessionOptions): Promise<OrtSession> };
-  Tensor: new (type: 'float32', data: Float32Array, dims: readonly number[]) => OrtTensor;
+  Tensor: {
+    new (type: 'float32', data: Float32Array, dims: readonly number[]): OrtTensor;
+    new (type: 'int64', data: BigInt64Array, dims: readonly number[]): OrtTensor;
+  };
   env?: { versions?: { common?: string; node?: string } };
 }
 

@@ -16,6 +16,12 @@ For each benchmark model (fixed weights, torch.manual_seed(0), eval mode) writes
   NAME.rest.onnx            "activation" -> "output": the backbone after the exit point
   manifest.json             exit points, branch specs, shapes, versions, reference outputs
 
+and the text encoder of the transformer fixtures (test/fixtures, trained by
+make_transformer_fixtures.py), its full forward only:
+  text_encoder.pt, text_encoder.pt2   the fixture's TorchScript and exported program, copied
+  text_encoder.onnx                    the same weights: "input_ids" (int64 [batch, tokens],
+                                       [PAD] = 0) -> "output", both axes dynamic
+
 All ONNX files use the TorchScript-based exporter, opset 17, a dynamic batch axis.
 Runs on PyTorch 1.13 (Debian 12) and 2.6 (Debian 13) alike.
 """
@@ -291,6 +297,48 @@ def make_model(defs, spec, outdir, ort):
     }
 
 
+def make_text_encoder(outdir, ort):
+    """The text encoder fixture, rebuilt in Python from its TorchScript's weights and exported
+    to ONNX with a dynamic batch and length; the fixture files themselves are copied, so that
+    both sides of the benchmark read the same weights even if the fixtures are made again."""
+    import shutil
+    import make_transformer_fixtures as t
+    print("text_encoder (full forward)")
+    fixtures = os.path.join(ROOT, "test", "fixtures")
+    scripted = os.path.join(fixtures, "text_encoder_scripted.pt")
+    if not os.path.isfile(scripted):
+        raise SystemExit("%s is missing: run npm run fixtures first" % scripted)
+    saved = torch.jit.load(scripted, map_location="cpu").eval()
+    state = saved.state_dict()
+    model = t.TextEncoder(state["tokens.weight"].shape[0], t.DIM, t.HEADS, t.HIDDEN, t.LAYERS, t.MAX_LENGTH, 2)
+    model.load_state_dict(state)
+    model.eval()
+    shutil.copyfile(scripted, os.path.join(outdir, "text_encoder.pt"))
+    exported = None
+    if os.path.isfile(os.path.join(fixtures, "text_encoder_exported.pt2")):
+        shutil.copyfile(os.path.join(fixtures, "text_encoder_exported.pt2"), os.path.join(outdir, "text_encoder.pt2"))
+        exported = "text_encoder.pt2"
+    # Two rows of different lengths: the second padded, so the mask is exported too.
+    generator = torch.Generator().manual_seed(1234)
+    x = torch.randint(3, state["tokens.weight"].shape[0], (2, 24), generator=generator)
+    x[0, 0] = x[1, 0] = 2
+    x[1, 17:] = 0
+    path = os.path.join(outdir, "text_encoder.onnx")
+    kwargs = dict(input_names=["input_ids"], output_names=["output"], opset_version=OPSET, do_constant_folding=True,
+                  dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "output": {0: "batch"}})
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False
+    with torch.no_grad():
+        torch.onnx.export(model, (x,), path, **kwargs)
+        full = model(x)
+        check("text_encoder: Python definition vs fixture", max_diff(saved(x), full))
+    if ort is not None:
+        out = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input_ids": x.numpy()})[0]
+        check("text_encoder.onnx (onnxruntime)", max_diff(torch.from_numpy(out), full))
+    return {"files": {"backbone": "text_encoder.pt", "full": "text_encoder.onnx"}, "exported": exported,
+            "reference": {"input": tensor_json(x), "full": tensor_json(full)}}
+
+
 def main(outdir):
     os.makedirs(outdir, exist_ok=True)
     torch.set_num_threads(1)
@@ -310,6 +358,7 @@ def main(outdir):
         "seed": 0,
         "referenceSeed": 1234,
         "models": models,
+        "textEncoder": make_text_encoder(outdir, ort),
     }
     with open(os.path.join(outdir, "manifest.json"), "w") as f:
         json.dump(manifest, f)
