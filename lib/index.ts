@@ -36,6 +36,7 @@ export type { ExitCriterion, LabelFreeCriterion } from './early-exit/criteria';
 export type { EarlyExitPolicy, EarlyExitResult, EarlyExitAsyncOptions } from './early-exit/model';
 export { calibrateThresholds, collectOutputs, measureBaselineLatency, measureExitLatencies, policyOf } from './early-exit/calibrate';
 export type { Calibration, CalibrationOptions, TradeOffPoint, HeldOutOutputs } from './early-exit/calibrate';
+export type { Guarantee, Certificate } from './early-exit/guarantee';
 export { serveOneAtATime } from './early-exit/serving';
 export {
   EarlyExitServer, DynamicBatcher, createHttpApp, BadRequestError, RequestTimeoutError, ServerClosedError, ServerOverloadedError,

@@ -6,6 +6,7 @@ import { optimizeForInference } from '../torch/jit';
 import { Tensor } from '../torch/tensor';
 import { cat, noGrad, tidy } from '../torch/torch';
 import { ExitCriterion, LabelFreeCriterion, exitDecisions, exitScores, exitsBelow } from './criteria';
+import { Certificate, Guarantee, binomialUpperBound, certifySequence, checkGuarantee, guaranteeSequence } from './guarantee';
 import { EarlyExitModel, EarlyExitPolicy } from './model';
 import { LabelledData } from './trainer';
 
@@ -41,6 +42,8 @@ export interface Calibration {
    * without exits is the one to serve.
    */
   keepsFullNetwork: boolean;
+  /** With `CalibrationOptions.guarantee`: what was certified, and the bound on the drop. */
+  guarantee?: Certificate;
 }
 
 export interface CalibrationOptions {
@@ -65,6 +68,13 @@ export interface CalibrationOptions {
    * their budget on new data about half the time.
    */
   confidence?: number;
+  /**
+   * Instead of `maxAccuracyDrop` and `confidence`: thresholds certified by Learn-then-Test
+   * (see guarantee.ts), so that with probability at least 1 − delta over the held-out data
+   * the accuracy lost on new data is at most epsilon points. One threshold is shared by all
+   * exits, taken from a sequence fixed in advance; label-free criteria but patience.
+   */
+  guarantee?: Guarantee;
 }
 
 /** Held-out outputs of every exit and the final one, with their labels. */
@@ -152,6 +162,7 @@ export function calibrateThresholds(heldOut: HeldOutOutputs, options: Calibratio
   const truth = Array.from(labels.data() as BigInt64Array, Number);
   const correct = noGrad(() => tidy(() => outputs.map((o) => Array.from(o.argmax(1).data() as BigInt64Array, (p, j) => Number(p) === truth[j]))));
   const finalAccuracy = (100 * correct[exits].filter(Boolean).length) / truth.length;
+  if (options.guarantee !== undefined) return calibrateWithGuarantee(scores, correct, finalAccuracy, outputs[exits].shape[1], options);
   const floor = finalAccuracy - (options.maxAccuracyDrop ?? 0.5);
   const perExit = scores.slice(0, exits).map((s) => candidates(s, criterion, options.candidates ?? 32));
   if (options.confidence !== undefined && !(options.confidence > 0.5 && options.confidence < 1)) {
@@ -200,6 +211,32 @@ export function calibrateThresholds(heldOut: HeldOutOutputs, options: Calibratio
     return { criterion, finalAccuracy, chosen: run(new Array(exits).fill(null)), curve, keepsFullNetwork: true };
   }
   return { criterion, finalAccuracy, chosen: best!, curve, keepsFullNetwork: false };
+}
+
+function calibrateWithGuarantee(scores: number[][], correct: boolean[][], finalAccuracy: number, classes: number,
+  options: CalibrationOptions): Calibration {
+  const guarantee = options.guarantee!;
+  checkGuarantee(guarantee);
+  if (options.maxAccuracyDrop !== undefined || options.confidence !== undefined) {
+    throw new Error('calibrateThresholds: give either guarantee or maxAccuracyDrop and confidence, not both: the guarantee\'s epsilon is the drop allowed');
+  }
+  const { criterion } = options;
+  const exits = scores.length - 1;
+  const samples = scores[0].length;
+  const passed = certifySequence(scores, correct, criterion, guaranteeSequence(criterion, classes), guarantee);
+  const baseline = options.baselineCost ?? options.exitCosts[exits];
+  const at = (thresholds: Array<number | null>) => evaluate(scores, correct, criterion, thresholds, options.exitCosts, baseline, 0);
+  const points = passed.map((p) => at(p.thresholds));
+  const off = at(new Array(exits).fill(null));
+  const curve = paretoFront([off, ...points]);
+  let best = -1;
+  points.forEach((point, i) => { if (best < 0 || point.expectedCost < points[best].expectedCost) best = i; });
+  const certificate = { ...guarantee, certified: points.length > 0, passed: points.length, samples };
+  if (best < 0 || points[best].speedup < 1) {
+    return { criterion, finalAccuracy, chosen: off, curve, keepsFullNetwork: true, guarantee: { ...certificate, bound: 0 } };
+  }
+  const bound = 100 * binomialUpperBound(passed[best].losses, samples, guarantee.delta);
+  return { criterion, finalAccuracy, chosen: points[best], curve, keepsFullNetwork: false, guarantee: { ...certificate, bound } };
 }
 
 function paretoFront(points: TradeOffPoint[]): TradeOffPoint[] {
