@@ -189,17 +189,17 @@ async function peerSide(options: Record<string, unknown>): Promise<Side> {
 
 /**
  * The text encoder's input: held-out e-mails as the tokenizer makes them. Batch 1: the e-mail
- * of median length (no padding); a larger batch: the first e-mails in digest order, padded to
- * their longest.
+ * of median length (no padding); a larger batch: the first e-mails of the report half, padded
+ * to their longest.
  */
 function textInput(batch: number): { data: BigInt64Array; shape: number[]; describe: string } {
-  const { test, tokenizer } = spamSplit();
+  const { test, calibration, tokenizer } = spamSplit();
   if (batch === 1) {
     const byLength = test.map((email) => tokenizer.encode(email.text)).sort((a, b) => a.length - b.length);
     const ids = byLength[Math.floor(byLength.length / 2)];
     return { data: BigInt64Array.from(ids, BigInt), shape: [1, ids.length], describe: `one e-mail of ${ids.length} tokens` };
   }
-  const { inputIds } = tokenizer.encodeBatch(test.slice(0, batch).map((email) => email.text));
+  const { inputIds } = tokenizer.encodeBatch(test.slice(calibration, calibration + batch).map((email) => email.text));
   const data = inputIds.data() as BigInt64Array;
   const padding = data.filter((id) => id === 0n).length;
   return { data, shape: inputIds.shape, describe: `${batch} e-mails padded to ${inputIds.shape[1]} tokens (${(100 * padding / data.length).toFixed(0)}% padding)` };
