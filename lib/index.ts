@@ -47,7 +47,7 @@ export type {
 export type { ServedExit, ServingReport } from './early-exit/serving';
 export { loadMnist } from './data/mnist';
 export type { DigitSet, MnistSplit } from './data/mnist';
-export { emailLabels, emailText, isHeldOut, loadSpamAssassin, splitEmails } from './data/spam-assassin';
+export { emailLabels, emailText, halveByGroup, isHeldOut, loadSpamAssassin, splitEmails } from './data/spam-assassin';
 export type { Email, EmailSplit } from './data/spam-assassin';
 export { WordTokenizer } from './text/tokenizer';
 export type { BuildOptions, EncodedBatch, TokenizerFile } from './text/tokenizer';

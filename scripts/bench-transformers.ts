@@ -14,7 +14,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import {
   EarlyExitModel, Email, LabelledData, ScriptModule, Tensor, WordTokenizer, calibrateThresholds, collectOutputs, emailLabels,
-  jit, loadMnist, loadSpamAssassin, measureExitLatencies, nn, policyOf, splitEmails, torch, trainEarlyExit,
+  halveByGroup, jit, loadMnist, loadSpamAssassin, measureExitLatencies, nn, policyOf, splitEmails, torch, trainEarlyExit,
 } from '../lib';
 import { packageRoot } from '../lib/util/package-root';
 
@@ -52,25 +52,12 @@ function loadBackbone(stem: string): () => { backbone: ScriptModule; form: strin
     : { backbone: jit.load(scripted), form: 'TorchScript (no torch.export in this PyTorch)' });
 }
 
-/**
- * The SpamAssassin split, its held-out e-mails in two halves, calibration first: within each of
- * the corpus's groups (easy ham, hard ham, spam; sorted by digest, which shuffles them the
- * same way every run) every other e-mail goes to each half. In corpus order a calibration
- * half would be nearly all easy ham; even halves of the digest order put 17 of the 50
- * held-out hard-ham e-mails, where the errors are, on one side and 33 on the other.
- */
+/** The SpamAssassin split, its held-out e-mails halved within groups (`halveByGroup`), calibration first. */
 export function spamSplit(): { train: Email[]; test: Email[]; calibration: number; tokenizer: WordTokenizer } {
   const { train, test } = splitEmails(loadSpamAssassin());
-  const byDigest = [...test].sort((a, b) => (a.md5 < b.md5 ? -1 : a.md5 > b.md5 ? 1 : 0));
-  const seen = new Map<string, number>();
-  const halves: [Email[], Email[]] = [[], []];
-  for (const email of byDigest) {
-    const k = seen.get(email.group) ?? 0;
-    seen.set(email.group, k + 1);
-    halves[k % 2].push(email);
-  }
+  const [calibration, report] = halveByGroup(test);
   return {
-    train, test: [...halves[0], ...halves[1]], calibration: halves[0].length,
+    train, test: [...calibration, ...report], calibration: calibration.length,
     tokenizer: WordTokenizer.load(path.join(FIXTURES, 'spam_tokenizer.json')),
   };
 }

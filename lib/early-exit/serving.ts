@@ -39,10 +39,12 @@ function mean(values: number[]): number {
 
 /**
  * Runs each of `images` (batch 1) through `model.forwardEarlyExit` and through `full`,
- * timing both, and reports per exit and overall. Gives the event loop a turn every 200
- * samples; returns undefined when `shouldStop` says so.
+ * timing both, and reports per exit and overall. `images` is a batch to take one row at a
+ * time, or a function giving sample i alone (an e-mail's token ids at its own length, not
+ * padded to a batch's longest). Gives the event loop a turn every 200 samples; returns
+ * undefined when `shouldStop` says so.
  */
-export async function serveOneAtATime(model: EarlyExitModel, full: ScriptModule, images: Tensor, labels: readonly number[],
+export async function serveOneAtATime(model: EarlyExitModel, full: ScriptModule, images: Tensor | ((i: number) => Tensor), labels: readonly number[],
   policy: EarlyExitPolicy, shouldStop: () => boolean = () => false): Promise<ServingReport | undefined> {
   const taken: number[] = [];
   const correct: boolean[] = [];
@@ -53,7 +55,7 @@ export async function serveOneAtATime(model: EarlyExitModel, full: ScriptModule,
     if (i % 200 === 0) await new Promise((resolve) => setImmediate(resolve));
     if (shouldStop()) return undefined;
     noGrad(() => tidy(() => {
-      const x = images.narrow(0, i, 1);
+      const x = typeof images === 'function' ? images(i) : images.narrow(0, i, 1);
       // Each side's time is its forward and reading its answer back, as a server would.
       let started = process.hrtime.bigint();
       const result = model.forwardEarlyExit(x, policy);
