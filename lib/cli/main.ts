@@ -1,5 +1,6 @@
 /** `torch-early-exit <command>`: the package's command line. */
 import { DemoInterrupted, runDemo } from './demo';
+import { runSpamDemo } from './demo-spam';
 import { USAGE, parseCommand, parseDemoArgs } from './args';
 import { launch } from './launch';
 import { serve } from './serve';
@@ -34,7 +35,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   };
   process.on('SIGINT', onInterrupt);
   try {
-    await runDemo(options, signal);
+    await (options.task === 'spam' ? runSpamDemo(options, signal) : runDemo(options, signal));
     return 0;
   } catch (error) {
     if (error instanceof DemoInterrupted) {

@@ -1,0 +1,153 @@
+/**
+ * The demo on text (`demo --task spam`): DeeBERT's off-ramps after the layers of a BERT-style
+ * encoder that tells spam from ham, on the real e-mails of the SpamAssassin corpus. The
+ * encoder comes trained (DeeBERT's first stage: scripts/make_transformer_fixtures.py, by the
+ * PyTorch beside this LibTorch); the demo does the second stage, the off-ramps on the frozen
+ * encoder, then prints Distiller's statistics, certifies thresholds on one half of the
+ * held-out e-mails (Learn-then-Test: at most --max-drop points lost, with probability 0.95)
+ * and serves the other half one e-mail at a time, each at its own length, with exits that
+ * really stop, against the encoder without exits.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { emailLabels, halveByGroup, loadSpamAssassin, splitEmails } from '../data/spam-assassin';
+import { Calibration, calibrateThresholds, collectOutputs, measureBaselineLatency, measureExitLatencies, policyOf } from '../early-exit/calibrate';
+import { EarlyExitModel } from '../early-exit/model';
+import { ServingReport, serveOneAtATime } from '../early-exit/serving';
+import { WordTokenizer } from '../text/tokenizer';
+import { load, optimizeForInference } from '../torch/jit';
+import { load as loadExported } from '../torch/export';
+import { Tensor } from '../torch/tensor';
+import * as torch from '../torch/torch';
+import { packageRoot } from '../util/package-root';
+import { DemoOptions } from './args';
+import { parseBranchSpec } from './branch-spec';
+import { DemoInterrupted, DemoResults, StopSignal, pct, printDistillerStatistics, table, trainWithProgress, writeResults } from './demo';
+import { tradeOffSvg } from './plot';
+
+const FIXTURES = path.join(packageRoot(), 'test', 'fixtures');
+
+/** DeeBERT's off-ramp for the fixture's 64-wide encoder: the [CLS] token, a pooler (Linear, Tanh), a classifier. */
+export const SPAM_EXITS: Array<[string, string]> = ['encoder.layers.0', 'encoder.layers.1', 'encoder.layers.2']
+  .map((point) => [point, 'Select(1, 0), Linear(64, 64), Tanh(), Linear(64, 2)']);
+
+/** The chance that the certified thresholds lose more than --max-drop points on new e-mails. */
+const DELTA = 0.05;
+
+export interface SpamDemoResults extends Omit<DemoResults, 'calibration' | 'serving' | 'heldOutSplit'> {
+  tokenizer: string;
+  heldOutSplit: { calibration: number; report: number };
+  calibration: Calibration;
+  serving: ServingReport;
+}
+
+/** The fixture encoder: the exported program where this PyTorch wrote one, else TorchScript. */
+function defaultModel(): string {
+  for (const file of ['text_encoder_exported.pt2', 'text_encoder_scripted.pt']) {
+    if (fs.existsSync(path.join(FIXTURES, file))) return path.join(FIXTURES, file);
+  }
+  throw new Error(`--task spam needs the trained text encoder, which npm run fixtures makes in a checkout ` +
+    `(scripts/make_transformer_fixtures.py writes ${path.join(FIXTURES, 'text_encoder_scripted.pt')}); or pass --model and --tokenizer`);
+}
+
+export async function runSpamDemo(options: DemoOptions, signal: StopSignal = { stopped: false }, log: (line: string) => void = console.log): Promise<SpamDemoResults> {
+  torch.setNumThreads(options.threads);
+  torch.manualSeed(options.seed);
+  if (options.device !== 'cpu' && !torch.cuda.isAvailable()) {
+    throw new Error(`--device ${options.device}: no CUDA device is available (torch.cuda.isAvailable() is false)`);
+  }
+  const modelFile = options.model ?? defaultModel();
+  const tokenizerFile = options.tokenizer ?? path.join(FIXTURES, 'spam_tokenizer.json');
+  const exitSpecs = options.exits.length > 0 ? options.exits : SPAM_EXITS;
+  const lossWeights = options.lossWeights ?? exitSpecs.map(() => 0.9 / exitSpecs.length);
+  log(`torch-early-exit demo (spam): LibTorch ${torch.version.libtorch}, ${options.threads} thread(s), ${options.device}, seed ${options.seed}`);
+
+  const tokenizer = WordTokenizer.load(tokenizerFile);
+  const backbone = modelFile.endsWith('.pt2') ? loadExported(modelFile, { device: options.device }) : load(modelFile, { device: options.device });
+  const model = new EarlyExitModel(backbone, exitSpecs.map(([point, spec]) => [point, parseBranchSpec(spec)] as const));
+  model.to(options.device);
+  // DeeBERT's second stage: the encoder stays as trained, only the off-ramps learn.
+  model.freezeBackbone();
+
+  const { train, test } = splitEmails(loadSpamAssassin());
+  const [calibrationEmails, reportEmails] = halveByGroup(test);
+  const held = [...calibrationEmails, ...reportEmails];
+  const onDevice = (t: Tensor) => (options.device === 'cpu' ? t : t.to(options.device));
+  const encode = (emails: typeof train) => ({
+    images: onDevice(tokenizer.encodeBatch(emails.map((email) => email.text)).inputIds), labels: onDevice(emailLabels(emails)),
+  });
+  const trainSet = encode(train);
+  const testSet = encode(held);
+  log(`data: ${train.length} training and ${test.length} held-out e-mails of the SpamAssassin corpus ` +
+    `(held out by their MD5, as scripts/spam_text.py holds them out), ${tokenizer.maxLength} tokens at most`);
+  log(`model: ${modelFile} (frozen), tokenizer ${tokenizerFile}\nexits: ${exitSpecs.map(([p, s]) => `${p} -> ${s}`).join('; ')}; ` +
+    `loss weights [${lossWeights.map((w) => w.toFixed(2))}]`);
+
+  const trainingStarted = Date.now();
+  const names = [...model.exitPoints.map((_, i) => `exit${i}`), 'final'];
+  const heldOut = await trainWithProgress(model, trainSet, testSet, { ...options, lossWeights }, names, signal, log);
+  const trainingSeconds = (Date.now() - trainingStarted) / 1000;
+  const distiller = printDistillerStatistics(model, testSet, names, log);
+
+  if (signal.stopped) throw new DemoInterrupted('interrupted');
+  const half = calibrationEmails.length;
+  const calibrationSet = { images: testSet.images.narrow(0, 0, half), labels: testSet.labels.narrow(0, 0, half) };
+  const calibrationOutputs = collectOutputs(model, calibrationSet);
+  // One e-mail at its own length, as a server gets it.
+  const alone = (email: (typeof train)[number]) => {
+    const ids = tokenizer.encode(email.text);
+    return onDevice(torch.tensor(BigInt64Array.from(ids, BigInt), { shape: [1, ids.length] }));
+  };
+  model.optimizeForInference();
+  const compiledAs = `compiled for inference: ${model.inferenceOptimization}${model.backbone.isExportedProgram ? ', from the exported program' : ''}`;
+  // Costs at the median length of the calibration e-mails.
+  const byLength = [...calibrationEmails].sort((a, b) => tokenizer.encode(a.text).length - tokenizer.encode(b.text).length);
+  const typical = alone(byLength[Math.floor(byLength.length / 2)]);
+  const exitLatenciesMs = measureExitLatencies(model, typical, 50, 20);
+  const baselineMs = measureBaselineLatency(model, typical, 50, 20);
+  const criteria = options.criterion !== 'auto' ? [options.criterion] : ['entropy', 'maxProbability', 'margin'] as const;
+  const guarantee = { epsilon: options.maxAccuracyDrop, delta: DELTA };
+  const calibrations = criteria.map((criterion) => calibrateThresholds(calibrationOutputs, {
+    criterion, exitCosts: exitLatenciesMs, baselineCost: baselineMs, guarantee,
+  }));
+  const calibration = [...calibrations].sort((a, b) => b.chosen.speedup - a.chosen.speedup)[0];
+  const policy = policyOf(calibration);
+  log(`\ncalibration on ${half} held-out e-mails: stopping at ${names.map((n, i) => `${n} ${exitLatenciesMs[i].toFixed(3)} ms`).join(', ')}, ` +
+    `network without exits ${baselineMs.toFixed(3)} ms (one e-mail of ${typical.shape[1]} tokens, median, ${compiledAs})`);
+  for (const c of calibrations) {
+    const certificate = c.guarantee!;
+    log(`  ${c.criterion.padEnd(15)} ${certificate.certified
+      ? `threshold ${c.chosen.thresholds[0] === null ? 'never' : c.chosen.thresholds[0].toFixed(4)} at every exit, certified: at most ` +
+        `${certificate.bound.toFixed(2)} points lost on new e-mails with probability ${1 - DELTA}; expected speedup ${c.chosen.speedup.toFixed(2)}x`
+      : 'nothing certified: every exit off'}`);
+  }
+  log(`  chosen: ${calibration.criterion} (final exit alone: ${pct(calibration.finalAccuracy)}; allowed drop ${options.maxAccuracyDrop} points, ` +
+    `with probability ${1 - DELTA})`);
+  if (calibration.keepsFullNetwork) log('  every exit is off: the network without exits is the one to serve');
+
+  if (signal.stopped) throw new DemoInterrupted('interrupted');
+  const full = optimizeForInference(model.plainBackbone({ device: options.device }));
+  for (let i = 0; i < 50; i++) torch.tidy(() => { model.forwardEarlyExit(typical, policy); torch.noGrad(() => full.forward(typical)); });
+  const labels = reportEmails.map((email) => email.label);
+  const serving = await serveOneAtATime(model, full, (i) => alone(reportEmails[i]), labels, policy, () => signal.stopped);
+  if (!serving) throw new DemoInterrupted('interrupted while serving');
+  log(`\nserving the other ${labels.length} held-out e-mails (none used to calibrate) one at a time, each at its own length, ` +
+    `with real early exits (${calibration.criterion}):`);
+  log(table([['exit', 'e-mails', 'share', 'accuracy', 'mean latency'],
+    ...serving.exits.map((e) => [e.exit, String(e.samples), pct(e.share), pct(e.accuracy), `${e.meanLatencyMs.toFixed(3)} ms`]),
+    ['all, early exits', String(labels.length), '100.00%', pct(serving.accuracy), `${serving.meanLatencyMs.toFixed(3)} ms`],
+    ['full network', String(labels.length), '', pct(serving.fullAccuracy), `${serving.fullMeanLatencyMs.toFixed(3)} ms`]]));
+  log(`speedup against the full network: ${serving.speedup.toFixed(2)}x at ${(serving.fullAccuracy - serving.accuracy).toFixed(2)} points of accuracy`);
+
+  const results: SpamDemoResults = {
+    seed: options.seed, libtorch: torch.version.libtorch, threads: options.threads, device: options.device,
+    model: modelFile, tokenizer: tokenizerFile, exitPoints: model.exitPoints, lossWeights, trainingSeconds, heldOutAccuracy: heldOut,
+    distiller, exitLatenciesMs, inferenceOptimization: model.inferenceOptimization!, baselineLatencyMs: baselineMs,
+    heldOutSplit: { calibration: half, report: labels.length }, calibration, serving,
+  };
+  writeResults(options.out, results, tradeOffSvg(calibration, `Early exits on SpamAssassin e-mails: accuracy against speedup (${calibration.criterion})`));
+  // Serving token ids over HTTP is not built yet (`serve` takes float inputs of one shape), so
+  // no checkpoint is written for it.
+  log(`\nwrote ${path.join(options.out, 'results.json')} and ${path.join(options.out, 'tradeoff.svg')}`);
+  return results;
+}
