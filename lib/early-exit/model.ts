@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { CallWithHooks, InferenceOptions, LoadOptions, ScriptModule, checkInferenceOptions, load } from '../torch/jit';
-import { load as loadExported } from '../torch/export';
+import { exportedProgramsSupported, load as loadExported } from '../torch/export';
 import { Module } from '../torch/nn';
 import { Tensor } from '../torch/tensor';
 import { noGrad, noGradAsync, tidy, zeros } from '../torch/torch';
@@ -211,7 +211,11 @@ export class EarlyExitModel {
       if (policy.perSample && !(boundaries ?? this.exitsPerSample)[i]) {
         const problem = boundaries ? undefined : this.backbone.getModule(exit.point).batchBoundaryProblem;
         // An exported program's interpreter shrinks every live value; the compiled model cannot.
-        const uncompiled = boundaries && this.exitsPerSample[i] ? ' (the model itself can: leaveInferenceMode() runs it uncompiled)' : '';
+        const uncompiled = boundaries && this.exitsPerSample[i] ? ' (the model itself can: leaveInferenceMode() runs it uncompiled)'
+          // TorchScript's own analysis stops at the frame: the same model exported by torch.export can.
+          : !boundaries && !this.backbone.isExportedProgram && problem === undefined && exportedProgramsSupported()
+            ? ' (the same model exported by torch.export can: torch.export.load runs it in an interpreter that shrinks every such tensor too)'
+            : '';
         throw new Error(`forwardEarlyExit: samples cannot leave the batch alone at exit '${exit.point}'${boundaries ? ' of the compiled model' : ''}: ` +
           `${problem ?? 'a batch-sized tensor made before it (a skip connection, the input) is still read after it'}${uncompiled}; ` +
           'use a batch boundary (exitsPerSample), a whole-batch policy (perSample: false), or the threshold null there');

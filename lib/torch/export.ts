@@ -452,6 +452,12 @@ class Translator {
 /** Options of `torch.export.load`. */
 export type ExportLoadOptions = LoadOptions;
 
+/** Whether this LibTorch can load exported programs: 2.6 or later (the export schema's C++ types). */
+export function exportedProgramsSupported(): boolean {
+  const [major, minor] = binding.libtorchVersion.split('.').map(Number);
+  return major > 2 || (major === 2 && minor >= 6);
+}
+
 /**
  * Loads a `.pt2` file written by Python's `torch.export.save` (PyTorch 2.6 or later) as a
  * module: its submodules by name, parameters and buffers, forward hooks, train/eval, and
@@ -462,8 +468,7 @@ export function load(path: string, options: ExportLoadOptions = {}): ScriptModul
   checkOptions(options, ['device'], 'torch.export.load: options');
   if (options.device !== undefined) checkString(options.device, 'torch.export.load: options.device');
   const what = `cannot load exported program '${path}'`;
-  const [major, minor] = binding.libtorchVersion.split('.').map(Number);
-  if (major < 2 || (major === 2 && minor < 6)) {
+  if (!exportedProgramsSupported()) {
     throw new Error(`${what}: exported programs (torch.export) need LibTorch 2.6 or later, and this is LibTorch ${binding.libtorchVersion}; ` +
       'load a TorchScript model with jit.load instead');
   }
