@@ -3,7 +3,7 @@
  * trains on the SpamAssassin training split, as TorchScript and as an exported program,
  * against eager PyTorch's forward hooks.
  */
-import { EarlyExitModel, ScriptModule, Tensor, WordTokenizer, earlyExitLoss, emailLabels, exitDecisions, exitScores, jit, loadMnist, loadSpamAssassin, nn, optim, splitEmails, torch } from '../lib';
+import { EarlyExitModel, EarlyExitServer, ScriptModule, createHttpApp, Tensor, WordTokenizer, earlyExitLoss, emailLabels, exitDecisions, exitScores, jit, loadMnist, loadSpamAssassin, nn, optim, splitEmails, torch } from '../lib';
 import { CAN_EXPORT, fixture, fromRef, maxAbsDiff, python, reference } from './helpers';
 
 const describeExported = CAN_EXPORT ? describe : describe.skip;
@@ -245,6 +245,66 @@ describeExported('the text encoder exported by torch.export (dynamic batch and l
     // Patience per sample: the streaks shrink with the batch too.
     const patience = { criterion: 'patience' as const, thresholds: [2, 2, 2], perSample: true };
     expect(model.forwardEarlyExit(x, patience).exits).toEqual(exitDecisions(exitScores(outputs, 'patience'), 'patience', [2, 2, 2]));
+  });
+});
+
+describe('the text encoder served by EarlyExitServer (token ids of mixed lengths, padded into batches)', () => {
+  const tokenizer = () => WordTokenizer.load(fixture('spam_tokenizer.json'));
+  const emails = () => splitEmails(loadSpamAssassin()).test.slice(0, 12).map((email) => email.text);
+  const sequence = () => ({ maxLength: 64, padId: WordTokenizer.PAD, vocabularySize: tokenizer().size });
+
+  (CAN_EXPORT ? it : it.skip)('exported: each e-mail is answered, per sample and released early, as it is alone', async () => {
+    torch.manualSeed(0);
+    const model = new EarlyExitModel(torch.export.load(fixture('text_encoder_exported.pt2')), LAYERS.slice(0, 3).map((point) => [point, offRamp()])).eval();
+    const ids = emails().map((text) => tokenizer().encode(text));
+    const lengths = new Set(ids.map((sequenceIds) => sequenceIds.length));
+    expect(lengths.size).toBeGreaterThan(1);
+    const { thresholds } = spreadPolicy(torch.noGrad(() => model.forward(tokenizer().encodeBatch(emails()).inputIds)));
+    const policy = { criterion: 'entropy' as const, thresholds };
+    // One batch of all twelve, padded to the longest.
+    const server = new EarlyExitServer(model, { sequence: sequence(), policy, maxBatchSize: 12, maxQueueDelayMs: 60000, instances: 1 });
+    const answers = await Promise.all(ids.map((sequenceIds) => server.infer(sequenceIds)));
+    expect(server.stats()).toMatchObject({ batches: 1, meanBatchSize: 12, answered: 12 });
+    expect(new Set(answers.map((a) => a.exit)).size).toBeGreaterThan(1);
+    ids.forEach((sequenceIds, i) => {
+      const alone = model.forwardEarlyExit(torch.tensor(BigInt64Array.from(sequenceIds, BigInt), { shape: [1, sequenceIds.length] }), { ...policy, perSample: true });
+      expect([i, answers[i].exit]).toEqual([i, alone.exit]);
+      const output = alone.output.data() as Float32Array;
+      expect([i, Math.max(...Array.from(output, (v, k) => Math.abs(v - answers[i].output[k]))) <= 1e-5]).toEqual([i, true]);
+    });
+    // A bad request fails alone, at once: the batch it would have joined is not lost.
+    await expect(server.infer([2, 99999])).rejects.toThrow(/token id 99999 at position 1 is outside the vocabulary \(0 to \d+\)/);
+    await expect(server.infer(new Array(65).fill(5))).rejects.toThrow(/the input has 65 ids; this model takes 1 to 64/);
+    await expect(server.infer([])).rejects.toThrow(/the input has 0 ids/);
+    await expect(server.infer([2, 1.5])).rejects.toThrow(/token id 1 is 1\.5; ids are integers/);
+    await expect(server.infer(new Float32Array(3))).rejects.toThrow(/the input must be token ids/);
+    await expect(server.infer(torch.zeros([1, 5]))).rejects.toThrow(/dtype float32; token ids are int64/);
+    expect(() => createHttpApp(server)).toThrow(/this server takes token ids \(sequence\), and the HTTP face takes float samples/);
+    await server.close();
+  });
+
+  it('TorchScript: per-sample exits refused when the server is made, naming the exit; whole-batch exits served', async () => {
+    torch.manualSeed(0);
+    const model = new EarlyExitModel(jit.load(fixture('text_encoder_scripted.pt')), LAYERS.slice(0, 3).map((point) => [point, offRamp()])).eval();
+    const padded = tokenizer().encodeBatch(emails().slice(0, 4)).inputIds;
+    // Every e-mail of the four is sure enough at exit 1, so the batch leaves there.
+    const sure = Math.max(...exitScores(torch.noGrad(() => model.forward(padded)), 'entropy')[1]) + 1e-6;
+    const policy = { criterion: 'entropy' as const, thresholds: [null, sure, null] };
+    expect(() => new EarlyExitServer(model, { sequence: sequence(), policy: { ...policy, thresholds: [sure, sure, null] } }))
+      .toThrow(/samples cannot leave the batch alone at exit 'encoder\.layers\.0'/);
+    expect(() => new EarlyExitServer(model, { sequence: sequence(), inputShape: [3], policy })).toThrow(/either inputShape .* or sequence/);
+    const server = new EarlyExitServer(model, { sequence: sequence(), policy, perSample: false, maxBatchSize: 4, maxQueueDelayMs: 60000, instances: 1 });
+    const ids = emails().slice(0, 4).map((text) => tokenizer().encode(text));
+    const answers = await Promise.all(ids.map((sequenceIds) => server.infer(BigInt64Array.from(sequenceIds, BigInt))));
+    // The whole batch leaves together: every e-mail at the same exit, with its row of the padded batch.
+    const batch = model.forwardEarlyExit(padded, policy);
+    expect(batch.exit).toBe(1);
+    answers.forEach((answer, i) => {
+      expect(answer.exit).toBe(1);
+      const row = batch.output.narrow(0, i, 1).data() as Float32Array;
+      expect(Math.max(...Array.from(row, (v, k) => Math.abs(v - answer.output[k])))).toBeLessThanOrEqual(1e-5);
+    });
+    await server.close();
   });
 });
 

@@ -86,6 +86,10 @@ const V2_INFER_SCHEMA = { body: INFER_REQUEST_SCHEMA };
 /** Builds the fastify app over `server`; call `listen` on it (and `close`, which closes neither the server nor the model). */
 export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}): FastifyInstance {
   checkOptions(options, ['modelName', ...Object.keys(DEFAULT_LIMITS)], 'createHttpApp: options');
+  if (server.sequence) {
+    throw new Error('createHttpApp: this server takes token ids (sequence), and the HTTP face takes float samples of one shape only, ' +
+      'so far: call server.infer(ids) from your own handlers');
+  }
   const modelName = options.modelName ?? 'model';
   const limits: HttpLimits = { ...DEFAULT_LIMITS };
   for (const key of Object.keys(DEFAULT_LIMITS) as Array<keyof HttpLimits>) {

@@ -21,9 +21,25 @@ import { AdaptiveOptions, ThresholdTuner } from './adaptive';
 import { BatcherOptions, Clock, DynamicBatcher, Pending, systemClock } from './batcher';
 import { BadRequestError } from './errors';
 
+/**
+ * Token ids as the input (a text encoder's): each request one sequence of int64 ids, its own
+ * length; a batch is padded to its longest with `padId`, which the model must mask (as a
+ * model that makes its padding mask from the ids does).
+ */
+export interface SequenceInput {
+  /** The most ids in one request (the model's position embeddings). */
+  maxLength: number;
+  /** The id a batch is padded with ([PAD], 0 for `WordTokenizer`). */
+  padId: number;
+  /** Ids must be below it (the rows of the model's token embedding): a bad id fails its own request, not its batch. */
+  vocabularySize: number;
+}
+
 export interface ServerOptions extends BatcherOptions {
-  /** The shape of one sample, without the batch dimension ([1, 28, 28] for an MNIST digit). */
-  inputShape: number[];
+  /** The shape of one sample, without the batch dimension ([1, 28, 28] for an MNIST digit); or `sequence`. */
+  inputShape?: number[];
+  /** Instead of `inputShape`: token ids of any length up to `sequence.maxLength`. */
+  sequence?: SequenceInput;
   /** When samples leave: the criterion and one threshold (or null) per exit, as `forwardEarlyExit`'s policy. */
   policy: { criterion: LabelFreeCriterion; thresholds: ReadonlyArray<number | null> };
   /**
@@ -73,10 +89,16 @@ export interface ServerStats {
 
 const LATENCY_WINDOW = 10000;
 
+/** One queued sample: float values of `inputShape`, or a sequence's token ids. */
+type Sample = Float32Array | BigInt64Array;
+
 export class EarlyExitServer {
+  /** The shape of one float sample; empty for a server of token sequences (`sequence`). */
   readonly inputShape: readonly number[];
+  /** What a server of token sequences takes (undefined for float samples). */
+  readonly sequence: Readonly<SequenceInput> | undefined;
   private readonly sampleSize: number;
-  private readonly batcher: DynamicBatcher<Float32Array, InferResult>;
+  private readonly batcher: DynamicBatcher<Sample, InferResult>;
   private readonly policy: { criterion: LabelFreeCriterion; thresholds: Array<number | null>; perSample: boolean };
   private readonly earlyRelease: boolean;
   private readonly exitCounts: number[];
@@ -85,18 +107,32 @@ export class EarlyExitServer {
   private readonly tuner?: ThresholdTuner;
 
   constructor(private readonly model: EarlyExitModel, options: ServerOptions, private readonly clock: Clock = systemClock) {
-    checkOptions(options, ['inputShape', 'policy', 'perSample', 'earlyRelease', 'adaptive', 'maxBatchSize', 'maxQueueDelayMs',
+    checkOptions(options, ['inputShape', 'sequence', 'policy', 'perSample', 'earlyRelease', 'adaptive', 'maxBatchSize', 'maxQueueDelayMs',
       'preferredBatchSizes', 'maxQueueSize', 'timeoutMs', 'instances'], 'EarlyExitServer: options');
-    if (!Array.isArray(options.inputShape) || options.inputShape.some((d) => !Number.isInteger(d) || d < 1)) {
-      throw new TypeError(`EarlyExitServer: inputShape must be the shape of one sample, positive integers, got ${describeValue(options.inputShape)}`);
+    if ((options.inputShape === undefined) === (options.sequence === undefined)) {
+      throw new TypeError('EarlyExitServer: give either inputShape (float samples of one shape) or sequence (token ids), not both or neither');
     }
-    this.inputShape = [...options.inputShape];
-    this.sampleSize = this.inputShape.reduce((a, b) => a * b, 1);
+    if (options.sequence !== undefined) {
+      this.sequence = checkSequence(options.sequence);
+      this.inputShape = [];
+      this.sampleSize = 0;
+    } else {
+      if (!Array.isArray(options.inputShape) || options.inputShape.some((d) => !Number.isInteger(d) || d < 1)) {
+        throw new TypeError(`EarlyExitServer: inputShape must be the shape of one sample, positive integers, got ${describeValue(options.inputShape)}`);
+      }
+      this.inputShape = [...options.inputShape];
+      this.sampleSize = this.inputShape.reduce((a, b) => a * b, 1);
+    }
     this.policy = { criterion: options.policy?.criterion, thresholds: [...(options.policy?.thresholds ?? [])], perSample: options.perSample ?? true };
     this.earlyRelease = options.earlyRelease ?? true;
-    // A dry run on a blank sample: a policy the model refuses, or an input shape it cannot
-    // take, fails here with the model's own message, not at every request.
-    noGrad(() => tidy(() => { model.forwardEarlyExit(tensor(new Float32Array(this.sampleSize), { shape: [1, ...this.inputShape] }), this.policy); }));
+    // A dry run on a blank sample (two one-id sequences of different lengths, so padding too):
+    // a policy the model refuses, or an input it cannot take, fails here with the model's own
+    // message, not at every request.
+    noGrad(() => tidy(() => {
+      model.forwardEarlyExit(this.sequence ? this.batchOf([BigInt64Array.of(1n, 1n), BigInt64Array.of(1n)].map((ids) =>
+        ids.map(() => BigInt(Math.min(1, this.sequence!.vocabularySize - 1))))) : tensor(new Float32Array(this.sampleSize), { shape: [1, ...this.inputShape] }),
+      this.policy);
+    }));
     this.exitCounts = new Array(this.policy.thresholds.length + 1).fill(0);
     if (options.adaptive) {
       this.tuner = new ThresholdTuner(this.policy.criterion, this.policy.thresholds, options.adaptive === true ? {} : options.adaptive);
@@ -109,14 +145,15 @@ export class EarlyExitServer {
 
   /**
    * Queues one sample (a Tensor or Float32Array of `inputShape`, with or without a batch
-   * dimension of 1) and resolves with its answer. Rejects at once with BadRequestError for a
+   * dimension of 1; for `sequence`, token ids as a BigInt64Array, an array of integers or an
+   * int64 Tensor [L] or [1, L]) and resolves with its answer. Rejects at once with BadRequestError for a
    * wrong shape, dtype, size or non-finite value, ServerOverloadedError when the queue is
    * full, ServerClosedError after `close()`.
    */
-  infer(input: Tensor | Float32Array): Promise<InferResult> {
-    let data: Float32Array;
+  infer(input: Tensor | Float32Array | BigInt64Array | readonly number[]): Promise<InferResult> {
+    let data: Sample;
     try {
-      data = this.sample(input);
+      data = this.sequence ? this.ids(input) : this.sample(input);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -149,8 +186,40 @@ export class EarlyExitServer {
   /** Refuses what is queued and new requests, and resolves once the batches in flight have answered. */
   close(): Promise<void> { return this.batcher.close(); }
 
+  /** A sequence's token ids, checked against `sequence`. */
+  private ids(input: Tensor | Float32Array | BigInt64Array | readonly number[]): BigInt64Array {
+    const { maxLength, vocabularySize } = this.sequence!;
+    let ids: BigInt64Array;
+    if (input instanceof BigInt64Array) ids = BigInt64Array.from(input);
+    else if (Array.isArray(input)) {
+      const bad = input.findIndex((id) => !Number.isSafeInteger(id));
+      if (bad >= 0) throw new BadRequestError(`token id ${bad} is ${describeValue(input[bad])}; ids are integers`);
+      ids = BigInt64Array.from(input as readonly number[], BigInt);
+    } else if (input instanceof Tensor) {
+      if (input.dtype !== 'int64') throw new BadRequestError(`the input has dtype ${input.dtype}; token ids are int64`);
+      if (!(input.shape.length === 1 || (input.shape.length === 2 && input.shape[0] === 1))) {
+        throw new BadRequestError(`the input has shape [${input.shape}]; one sequence of ids is [L] or [1, L]`);
+      }
+      ids = BigInt64Array.from(input.data() as BigInt64Array);
+    } else {
+      throw new BadRequestError(`the input must be token ids (a BigInt64Array, an array of integers or an int64 Tensor), got ${describeValue(input)}`);
+    }
+    if (ids.length < 1 || ids.length > maxLength) throw new BadRequestError(`the input has ${ids.length} ids; this model takes 1 to ${maxLength}`);
+    const bad = ids.findIndex((id) => id < 0n || id >= BigInt(vocabularySize));
+    if (bad >= 0) throw new BadRequestError(`token id ${ids[bad]} at position ${bad} is outside the vocabulary (0 to ${vocabularySize - 1})`);
+    return ids;
+  }
+
+  /** Sequences as one int64 batch, padded to the longest with `padId`. */
+  private batchOf(sequences: BigInt64Array[]): Tensor {
+    const longest = Math.max(...sequences.map((ids) => ids.length));
+    const flat = new BigInt64Array(sequences.length * longest).fill(BigInt(this.sequence!.padId));
+    sequences.forEach((ids, i) => flat.set(ids, i * longest));
+    return tensor(flat, { shape: [sequences.length, longest] });
+  }
+
   /** The sample's values, checked against `inputShape`. */
-  private sample(input: Tensor | Float32Array): Float32Array {
+  private sample(input: Tensor | Float32Array | BigInt64Array | readonly number[]): Float32Array {
     const expected = `[${this.inputShape}] (or [1, ${this.inputShape}])`;
     if (input instanceof Float32Array) {
       if (input.length !== this.sampleSize) {
@@ -171,11 +240,16 @@ export class EarlyExitServer {
     return data;
   }
 
-  private async runBatch(batch: Array<Pending<Float32Array, InferResult>>): Promise<void> {
-    const flat = new Float32Array(batch.length * this.sampleSize);
-    batch.forEach((pending, i) => flat.set(pending.item, i * this.sampleSize));
-    const input = tensor(flat, { shape: [batch.length, ...this.inputShape] });
-    const answer = (pending: Pending<Float32Array, InferResult>, output: Float32Array, exit: number) => {
+  private async runBatch(batch: Array<Pending<Sample, InferResult>>): Promise<void> {
+    let input: Tensor;
+    if (this.sequence) {
+      input = this.batchOf(batch.map((pending) => pending.item as BigInt64Array));
+    } else {
+      const flat = new Float32Array(batch.length * this.sampleSize);
+      batch.forEach((pending, i) => flat.set(pending.item as Float32Array, i * this.sampleSize));
+      input = tensor(flat, { shape: [batch.length, ...this.inputShape] });
+    }
+    const answer = (pending: Pending<Sample, InferResult>, output: Float32Array, exit: number) => {
       pending.resolve({ output, exit, queuedMs: pending.startedAt - pending.submittedAt, computeMs: this.clock.now() - pending.startedAt });
     };
     const rows = (values: Tensor): Float32Array[] => {
@@ -220,4 +294,14 @@ export class EarlyExitServer {
       }
     });
   }
+}
+
+function checkSequence(sequence: SequenceInput): SequenceInput {
+  checkOptions(sequence, ['maxLength', 'padId', 'vocabularySize'], 'EarlyExitServer: options.sequence');
+  const { maxLength, padId, vocabularySize } = sequence;
+  for (const [name, value, min] of [['maxLength', maxLength, 1], ['vocabularySize', vocabularySize, 1], ['padId', padId, 0]] as const) {
+    if (!Number.isInteger(value) || value < min) throw new TypeError(`EarlyExitServer: sequence.${name} must be an integer >= ${min}, got ${describeValue(value)}`);
+  }
+  if (padId >= vocabularySize) throw new TypeError(`EarlyExitServer: sequence.padId ${padId} is outside the vocabulary (0 to ${vocabularySize - 1})`);
+  return { maxLength, padId, vocabularySize };
 }
