@@ -4,6 +4,7 @@
  * against eager PyTorch's forward hooks.
  */
 import { EarlyExitModel, EarlyExitServer, ScriptModule, createHttpApp, Tensor, WordTokenizer, earlyExitLoss, emailLabels, exitDecisions, exitScores, jit, loadMnist, loadSpamAssassin, nn, optim, splitEmails, torch } from '../lib';
+import { AddressInfo } from 'net';
 import { CAN_EXPORT, fixture, fromRef, maxAbsDiff, python, reference } from './helpers';
 
 const describeExported = CAN_EXPORT ? describe : describe.skip;
@@ -253,7 +254,7 @@ describe('the text encoder served by EarlyExitServer (token ids of mixed lengths
   const emails = () => splitEmails(loadSpamAssassin()).test.slice(0, 12).map((email) => email.text);
   const sequence = () => ({ maxLength: 64, padId: WordTokenizer.PAD, vocabularySize: tokenizer().size });
 
-  (CAN_EXPORT ? it : it.skip)('exported: each e-mail is answered, per sample and released early, as it is alone', async () => {
+  (CAN_EXPORT ? it : it.skip)('exported: each e-mail is answered, per sample and released early, as it is alone, in process and over HTTP', async () => {
     torch.manualSeed(0);
     const model = new EarlyExitModel(torch.export.load(fixture('text_encoder_exported.pt2')), LAYERS.slice(0, 3).map((point) => [point, offRamp()])).eval();
     const ids = emails().map((text) => tokenizer().encode(text));
@@ -279,8 +280,44 @@ describe('the text encoder served by EarlyExitServer (token ids of mixed lengths
     await expect(server.infer([2, 1.5])).rejects.toThrow(/token id 1 is 1\.5; ids are integers/);
     await expect(server.infer(new Float32Array(3))).rejects.toThrow(/the input must be token ids/);
     await expect(server.infer(torch.zeros([1, 5]))).rejects.toThrow(/dtype float32; token ids are int64/);
-    expect(() => createHttpApp(server)).toThrow(/this server takes token ids \(sequence\), and the HTTP face takes float samples/);
     await server.close();
+
+    // Over HTTP on loopback: ids as JSON, /predict and the Open Inference Protocol (INT64).
+    const served = new EarlyExitServer(model, { sequence: sequence(), policy, maxBatchSize: 12, maxQueueDelayMs: 5, instances: 1 });
+    const app = createHttpApp(served, { modelName: 'spam' });
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    const base = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+    const post = (route: string, body: unknown) => fetch(base + route, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    try {
+      const metadata = await (await fetch(`${base}/v2/models/spam`)).json() as { inputs: Array<{ datatype: string; shape: number[] }> };
+      expect(metadata.inputs[0]).toMatchObject({ datatype: 'INT64', shape: [-1, -1] });
+      const replies = await Promise.all(ids.map((sequenceIds) => post('/predict', { input: sequenceIds })));
+      for (const [i, reply] of replies.entries()) {
+        expect(reply.status).toBe(200);
+        expect(((await reply.json()) as { exit: number }).exit).toBe(answers[i].exit);
+      }
+      const v2 = await post('/v2/models/spam/infer', { inputs: [{ name: 'input', shape: [1, ids[3].length], datatype: 'INT64', data: ids[3] }] });
+      expect(v2.status).toBe(200);
+      const outputs = ((await v2.json()) as { outputs: Array<{ data: number[] }> }).outputs;
+      expect(outputs[1].data).toEqual([answers[3].exit]);
+      outputs[0].data.forEach((v, k) => expect(Math.abs(v - answers[3].output[k])).toBeLessThanOrEqual(1e-5));
+      // Bad requests: 400 with the reason, and the server keeps serving.
+      const floats = await post('/v2/models/spam/infer', { inputs: [{ name: 'input', shape: [2], datatype: 'FP32', data: [2, 5] }] });
+      expect(floats.status).toBe(400);
+      expect(((await floats.json()) as { error: string }).error).toMatch(/datatype FP32; this model takes INT64/);
+      const fraction = await post('/predict', { input: [2, 5.5] });
+      expect(fraction.status).toBe(400);
+      expect(((await fraction.json()) as { error: string }).error).toMatch(/value 1 is 5\.5, not a token id/);
+      const outside = await post('/predict', { input: [2, 99999] });
+      expect(outside.status).toBe(400);
+      expect(((await outside.json()) as { error: string }).error).toMatch(/outside the vocabulary/);
+      const raw = await fetch(`${base}/predict`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: Buffer.alloc(16) });
+      expect(raw.status).toBe(415);
+      expect((await post('/predict', { input: ids[0] })).status).toBe(200);
+    } finally {
+      await app.close();
+      await served.close();
+    }
   });
 
   it('TorchScript: per-sample exits refused when the server is made, naming the exit; whole-batch exits served', async () => {

@@ -86,10 +86,6 @@ const V2_INFER_SCHEMA = { body: INFER_REQUEST_SCHEMA };
 /** Builds the fastify app over `server`; call `listen` on it (and `close`, which closes neither the server nor the model). */
 export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}): FastifyInstance {
   checkOptions(options, ['modelName', ...Object.keys(DEFAULT_LIMITS)], 'createHttpApp: options');
-  if (server.sequence) {
-    throw new Error('createHttpApp: this server takes token ids (sequence), and the HTTP face takes float samples of one shape only, ' +
-      'so far: call server.infer(ids) from your own handlers');
-  }
   const modelName = options.modelName ?? 'model';
   const limits: HttpLimits = { ...DEFAULT_LIMITS };
   for (const key of Object.keys(DEFAULT_LIMITS) as Array<keyof HttpLimits>) {
@@ -103,7 +99,7 @@ export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}
     // The schemas say what a body must be: nothing is coerced ("1" is not 1, null is not 0) or silently dropped.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allowUnionTypes: true } },
   });
-  const sampleSize = server.inputShape.reduce((a, b) => a * b, 1);
+  const sampleSize = Math.max(1, server.inputShape.reduce((a, b) => a * b, 1));
 
   const registry = new client.Registry();
   const requests = new client.Counter({ name: 'tee_http_requests_total', help: 'HTTP requests by route and status', labelNames: ['route', 'status'], registers: [registry] });
@@ -162,13 +158,28 @@ export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}
     void reply.status(404).send({ error: `no route ${request.method} ${request.url}` });
   });
 
-  const infer = async (data: Float32Array): Promise<InferResult> => {
+  const infer = async (data: Float32Array | number[]): Promise<InferResult> => {
     const result = await server.infer(data);
     latency.observe((result.queuedMs + result.computeMs) / 1000);
     return result;
   };
 
   const accepted = (request: FastifyRequest) => (request.routeOptions.url === '/predict' ? 'application/json or application/octet-stream' : 'application/json');
+
+  /**
+   * The token sequences of a body for a server of sequences: ids of shape [L] (one sequence, the
+   * default) or [N, L] (N sequences of L ids each).
+   */
+  const sequences = (values: number[], shape: number[] | undefined, what: string): number[][] => {
+    const given = shape ?? [values.length];
+    checkShape(given, values.length, what);
+    if (given.length > 2) throw new BadRequestError(`${what}: shape [${given}]; token ids are [L] (one sequence) or [N, L]`);
+    const [count, length] = given.length === 2 ? given : [1, given[0]];
+    if (count > server.maxQueueSize) {
+      throw httpError(413, `${what}: ${count} sequences; this server queues at most ${server.maxQueueSize} (maxQueueSize), so it could never take them all: send at most that many per request`);
+    }
+    return Array.from({ length: count }, (_, i) => values.slice(i * length, (i + 1) * length));
+  };
 
   /** The samples of a body: `count` Float32Arrays of one sample each. */
   const samples = (values: ArrayLike<number>, shape: number[] | undefined, what: string): Float32Array[] => {
@@ -193,8 +204,14 @@ export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}
   };
 
   app.post('/predict', { schema: PREDICT_SCHEMA }, async (request: FastifyRequest, reply: FastifyReply) => {
-    let inputs: Float32Array[];
-    if (Buffer.isBuffer(request.body)) {
+    let inputs: Array<Float32Array | number[]>;
+    if (server.sequence) {
+      if (Buffer.isBuffer(request.body)) throw httpError(415, 'this model takes token ids: send them as JSON ({ "input": [ids...] }), not raw bytes');
+      const { input, shape } = request.body as { input: number[]; shape?: number[] };
+      const bad = input.findIndex((id) => !Number.isSafeInteger(id));
+      if (bad >= 0) throw new BadRequestError(`input: value ${bad} is ${input[bad]}, not a token id (a whole number)`);
+      inputs = sequences(input, shape, 'input');
+    } else if (Buffer.isBuffer(request.body)) {
       const body = request.body;
       if (body.length % 4 !== 0) throw new BadRequestError(`the body has ${body.length} bytes, not a whole number of float32 values`);
       const header = request.headers['x-input-shape'];
@@ -216,7 +233,7 @@ export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}
   app.get('/v2', async () => ({ name: 'torch-early-exit', version: '0.1.0', extensions: [] }));
   const metadata = {
     name: modelName, versions: ['1'], platform: 'pytorch_torchscript',
-    inputs: [{ name: 'input', datatype: 'FP32', shape: [-1, ...server.inputShape] }],
+    inputs: [server.sequence ? { name: 'input', datatype: 'INT64', shape: [-1, -1] } : { name: 'input', datatype: 'FP32', shape: [-1, ...server.inputShape] }],
     outputs: [{ name: 'output', datatype: 'FP32', shape: [-1, -1] }, { name: 'exit', datatype: 'INT32', shape: [-1] }],
   };
   const checkModel = (request: FastifyRequest) => {
@@ -226,8 +243,10 @@ export function createHttpApp(server: EarlyExitServer, options: HttpOptions = {}
   };
   const inferRoute = async (request: FastifyRequest) => {
     checkModel(request);
-    const parsed: InferRequest = parseInferRequest(request.body as Parameters<typeof parseInferRequest>[0]);
-    const results = await Promise.all(samples(parsed.values, parsed.shape, `input '${INPUT_NAME}'`).map(infer));
+    const parsed: InferRequest = parseInferRequest(request.body as Parameters<typeof parseInferRequest>[0], server.sequence ? 'INT64' : 'FP32');
+    const what = `input '${INPUT_NAME}'`;
+    const inputs = server.sequence ? sequences(parsed.values as number[], parsed.shape, what) : samples(parsed.values, parsed.shape, what);
+    const results = await Promise.all(inputs.map(infer));
     return inferResponse(modelName, parsed, results);
   };
   for (const prefix of ['/v2/models/:name', '/v2/models/:name/versions/:version']) {

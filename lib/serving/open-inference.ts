@@ -50,7 +50,8 @@ export const INFER_REQUEST_SCHEMA = {
 /** What a request asks for, checked. */
 export interface InferRequest {
   id?: string;
-  values: Float32Array;
+  /** FP32 values, or INT64 token ids (a server of sequences). */
+  values: Float32Array | number[];
   shape: number[];
   outputs: OutputName[];
 }
@@ -69,20 +70,24 @@ function flatten(data: unknown[], where: string, into: number[]): number[] {
 /** Checks a request body against the model (after the schema): input name and datatype, data, requested outputs. */
 export function parseInferRequest(body: {
   id?: string; inputs: Array<{ name: string; shape: number[]; datatype: string; data: unknown[] }>; outputs?: Array<{ name: string }>;
-}): InferRequest {
+}, datatype: 'FP32' | 'INT64' = 'FP32'): InferRequest {
   const [input] = body.inputs;
   if (input.name !== INPUT_NAME) {
     throw new BadRequestError(`this model has no input '${input.name}'; its input is '${INPUT_NAME}' (GET /v2/models/NAME lists it)`);
   }
-  if (input.datatype !== 'FP32') throw new BadRequestError(`input '${input.name}' has datatype ${input.datatype}; this model takes FP32`);
+  if (input.datatype !== datatype) throw new BadRequestError(`input '${input.name}' has datatype ${input.datatype}; this model takes ${datatype}`);
   const values = flatten(input.data, 'data', []);
+  if (datatype === 'INT64') {
+    const bad = values.findIndex((v) => !Number.isSafeInteger(v));
+    if (bad >= 0) throw new BadRequestError(`input '${input.name}': value ${bad} is ${values[bad]}, not an INT64 (a whole number)`);
+  }
   const outputs = (body.outputs ?? OUTPUT_NAMES.map((name) => ({ name }))).map(({ name }) => {
     if (!(OUTPUT_NAMES as readonly string[]).includes(name)) {
       throw new BadRequestError(`this model has no output '${name}'; its outputs are ${OUTPUT_NAMES.map((n) => `'${n}'`).join(' and ')}`);
     }
     return name as OutputName;
   });
-  return { id: body.id, values: Float32Array.from(values), shape: input.shape, outputs };
+  return { id: body.id, values: datatype === 'INT64' ? values : Float32Array.from(values), shape: input.shape, outputs };
 }
 
 /** The "Inference Response JSON Object" for the answers to one request, with the outputs it asked for. */
