@@ -142,6 +142,8 @@ export interface Binding {
   /** Loads a TorchScript archive from its bytes; `name` (the file) is for error messages. */
   /** Why optimize_for_inference cannot run with this LibTorch ('' when it can). */
   oneDnnInferenceProblem(): string;
+  setTensorExprFuserEnabled(enabled: boolean): void;
+  tensorExprFuserEnabled(): boolean;
   loadScriptModule(bytes: Buffer, name: string, device?: string): NativeScriptModule;
   loadExportedProgram(description: object, name: string): NativeScriptModule;
   createNnModule(kind: string, options: Record<string, unknown>, children?: NativeNnModule[]): NativeNnModule;

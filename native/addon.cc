@@ -50,6 +50,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadScriptModule", Napi::Function::New(env, LoadScriptModule));
   exports.Set("loadExportedProgram", Napi::Function::New(env, LoadExportedProgram));
   exports.Set("oneDnnInferenceProblem", Napi::Function::New(env, OneDnnInferenceProblem));
+  exports.Set("setTensorExprFuserEnabled", Napi::Function::New(env, Guarded<SetTensorExprFuserEnabled>));
+  exports.Set("tensorExprFuserEnabled", Napi::Function::New(env, TensorExprFuserEnabled));
   exports.Set("createNnModule", Napi::Function::New(env, CreateNnModule));
   exports.Set("sgdStep", Napi::Function::New(env, Guarded<SgdStep>));
   exports.Set("adamStep", Napi::Function::New(env, Guarded<AdamStep>));

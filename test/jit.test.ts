@@ -258,3 +258,18 @@ describe('errors a user can act on', () => {
     expect(() => model.train()).toThrow('ScriptModule was disposed');
   });
 });
+
+describe('the graph executor\'s CPU fuser', () => {
+  it('turns off and on for the process, as Python\'s torch._C._jit_set_texpr_fuser_enabled', () => {
+    const before = jit.tensorExprFuserEnabled();
+    try {
+      jit.setTensorExprFuserEnabled(false);
+      expect(jit.tensorExprFuserEnabled()).toBe(false);
+      jit.setTensorExprFuserEnabled(true);
+      expect(jit.tensorExprFuserEnabled()).toBe(true);
+      expect(() => jit.setTensorExprFuserEnabled('no' as never)).toThrow(/setTensorExprFuserEnabled needs a boolean, got/);
+    } finally {
+      jit.setTensorExprFuserEnabled(before);
+    }
+  });
+});

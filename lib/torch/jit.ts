@@ -5,7 +5,7 @@
 import { writeFileAtomic } from '../io/atomic-write';
 import { binding, InferenceOptimization, NativeCallResult, NativeScriptModule, NativeStopRule, NativeTensor } from '../binding';
 import { Device } from './dtype';
-import { checkOptions, checkString } from '../util/check';
+import { checkOptions, checkString, describeValue } from '../util/check';
 import { closestNames } from '../util/names';
 import { checkArchiveStorages } from '../io/tensor-storages';
 import { checkTorchScriptSource } from '../io/torchscript-source';
@@ -375,6 +375,23 @@ export function checkInferenceOptions(options: InferenceOptions, what: string): 
     throw new TypeError(`${what}.optimize must be a boolean, got ${typeof options.optimize}`);
   }
   return options.optimize;
+}
+
+/**
+ * Turns the graph executor's CPU fuser (NNC, TensorExpr) on or off for the whole process, as
+ * Python's `torch._C._jit_set_texpr_fuser_enabled`. On LibTorch 2.14 it compiles a kernel for
+ * each new input shape a TorchScript graph meets, 0.3 to 1 s each (measured on the compiled
+ * text encoder, in Python too): a server whose batches and sequences vary in size would pay
+ * that in its answers, so `serve` turns it off.
+ */
+export function setTensorExprFuserEnabled(enabled: boolean): void {
+  if (typeof enabled !== 'boolean') throw new TypeError(`setTensorExprFuserEnabled needs a boolean, got ${describeValue(enabled)}`);
+  binding.setTensorExprFuserEnabled(enabled);
+}
+
+/** Whether the graph executor's CPU fuser is on (`setTensorExprFuserEnabled`). */
+export function tensorExprFuserEnabled(): boolean {
+  return binding.tensorExprFuserEnabled();
 }
 
 /**

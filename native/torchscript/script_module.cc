@@ -1,6 +1,7 @@
 #include "torchscript/script_module.h"
 
 #include <caffe2/serialize/read_adapter_interface.h>
+#include <torch/csrc/jit/passes/tensorexpr_fuser.h>
 
 #include <algorithm>
 #include <cstring>
@@ -401,6 +402,15 @@ Napi::Value LoadScriptModule(const Napi::CallbackInfo& info) {
 
 Napi::Value OneDnnInferenceProblem(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), OneDnnProblem());
+}
+
+Napi::Value SetTensorExprFuserEnabled(const Napi::CallbackInfo& info) {
+  torch::jit::setTensorExprFuserEnabled(info[0].As<Napi::Boolean>().Value());
+  return info.Env().Undefined();
+}
+
+Napi::Value TensorExprFuserEnabled(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), torch::jit::tensorExprFuserEnabled());
 }
 
 }  // namespace tee

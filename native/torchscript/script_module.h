@@ -70,4 +70,8 @@ Napi::Value LoadScriptModule(const Napi::CallbackInfo& info);
 // oneDnnInferenceProblem() -> why optimize_for_inference cannot run with this LibTorch, or ''.
 Napi::Value OneDnnInferenceProblem(const Napi::CallbackInfo& info);
 
+// setTensorExprFuserEnabled(enabled) / tensorExprFuserEnabled(): the graph executor's CPU fuser (NNC).
+Napi::Value SetTensorExprFuserEnabled(const Napi::CallbackInfo& info);
+Napi::Value TensorExprFuserEnabled(const Napi::CallbackInfo& info);
+
 }  // namespace tee
