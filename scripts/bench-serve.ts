@@ -1,6 +1,7 @@
 /**
  * Early exits served under load, over HTTP on loopback (Node's http client, kept-alive
- * connections, digits as raw float32 bodies): open-loop Poisson arrivals (each
+ * connections, digits as raw float32 bodies; with the checkpoint of `demo --task spam`,
+ * held-out e-mails as token ids in JSON, the drift part left out): open-loop Poisson arrivals (each
  * request sent on its schedule whether or not earlier ones have answered, so queueing shows)
  * of held-out MNIST digits that chose nothing (the demo's served half) to
  * `torch-early-exit serve` of the demo's trained checkpoint, at about 30%, 60% and 90% of the
@@ -29,6 +30,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { EarlyExitModel, Tensor, loadCheckpoint, torch } from '../lib';
 import { loadMnist } from '../lib/data/mnist';
+import { Email, halveByGroup, loadSpamAssassin, splitEmails } from '../lib/data/spam-assassin';
+import { WordTokenizer } from '../lib/text/tokenizer';
 import { lineChartSvg } from '../lib/cli/plot';
 import { DemoServing } from '../lib/cli/demo';
 import { packageRoot } from '../lib/util/package-root';
@@ -70,8 +73,11 @@ async function coresBusy<T>(server: ChildProcess, work: () => Promise<T & { seco
   };
 }
 
-/** A digit, its label, and what the full network answers for it (computed here, in this process). */
-interface Digit { bytes: Buffer; label: number; full: number }
+/**
+ * One request's body (a digit as raw float32 bytes, an e-mail's token ids as JSON) and its
+ * headers, its label, and what the full network answers for it (computed here, in this process).
+ */
+interface Item { body: Buffer; headers: Record<string, string>; label: number; full: number }
 
 /** Starts `serve` in its own process and resolves with its URL once it listens. */
 function startServer(checkpoint: string, mode: Mode, batching: string[]): Promise<{ url: string; child: ChildProcess }> {
@@ -102,23 +108,24 @@ const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
 
 /**
  * One request with Node's http client (lighter than fetch: this machine's two cores run the
- * client too), the digit as raw float32 bytes, as a client that sends tensors would.
+ * client too): a digit as raw float32 bytes, as a client that sends tensors would, or an
+ * e-mail's token ids as JSON.
  */
-function request(url: string, digit: Digit): Promise<Sample> {
+function request(url: string, item: Item): Promise<Sample> {
   const { hostname, port } = new URL(url);
-  const body = digit.bytes;
+  const body = item.body;
   const started = performance.now();
   return new Promise((resolve, reject) => {
     const req = http.request({
       host: hostname, port: Number(port), path: '/predict', method: 'POST', agent,
-      headers: { 'content-type': 'application/octet-stream', 'content-length': body.length, 'x-input-shape': '1,1,28,28' },
+      headers: { ...item.headers, 'content-length': body.length },
     }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (chunk: Buffer) => chunks.push(chunk));
       res.on('end', () => {
         const answer = JSON.parse(Buffer.concat(chunks).toString()) as { prediction?: number; exit?: number; latencyMs?: number };
         resolve({
-          latencyMs: performance.now() - started, serverMs: answer.latencyMs ?? NaN, correct: answer.prediction === digit.label, agrees: answer.prediction === digit.full,
+          latencyMs: performance.now() - started, serverMs: answer.latencyMs ?? NaN, correct: answer.prediction === item.label, agrees: answer.prediction === item.full,
           exit: answer.exit ?? -1, status: res.statusCode ?? 0,
         });
       });
@@ -129,18 +136,31 @@ function request(url: string, digit: Digit): Promise<Sample> {
   });
 }
 
-/** The digits of `images` with their labels and the full network's answers. */
-function digitsOf(model: EarlyExitModel, images: Tensor, labels: number[]): Digit[] {
-  const data = images.data() as Float32Array;
-  const full = torch.noGrad(() => torch.tidy(() => {
-    const outputs = model.forward(images);
+/** What the full network answers for `inputs` (a batch), computed here. */
+function fullAnswers(model: EarlyExitModel, inputs: Tensor): number[] {
+  return torch.noGrad(() => torch.tidy(() => {
+    const outputs = model.forward(inputs);
     return Array.from(outputs[outputs.length - 1].argmax(1).data() as BigInt64Array, Number);
   }));
-  return labels.map((label, i) => ({ bytes: Buffer.from(data.slice(i * 784, (i + 1) * 784).buffer), label, full: full[i] }));
+}
+
+/** The digits of `images` with their labels and the full network's answers. */
+function digitsOf(model: EarlyExitModel, images: Tensor, labels: number[]): Item[] {
+  const data = images.data() as Float32Array;
+  const full = fullAnswers(model, images);
+  const headers = { 'content-type': 'application/octet-stream', 'x-input-shape': '1,1,28,28' };
+  return labels.map((label, i) => ({ body: Buffer.from(data.slice(i * 784, (i + 1) * 784).buffer), headers, label, full: full[i] }));
+}
+
+/** E-mails as their token ids in JSON, with their labels and the full network's answers (on the padded batch, which masks the padding). */
+function emailsOf(model: EarlyExitModel, emails: Email[], tokenizer: WordTokenizer): Item[] {
+  const full = fullAnswers(model, tokenizer.encodeBatch(emails.map((email) => email.text)).inputIds);
+  const headers = { 'content-type': 'application/json' };
+  return emails.map((email, i) => ({ body: Buffer.from(JSON.stringify({ input: tokenizer.encode(email.text) })), headers, label: email.label, full: full[i] }));
 }
 
 /** Closed loop with `concurrency` requests in flight for `seconds`: answers per second. */
-async function capacity(url: string, digits: Digit[], concurrency: number, seconds: number): Promise<number> {
+async function capacity(url: string, digits: Item[], concurrency: number, seconds: number): Promise<number> {
   const end = performance.now() + seconds * 1000;
   let answered = 0;
   let next = 0;
@@ -157,8 +177,8 @@ async function capacity(url: string, digits: Digit[], concurrency: number, secon
  * Open loop: Poisson arrivals at `rate` a second for `seconds`, every answer awaited; the
  * digits come from `digits`, or from `later` once `switchAt` of the time has passed.
  */
-async function openLoop(url: string, digits: Digit[], rate: number, seconds: number, seed: number,
-  later?: Digit[], switchAt = 0.5): Promise<{ samples: Sample[]; seconds: number }> {
+async function openLoop(url: string, digits: Item[], rate: number, seconds: number, seed: number,
+  later?: Item[], switchAt = 0.5): Promise<{ samples: Sample[]; seconds: number }> {
   let state = seed >>> 0;
   const random = () => { state = (state * 1664525 + 1013904223) >>> 0; return (state + 0.5) / 2 ** 32; };
   const pending: Array<Promise<Sample>> = [];
@@ -216,16 +236,27 @@ async function main(): Promise<void> {
     throw new Error(`no checkpoint in ${checkpoint}: run \`npm run demo\` (or torch-early-exit serve, which runs it) first`);
   }
   const serving = (JSON.parse(fs.readFileSync(path.join(checkpoint, 'checkpoint.json'), 'utf8')).extra as { serving: DemoServing }).serving;
-  const { test } = loadMnist({ train: serving.data.train, test: serving.data.test, seed: serving.data.seed });
-  const count = test.images.shape[0] - serving.data.calibration;
-  const images = test.images.narrow(0, serving.data.calibration, count);
-  const labels = Array.from(test.labels.narrow(0, serving.data.calibration, count).data() as BigInt64Array, Number);
   const model = loadCheckpoint(checkpoint).model.eval();
-  const digits = digitsOf(model, images, labels);
-  // The drift: the same digits with Gaussian noise (in the normalised scale), seeded.
-  torch.manualSeed(5);
-  const noisy = digitsOf(model, torch.noGrad(() => images.add(torch.randn(images.shape).mul(NOISE))), labels);
-  console.log(`bench:serve: ${checkpoint} over HTTP on loopback, ${digits.length} held-out digits that chose nothing; ` +
+  let digits: Item[];
+  let noisy: Item[] | undefined;
+  let what: string;
+  if ('corpus' in serving.data) {
+    // The e-mails that chose nothing: the second half of the held-out ones, each its own length.
+    const [, report] = halveByGroup(splitEmails(loadSpamAssassin()).test);
+    digits = emailsOf(model, report, WordTokenizer.load(serving.tokenizer!));
+    what = `${digits.length} held-out e-mails that chose nothing, as token ids of their own length`;
+  } else {
+    const { test } = loadMnist({ train: serving.data.train, test: serving.data.test, seed: serving.data.seed });
+    const count = test.images.shape[0] - serving.data.calibration;
+    const images = test.images.narrow(0, serving.data.calibration, count);
+    const labels = Array.from(test.labels.narrow(0, serving.data.calibration, count).data() as BigInt64Array, Number);
+    digits = digitsOf(model, images, labels);
+    // The drift: the same digits with Gaussian noise (in the normalised scale), seeded.
+    torch.manualSeed(5);
+    noisy = digitsOf(model, torch.noGrad(() => images.add(torch.randn(images.shape).mul(NOISE))), labels);
+    what = `${digits.length} held-out digits that chose nothing`;
+  }
+  console.log(`bench:serve: ${checkpoint} over HTTP on loopback, ${what}; ` +
     `${os.cpus().length} CPUs; server: ${batching.join(' ')}, instances one per core, one intra-op thread each; ` +
     `${serving.policy.criterion} thresholds [${serving.policy.thresholds}]`);
 
@@ -269,7 +300,7 @@ async function main(): Promise<void> {
   // The input mix changes halfway: clean digits, then noisy ones, at the middle load.
   const middle = loads[Math.floor(loads.length / 2)];
   const drift: Array<{ mode: Mode; clean: number; noisy: number; noisyLate: number; cleanExit0: number; noisyExit0: number }> = [];
-  for (const mode of ['perSample', 'adaptive'] as const) {
+  for (const mode of noisy ? ['perSample', 'adaptive'] as const : []) {
     const server = await startServer(checkpoint, mode, batching);
     try {
       await openLoop(server.url, digits, peak * 0.3, 2, 1); // warm up (and, adapting, settle on clean digits)
@@ -286,12 +317,14 @@ async function main(): Promise<void> {
       await stopServer(server.child);
     }
   }
-  console.log(`\ndrift at ${(middle * 100).toFixed(0)}% load: ${seconds} s of clean digits, then ${seconds} s of the same with noise ` +
-    `(N(0, ${NOISE}) in the normalised scale); agreement with the full network's answers, and the share leaving at exit 0:`);
-  console.log(table([['serving', 'clean: agrees', 'noisy: agrees', 'noisy, last half: agrees', 'clean: exit 0', 'noisy: exit 0'],
-    ...drift.map((d) => [LABEL[d.mode], `${d.clean.toFixed(2)}%`, `${d.noisy.toFixed(2)}%`, `${d.noisyLate.toFixed(2)}%`,
-      `${d.cleanExit0.toFixed(0)}%`, `${d.noisyExit0.toFixed(0)}%`])],
-  [false, true, true, true, true, true]));
+  if (noisy) {
+    console.log(`\ndrift at ${(middle * 100).toFixed(0)}% load: ${seconds} s of clean digits, then ${seconds} s of the same with noise ` +
+      `(N(0, ${NOISE}) in the normalised scale); agreement with the full network's answers, and the share leaving at exit 0:`);
+    console.log(table([['serving', 'clean: agrees', 'noisy: agrees', 'noisy, last half: agrees', 'clean: exit 0', 'noisy: exit 0'],
+      ...drift.map((d) => [LABEL[d.mode], `${d.clean.toFixed(2)}%`, `${d.noisy.toFixed(2)}%`, `${d.noisyLate.toFixed(2)}%`,
+        `${d.cleanExit0.toFixed(0)}%`, `${d.noisyExit0.toFixed(0)}%`])],
+    [false, true, true, true, true, true]));
+  }
 
   fs.mkdirSync(out, { recursive: true });
   const series = MODES.flatMap((mode) => (['p50', 'p99'] as const).map((q) => ({
@@ -299,7 +332,7 @@ async function main(): Promise<void> {
     points: cells.filter((c) => c.mode === mode).map((c) => ({ x: c.load * 100, y: c[q] })),
   })));
   fs.writeFileSync(path.join(out, 'latency.svg'), lineChartSvg(series, {
-    title: 'Early exits served over HTTP: latency against load (MNIST)', x: 'load (% of the full network\'s batched capacity)',
+    title: `Early exits served over HTTP: latency against load (${'corpus' in serving.data ? 'SpamAssassin e-mails' : 'MNIST'})`, x: 'load (% of the full network\'s batched capacity)',
     y: 'latency (ms)', xFormat: (x) => `${x.toFixed(0)}%`,
   }));
   fs.writeFileSync(path.join(out, 'results.json'), JSON.stringify({ checkpoint, capacity: peak, batching, seconds, cells, drift, noise: NOISE }, null, 2) + '\n');

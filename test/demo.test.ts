@@ -2,7 +2,7 @@ import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { Tensor, WordTokenizer, halveByGroup, jit, loadSpamAssassin, splitEmails, torch } from '../lib';
+import { Tensor, WordTokenizer, halveByGroup, jit, loadCheckpoint, loadSpamAssassin, splitEmails, torch } from '../lib';
 import { CAN_EXPORT, fixture } from './helpers';
 
 const CLI = path.join(__dirname, '..', 'bin', 'torch-early-exit.js');
@@ -48,7 +48,7 @@ describe('npm run demo', () => {
     expect(second.distiller).toEqual(results.distiller);
   });
 
-  it('--task spam: off-ramps on the text encoder, Distiller\'s statistics, thresholds certified on one half of the held-out e-mails, the other half served', () => {
+  it('--task spam: off-ramps on the text encoder, Distiller\'s statistics, thresholds certified on one half of the held-out e-mails, the other half served, its checkpoint served over HTTP', async () => {
     const spamOut = path.join(path.dirname(out), 'spam');
     const result = run(['demo', '--task', 'spam', '--epochs', '1', '--out', spamOut]);
     expect(result.stderr).toBe('');
@@ -80,6 +80,41 @@ describe('npm run demo', () => {
       expect(results.calibration.chosen.thresholds).toEqual([null, null, null]);
     }
     expect(fs.readFileSync(path.join(spamOut, 'tradeoff.svg'), 'utf8')).toContain('id="chosen"');
+
+    // Its checkpoint serves token ids over HTTP: per sample from the exported program's
+    // interpreter (the compiled graph cannot shrink the mask, and serve says so), whole batches
+    // from TorchScript.
+    const checkpoint = path.join(spamOut, 'checkpoint');
+    const child = spawn(process.execPath, [CLI, 'serve', checkpoint, '--port', '0', '--instances', '1', ...(CAN_EXPORT ? [] : ['--whole-batch'])],
+      { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let log = '';
+      const url = await new Promise<string>((resolve, reject) => {
+        child.stdout.on('data', (chunk: Buffer) => {
+          log += chunk.toString();
+          const found = /on (http:\/\/[^:]+:\d+)/.exec(log);
+          if (found) resolve(found[1]);
+        });
+        child.on('exit', (code) => reject(new Error(`serve exited with ${code}: ${log}`)));
+      });
+      expect(log.includes('served uncompiled: per-sample exits at')).toBe(CAN_EXPORT);
+      expect(log).toContain('input token ids (1 to 64)');
+      const loaded = loadCheckpoint(checkpoint).model.eval();
+      const policy = { thresholds: results.calibration.chosen.thresholds, criterion: results.calibration.criterion, perSample: CAN_EXPORT };
+      for (const email of report.slice(0, 4)) {
+        const ids = tokenizer.encode(email.text);
+        const reply = await fetch(`${url}/predict`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ input: ids }) });
+        expect(reply.status).toBe(200);
+        const answer = (await reply.json()) as { prediction: number; exit: number };
+        const alone = loaded.forwardEarlyExit(torch.tensor(BigInt64Array.from(ids, BigInt), { shape: [1, ids.length] }), policy);
+        expect(answer.exit).toBe(alone.exit);
+        expect(answer.prediction).toBe((alone.output.argmax(1).data() as BigInt64Array)[0] === 1n ? 1 : 0);
+      }
+    } finally {
+      const exited = new Promise((resolve) => child.on('exit', resolve));
+      child.kill('SIGINT');
+      await exited;
+    }
 
     const refused = run(['demo', '--task', 'spam', '--train', '100']);
     expect(refused.status).toBe(2);

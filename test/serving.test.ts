@@ -265,7 +265,7 @@ describe('torch-early-exit serve', () => {
     saveCheckpoint(path.join(dir, 'bare'), model);
     const bare = spawnSync(process.execPath, [CLI, 'serve', path.join(dir, 'bare')], { encoding: 'utf8', timeout: 60000 });
     expect(bare.status).toBe(1);
-    expect(bare.stderr).toMatch(/has no extra.serving \{ inputShape, policy \}/);
+    expect(bare.stderr).toMatch(/has no extra.serving \{ inputShape or sequence, policy \}/);
 
     const child = spawn(process.execPath, [CLI, 'serve', path.join(dir, 'served'), '--port', '0', '--instances', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';

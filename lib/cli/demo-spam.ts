@@ -12,6 +12,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { emailLabels, halveByGroup, loadSpamAssassin, splitEmails } from '../data/spam-assassin';
 import { Calibration, calibrateThresholds, collectOutputs, measureBaselineLatency, measureExitLatencies, policyOf } from '../early-exit/calibrate';
+import { saveCheckpoint } from '../early-exit/checkpoint';
 import { EarlyExitModel } from '../early-exit/model';
 import { ServingReport, serveOneAtATime } from '../early-exit/serving';
 import { WordTokenizer } from '../text/tokenizer';
@@ -22,7 +23,7 @@ import * as torch from '../torch/torch';
 import { packageRoot } from '../util/package-root';
 import { DemoOptions } from './args';
 import { parseBranchSpec } from './branch-spec';
-import { DemoInterrupted, DemoResults, StopSignal, pct, printDistillerStatistics, table, trainWithProgress, writeResults } from './demo';
+import { DemoInterrupted, DemoResults, DemoServing, StopSignal, pct, printDistillerStatistics, table, trainWithProgress, writeResults } from './demo';
 import { tradeOffSvg } from './plot';
 
 const FIXTURES = path.join(packageRoot(), 'test', 'fixtures');
@@ -128,6 +129,20 @@ export async function runSpamDemo(options: DemoOptions, signal: StopSignal = { s
   if (signal.stopped) throw new DemoInterrupted('interrupted');
   const full = optimizeForInference(model.plainBackbone({ device: options.device }));
   for (let i = 0; i < 50; i++) torch.tidy(() => { model.forwardEarlyExit(typical, policy); torch.noGrad(() => full.forward(typical)); });
+  // Every length once, both models: TorchScript's executor specialises a compiled graph to the
+  // shapes it meets, and LibTorch 2.14's CPU fuser compiles a kernel for each new one (0.3 to
+  // 1 s each, measured), which would otherwise land in the first e-mails of each length.
+  // Each exit's stop too: the part of the graph after an exit is specialised when a forward reaches it.
+  const stopAt = [...model.exitPoints.keys(), model.exitPoints.length].map((k) => ({
+    criterion: 'maxProbability' as const, thresholds: model.exitPoints.map((_, i) => (i === k ? 0 : null)),
+  }));
+  for (let length = 1; length <= tokenizer.maxLength; length++) {
+    torch.tidy(() => {
+      const ids = onDevice(torch.tensor(BigInt64Array.from({ length }, () => BigInt(WordTokenizer.UNK)), { shape: [1, length] }));
+      for (const stop of stopAt) model.forwardEarlyExit(ids, stop);
+      torch.noGrad(() => full.forward(ids));
+    });
+  }
   const labels = reportEmails.map((email) => email.label);
   const serving = await serveOneAtATime(model, full, (i) => alone(reportEmails[i]), labels, policy, () => signal.stopped);
   if (!serving) throw new DemoInterrupted('interrupted while serving');
@@ -146,8 +161,17 @@ export async function runSpamDemo(options: DemoOptions, signal: StopSignal = { s
     heldOutSplit: { calibration: half, report: labels.length }, calibration, serving,
   };
   writeResults(options.out, results, tradeOffSvg(calibration, `Early exits on SpamAssassin e-mails: accuracy against speedup (${calibration.criterion})`));
-  // Serving token ids over HTTP is not built yet (`serve` takes float inputs of one shape), so
-  // no checkpoint is written for it.
-  log(`\nwrote ${path.join(options.out, 'results.json')} and ${path.join(options.out, 'tradeoff.svg')}`);
+  // What `torch-early-exit serve` serves: token ids up to the tokenizer's length, padded with
+  // [PAD] into batches (the encoder masks it), the certified policy, and which e-mails chose
+  // nothing (the second half of the held-out ones).
+  const servingSettings: DemoServing = {
+    sequence: { maxLength: tokenizer.maxLength, padId: WordTokenizer.PAD, vocabularySize: tokenizer.size },
+    tokenizer: path.resolve(tokenizerFile),
+    policy: { criterion: policy.criterion, thresholds: [...policy.thresholds] },
+    data: { corpus: 'spam-assassin', calibration: half },
+  };
+  saveCheckpoint(path.join(options.out, 'checkpoint'), model, { extra: { serving: servingSettings } });
+  log(`\nwrote ${path.join(options.out, 'results.json')}, ${path.join(options.out, 'tradeoff.svg')} and the checkpoint ` +
+    `${path.join(options.out, 'checkpoint')} (torch-early-exit serve serves it)`);
   return results;
 }

@@ -24,6 +24,7 @@ import { packageRoot } from '../util/package-root';
 import { Tensor } from '../torch/tensor';
 import { Adam } from '../torch/optim';
 import * as torch from '../torch/torch';
+import type { SequenceInput } from '../serving/server';
 import { DemoOptions } from './args';
 import { parseBranchSpec } from './branch-spec';
 import { tradeOffSvg } from './plot';
@@ -78,10 +79,17 @@ export function pct(value: number): string { return `${value.toFixed(2)}%`; }
 
 /** What the demo's checkpoint says about serving it (its `extra.serving`). */
 export interface DemoServing {
-  inputShape: number[];
+  /** The shape of one float sample; or `sequence`, for token ids. */
+  inputShape?: number[];
+  sequence?: SequenceInput;
+  /** With `sequence`: the tokenizer file that makes the ids (`WordTokenizer.save`'s). */
+  tokenizer?: string;
   policy: { criterion: LabelFreeCriterion; thresholds: Array<number | null> };
-  /** loadMnist's settings; the held-out digits from `calibration` on chose nothing. */
-  data: { seed: number; train: number; test: number; calibration: number };
+  /**
+   * What chose nothing: loadMnist's settings, the held-out digits from `calibration` on; or
+   * the SpamAssassin corpus's held-out e-mails, the second of `halveByGroup`'s halves.
+   */
+  data: { seed: number; train: number; test: number; calibration: number } | { corpus: 'spam-assassin'; calibration: number };
 }
 
 /** Runs the demo, printing as it goes; writes `results.json` and `tradeoff.svg` into `options.out` at the end. */

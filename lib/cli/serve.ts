@@ -9,6 +9,7 @@ import { loadCheckpoint } from '../early-exit/checkpoint';
 import { EarlyExitModel } from '../early-exit/model';
 import { EarlyExitServer, createHttpApp } from '../serving';
 import type { HttpLimits } from '../serving/http-limits';
+import { setTensorExprFuserEnabled } from '../torch/jit';
 import * as torch from '../torch/torch';
 import { UsageError, parseCommand, parseDemoArgs } from './args';
 import { DemoServing, runDemo } from './demo';
@@ -17,8 +18,9 @@ export const SERVE_USAGE = `Usage: torch-early-exit serve [CHECKPOINT] [options]
 
 Serves an early-exit model over HTTP: POST /predict, the Open Inference Protocol
 (/v2/models/NAME/infer), GET /stats, /healthz and /metrics. CHECKPOINT is a folder that
-saveCheckpoint wrote with extra.serving (inputShape, policy); by default the demo's
-(out/demo/checkpoint), trained first if it is missing.
+saveCheckpoint wrote with extra.serving (inputShape or sequence, policy); by default the
+demo's (out/demo/checkpoint), trained first if it is missing; demo --task spam writes one of
+token ids (out/demo-spam/checkpoint).
 
 Options:
   --port N               port (default 8080; 0 picks a free one)
@@ -110,17 +112,30 @@ export async function serve(argv: readonly string[]): Promise<number> {
   }
   const loaded = loadCheckpoint(checkpoint);
   const serving = (loaded.extra as { serving?: DemoServing } | undefined)?.serving;
-  if (!serving || !Array.isArray(serving.inputShape) || !serving.policy) {
-    throw new Error(`${checkpoint} has no extra.serving { inputShape, policy }: save it with ` +
+  if (!serving || !(Array.isArray(serving.inputShape) || serving.sequence) || !serving.policy) {
+    throw new Error(`${checkpoint} has no extra.serving { inputShape or sequence, policy }: save it with ` +
       'saveCheckpoint(dir, model, { extra: { serving: { inputShape, policy: { criterion, thresholds } } } })');
   }
   torch.setNumThreads(1);
+  // Batches and sequences of every size: no kernel compiled per shape in the middle of answers.
+  setTensorExprFuserEnabled(false);
   const chosen = (options.full ? new EarlyExitModel(loaded.model.plainBackbone(), []) : loaded.model).eval();
   const model = chosen.optimizeForInference();
-  if (chosen.backbone.isExportedProgram) console.log(`the backbone is an exported program (torch.export), served compiled for inference: ${model.inferenceOptimization}`);
   const policy = options.full ? { criterion: serving.policy.criterion, thresholds: [] } : serving.policy;
+  // Compiled, per-sample exits follow TorchScript's batch-boundary rule; an exported program's
+  // interpreter also shrinks what the compiled graph cannot (a padding mask read by every layer).
+  const interpreterOnly = model.exitPoints.filter((_, i) => options.perSample && policy.thresholds[i] !== null &&
+    !model.inferenceExitsPerSample![i] && model.exitsPerSample[i]);
+  if (interpreterOnly.length > 0) {
+    model.leaveInferenceMode();
+    console.log(`served uncompiled: per-sample exits at ${interpreterOnly.map((p) => `'${p}'`).join(', ')} need the exported program's ` +
+      'interpreter, which shrinks every value that carries the batch; compiled, they would be refused (--whole-batch serves compiled)');
+  } else if (chosen.backbone.isExportedProgram) {
+    console.log(`the backbone is an exported program (torch.export), served compiled for inference: ${model.inferenceOptimization}`);
+  }
   const server = new EarlyExitServer(model, {
-    inputShape: serving.inputShape, policy, perSample: options.perSample, maxBatchSize: options.maxBatchSize,
+    ...(serving.sequence ? { sequence: serving.sequence } : { inputShape: serving.inputShape }),
+    policy, perSample: options.perSample, maxBatchSize: options.maxBatchSize,
     maxQueueDelayMs: options.maxQueueDelayMs, maxQueueSize: options.maxQueueSize, timeoutMs: options.timeoutMs,
     ...(options.instances !== undefined ? { instances: options.instances } : {}),
     ...(options.adaptive && !options.full ? { adaptive: options.adaptive } : {}),
@@ -129,7 +144,7 @@ export async function serve(argv: readonly string[]): Promise<number> {
   const app = createHttpApp(server, { modelName: name, ...options.limits });
   const address = await app.listen({ port: options.port, host: options.host });
   console.log(`serving ${checkpoint} as '${name}' on ${address}: POST /predict, POST /v2/models/${name}/infer, ` +
-    `GET /stats /healthz /metrics; input [${serving.inputShape}], ${options.full ? 'no exits' : `${policy.criterion} thresholds ` +
+    `GET /stats /healthz /metrics; input ${serving.sequence ? `token ids (1 to ${serving.sequence.maxLength})` : `[${serving.inputShape}]`}, ${options.full ? 'no exits' : `${policy.criterion} thresholds ` +
       `[${policy.thresholds.map((t) => (t === null ? 'never' : t.toFixed(4)))}]${options.perSample ? ', per sample' : ', whole batches'}` +
       `${options.adaptive ? ', adapting online' : ''}`}; Ctrl-C stops`);
   await new Promise<void>((resolve) => {

@@ -98,6 +98,13 @@ export class EarlyExitModel {
   /** In inference mode, how the model was compiled: 'oneDNN' (see `InferenceOptions.optimize`) or 'frozen'. */
   get inferenceOptimization(): InferenceOptimization | undefined { return this.inferenceBoundaries && this.compiledWith; }
 
+  /**
+   * In inference mode, where the compiled model lets samples leave alone (its batch
+   * boundaries, which can be fewer than `exitsPerSample`: an exported program's interpreter
+   * shrinks every live value, the compiled graph cannot); undefined outside inference mode.
+   */
+  get inferenceExitsPerSample(): readonly boolean[] | undefined { return this.inferenceBoundaries; }
+
   private compiledWith?: InferenceOptimization;
 
   /** Drops the compiled model: `forwardEarlyExit` runs the model itself again. */
