@@ -3,7 +3,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { Tensor, WordTokenizer, halveByGroup, jit, loadCheckpoint, loadSpamAssassin, splitEmails, torch } from '../lib';
-import { CAN_EXPORT, fixture } from './helpers';
+import { CAN_EXPORT, fixture, startServe } from './helpers';
 
 const CLI = path.join(__dirname, '..', 'bin', 'torch-early-exit.js');
 
@@ -85,18 +85,8 @@ describe('npm run demo', () => {
     // interpreter (the compiled graph cannot shrink the mask, and serve says so), whole batches
     // from TorchScript.
     const checkpoint = path.join(spamOut, 'checkpoint');
-    const child = spawn(process.execPath, [CLI, 'serve', checkpoint, '--port', '0', '--instances', '1', ...(CAN_EXPORT ? [] : ['--whole-batch'])],
-      { stdio: ['ignore', 'pipe', 'pipe'] });
+    const { url, log, stop } = await startServe([checkpoint, '--port', '0', '--instances', '1', ...(CAN_EXPORT ? [] : ['--whole-batch'])]);
     try {
-      let log = '';
-      const url = await new Promise<string>((resolve, reject) => {
-        child.stdout.on('data', (chunk: Buffer) => {
-          log += chunk.toString();
-          const found = /on (http:\/\/[^:]+:\d+)/.exec(log);
-          if (found) resolve(found[1]);
-        });
-        child.on('exit', (code) => reject(new Error(`serve exited with ${code}: ${log}`)));
-      });
       expect(log.includes('served uncompiled: per-sample exits at')).toBe(CAN_EXPORT);
       expect(log).toContain('input token ids (1 to 64)');
       const loaded = loadCheckpoint(checkpoint).model.eval();
@@ -111,9 +101,7 @@ describe('npm run demo', () => {
         expect(answer.prediction).toBe((alone.output.argmax(1).data() as BigInt64Array)[0] === 1n ? 1 : 0);
       }
     } finally {
-      const exited = new Promise((resolve) => child.on('exit', resolve));
-      child.kill('SIGINT');
-      await exited;
+      await stop();
     }
 
     const refused = run(['demo', '--task', 'spam', '--train', '100']);

@@ -1,4 +1,5 @@
 /** Shared by the suites: fixture paths and reference data written by scripts/make_fixtures.py. */
+import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { EarlyExitModel, Tensor, exitDecisions, exitScores, jit, nn, torch } from '../lib';
@@ -110,4 +111,23 @@ export function medianEntropySplit(model: EarlyExitModel): { x: Tensor; outputs:
   const expected = exitDecisions(scores, 'entropy', thresholds);
   expect(new Set(expected).size).toBe(3);
   return { x, outputs, thresholds, expected };
+}
+
+/**
+ * `torch-early-exit serve ARGS` in its own process: resolves once it listens, with its URL, what
+ * it has printed so far, and a stop that sends SIGINT and resolves to its exit code.
+ */
+export async function startServe(args: string[]): Promise<{ url: string; log: string; child: ChildProcess; stop: () => Promise<number | null> }> {
+  const child = spawn(process.execPath, [path.join(__dirname, '..', 'bin', 'torch-early-exit.js'), 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+  const url = await new Promise<string>((resolve, reject) => {
+    child.stdout!.on('data', (chunk: Buffer) => {
+      log += chunk.toString();
+      const found = /on (http:\/\/[^:]+:\d+)/.exec(log);
+      if (found) resolve(found[1]);
+    });
+    child.on('exit', (code) => reject(new Error(`serve exited with ${code}: ${log}`)));
+  });
+  return { url, log, child, stop: () => { child.kill('SIGINT'); return exited; } };
 }

@@ -8,7 +8,7 @@ import { EarlyExitModel, Tensor, exitScores, jit, nn, torch } from '../lib';
 import { EarlyExitServer } from '../lib/serving/server';
 import { createHttpApp } from '../lib/serving/http';
 import { ServerClosedError } from '../lib/serving/errors';
-import { CAN_EXPORT, fixture, medianEntropySplit, mnistTwoExits } from './helpers';
+import { CAN_EXPORT, fixture, medianEntropySplit, mnistTwoExits, startServe } from './helpers';
 
 /** ResNet-18 at 64 px with an exit after layer1 that half of a seeded batch meets, compiled for inference. */
 function resnetWithEarlyExit(): { model: EarlyExitModel; x: Tensor; threshold: number } {
@@ -255,7 +255,7 @@ describe('torch-early-exit serve', () => {
     const fs = await import('fs');
     const os = await import('os');
     const path = await import('path');
-    const { spawn, spawnSync } = await import('child_process');
+    const { spawnSync } = await import('child_process');
     const { saveCheckpoint } = await import('../lib');
     const model = mnistTwoExits(backbone);
     const { x, thresholds } = medianEntropySplit(model);
@@ -267,16 +267,7 @@ describe('torch-early-exit serve', () => {
     expect(bare.status).toBe(1);
     expect(bare.stderr).toMatch(/has no extra.serving \{ inputShape or sequence, policy \}/);
 
-    const child = spawn(process.execPath, [CLI, 'serve', path.join(dir, 'served'), '--port', '0', '--instances', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    const url = await new Promise<string>((resolve, reject) => {
-      child.stdout.on('data', (chunk: Buffer) => {
-        out += chunk.toString();
-        const found = /on (http:\/\/[^:]+:\d+)/.exec(out);
-        if (found) resolve(found[1]);
-      });
-      child.on('exit', (code) => reject(new Error(`serve exited with ${code}: ${out}`)));
-    });
+    const { url, log: out, stop } = await startServe([path.join(dir, 'served'), '--port', '0', '--instances', '1']);
     // An exported program is compiled for inference too, and serve says so.
     expect(/exported program \(torch.export\), served compiled for inference: (oneDNN|frozen)/.test(out)).toBe(backbone === 'exported');
     const answers = await Promise.all([0, 1, 2, 3].map(async (i) => {
@@ -287,9 +278,7 @@ describe('torch-early-exit serve', () => {
       return ((await reply.json()) as { outputs: Array<{ name: string; data: number[] }> }).outputs.find((o) => o.name === 'exit')!.data[0];
     }));
     expect(answers).toEqual([0, 1, 2, 3].map((i) => model.forwardEarlyExit(x.narrow(0, i, 1), { ...policy, perSample: true }).exit));
-    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
-    child.kill('SIGINT');
-    expect(await exited).toBe(0);
+    expect(await stop()).toBe(0);
     fs.rmSync(dir, { recursive: true, force: true });
   });
 });

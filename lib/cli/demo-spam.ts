@@ -23,7 +23,7 @@ import * as torch from '../torch/torch';
 import { packageRoot } from '../util/package-root';
 import { DemoOptions } from './args';
 import { parseBranchSpec } from './branch-spec';
-import { DemoInterrupted, DemoResults, DemoServing, StopSignal, pct, printDistillerStatistics, table, trainWithProgress, writeResults } from './demo';
+import { DemoInterrupted, DemoResults, DemoServing, StopSignal, pct, table, trainAndReport, writeResults } from './demo';
 import { tradeOffSvg } from './plot';
 
 const FIXTURES = path.join(packageRoot(), 'test', 'fixtures');
@@ -84,13 +84,7 @@ export async function runSpamDemo(options: DemoOptions, signal: StopSignal = { s
   log(`model: ${modelFile} (frozen), tokenizer ${tokenizerFile}\nexits: ${exitSpecs.map(([p, s]) => `${p} -> ${s}`).join('; ')}; ` +
     `loss weights [${lossWeights.map((w) => w.toFixed(2))}]`);
 
-  const trainingStarted = Date.now();
-  const names = [...model.exitPoints.map((_, i) => `exit${i}`), 'final'];
-  const heldOut = await trainWithProgress(model, trainSet, testSet, { ...options, lossWeights }, names, signal, log);
-  const trainingSeconds = (Date.now() - trainingStarted) / 1000;
-  const distiller = printDistillerStatistics(model, testSet, names, log);
-
-  if (signal.stopped) throw new DemoInterrupted('interrupted');
+  const { names, heldOut, trainingSeconds, distiller } = await trainAndReport(model, trainSet, testSet, { ...options, lossWeights }, signal, log);
   const half = calibrationEmails.length;
   const calibrationSet = { images: testSet.images.narrow(0, 0, half), labels: testSet.labels.narrow(0, 0, half) };
   const calibrationOutputs = collectOutputs(model, calibrationSet);

@@ -116,13 +116,7 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   const testSet = { images: onDevice(test.images), labels: onDevice(test.labels) };
   log(`model: ${modelFile}\nexits: ${exitSpecs.map(([p, s]) => `${p} -> ${s}`).join('; ')}; loss weights [${lossWeights}]`);
 
-  const trainingStarted = Date.now();
-  const names = [...model.exitPoints.map((_, i) => `exit${i}`), 'final'];
-  const heldOut = await trainWithProgress(model, trainSet, testSet, { ...options, lossWeights }, names, signal, log);
-  const trainingSeconds = (Date.now() - trainingStarted) / 1000;
-
-  const distiller = printDistillerStatistics(model, testSet, names, log);
-  if (signal.stopped) throw new DemoInterrupted('interrupted');
+  const { names, heldOut, trainingSeconds, distiller } = await trainAndReport(model, trainSet, testSet, { ...options, lossWeights }, signal, log);
   // Thresholds and the criterion are chosen on one half of the held-out digits, and what
   // serving gives is reported on the other half, which chose nothing.
   const half = Math.round(testSet.images.shape[0] * options.calibrationSplit);
@@ -196,6 +190,21 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   log(`\nwrote ${path.join(options.out, 'results.json')}, ${path.join(options.out, 'tradeoff.svg')} and the checkpoint ` +
     `${path.join(options.out, 'checkpoint')} (torch-early-exit serve serves it)`);
   return results;
+}
+
+/**
+ * The demo's first half, on any task: trains with a progress bar, then prints Distiller's
+ * statistics on `testSet`. The outputs' names, the held-out accuracy, the training time.
+ */
+export async function trainAndReport(model: EarlyExitModel, trainSet: LabelledData, testSet: LabelledData,
+  options: Parameters<typeof trainWithProgress>[3], signal: StopSignal, log: (line: string) => void) {
+  const trainingStarted = Date.now();
+  const names = [...model.exitPoints.map((_, i) => `exit${i}`), 'final'];
+  const heldOut = await trainWithProgress(model, trainSet, testSet, options, names, signal, log);
+  const trainingSeconds = (Date.now() - trainingStarted) / 1000;
+  const distiller = printDistillerStatistics(model, testSet, names, log);
+  if (signal.stopped) throw new DemoInterrupted('interrupted');
+  return { names, heldOut, trainingSeconds, distiller };
 }
 
 /** Trains the exits (and whatever else has gradients) with a progress bar; the held-out accuracy per output after the last epoch. */
