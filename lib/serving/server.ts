@@ -125,13 +125,13 @@ export class EarlyExitServer {
     }
     this.policy = { criterion: options.policy?.criterion, thresholds: [...(options.policy?.thresholds ?? [])], perSample: options.perSample ?? true };
     this.earlyRelease = options.earlyRelease ?? true;
-    // A dry run on a blank sample (two one-id sequences of different lengths, so padding too):
-    // a policy the model refuses, or an input it cannot take, fails here with the model's own
+    // A dry run on a blank sample (for sequences, two of lengths 2 and 1, so padding too): a
+    // policy the model refuses, or an input it cannot take, fails here with the model's own
     // message, not at every request.
+    const id = BigInt(Math.min(1, (this.sequence?.vocabularySize ?? 1) - 1));
     noGrad(() => tidy(() => {
-      model.forwardEarlyExit(this.sequence ? this.batchOf([BigInt64Array.of(1n, 1n), BigInt64Array.of(1n)].map((ids) =>
-        ids.map(() => BigInt(Math.min(1, this.sequence!.vocabularySize - 1))))) : tensor(new Float32Array(this.sampleSize), { shape: [1, ...this.inputShape] }),
-      this.policy);
+      model.forwardEarlyExit(this.sequence ? this.batchOf([BigInt64Array.of(id, id), BigInt64Array.of(id)])
+        : tensor(new Float32Array(this.sampleSize), { shape: [1, ...this.inputShape] }), this.policy);
     }));
     this.exitCounts = new Array(this.policy.thresholds.length + 1).fill(0);
     if (options.adaptive) {
