@@ -160,13 +160,13 @@ function emailsOf(model: EarlyExitModel, emails: Email[], tokenizer: WordTokeniz
 }
 
 /** Closed loop with `concurrency` requests in flight for `seconds`: answers per second. */
-async function capacity(url: string, digits: Item[], concurrency: number, seconds: number): Promise<number> {
+async function capacity(url: string, items: Item[], concurrency: number, seconds: number): Promise<number> {
   const end = performance.now() + seconds * 1000;
   let answered = 0;
   let next = 0;
   await Promise.all(Array.from({ length: concurrency }, async () => {
     while (performance.now() < end) {
-      const sample = await request(url, digits[next++ % digits.length]);
+      const sample = await request(url, items[next++ % items.length]);
       if (sample.status === 200) answered++;
     }
   }));
@@ -175,9 +175,9 @@ async function capacity(url: string, digits: Item[], concurrency: number, second
 
 /**
  * Open loop: Poisson arrivals at `rate` a second for `seconds`, every answer awaited; the
- * digits come from `digits`, or from `later` once `switchAt` of the time has passed.
+ * requests come from `items`, or from `later` once `switchAt` of the time has passed.
  */
-async function openLoop(url: string, digits: Item[], rate: number, seconds: number, seed: number,
+async function openLoop(url: string, items: Item[], rate: number, seconds: number, seed: number,
   later?: Item[], switchAt = 0.5): Promise<{ samples: Sample[]; seconds: number }> {
   let state = seed >>> 0;
   const random = () => { state = (state * 1664525 + 1013904223) >>> 0; return (state + 0.5) / 2 ** 32; };
@@ -187,7 +187,7 @@ async function openLoop(url: string, digits: Item[], rate: number, seconds: numb
   for (let i = 0; at < seconds * 1000; i++) {
     const wait = started + at - performance.now();
     if (wait > 1) await new Promise((resolve) => setTimeout(resolve, wait));
-    const source = later && at >= switchAt * seconds * 1000 ? later : digits;
+    const source = later && at >= switchAt * seconds * 1000 ? later : items;
     pending.push(request(url, source[i % source.length]));
     at += (-Math.log(random()) / rate) * 1000;
   }
@@ -237,32 +237,32 @@ async function main(): Promise<void> {
   }
   const serving = (JSON.parse(fs.readFileSync(path.join(checkpoint, 'checkpoint.json'), 'utf8')).extra as { serving: DemoServing }).serving;
   const model = loadCheckpoint(checkpoint).model.eval();
-  let digits: Item[];
+  let items: Item[];
   let noisy: Item[] | undefined;
   let what: string;
   if ('corpus' in serving.data) {
     // The e-mails that chose nothing: the second half of the held-out ones, each its own length.
     const [, report] = halveByGroup(splitEmails(loadSpamAssassin()).test);
-    digits = emailsOf(model, report, WordTokenizer.load(serving.tokenizer!));
-    what = `${digits.length} held-out e-mails that chose nothing, as token ids of their own length`;
+    items = emailsOf(model, report, WordTokenizer.load(serving.tokenizer!));
+    what = `${items.length} held-out e-mails that chose nothing, as token ids of their own length`;
   } else {
     const { test } = loadMnist({ train: serving.data.train, test: serving.data.test, seed: serving.data.seed });
     const count = test.images.shape[0] - serving.data.calibration;
     const images = test.images.narrow(0, serving.data.calibration, count);
     const labels = Array.from(test.labels.narrow(0, serving.data.calibration, count).data() as BigInt64Array, Number);
-    digits = digitsOf(model, images, labels);
+    items = digitsOf(model, images, labels);
     // The drift: the same digits with Gaussian noise (in the normalised scale), seeded.
     torch.manualSeed(5);
     noisy = digitsOf(model, torch.noGrad(() => images.add(torch.randn(images.shape).mul(NOISE))), labels);
-    what = `${digits.length} held-out digits that chose nothing`;
+    what = `${items.length} held-out digits that chose nothing`;
   }
   console.log(`bench:serve: ${checkpoint} over HTTP on loopback, ${what}; ` +
     `${os.cpus().length} CPUs; server: ${batching.join(' ')}, instances one per core, one intra-op thread each; ` +
     `${serving.policy.criterion} thresholds [${serving.policy.thresholds}]`);
 
   const full = await startServer(checkpoint, 'full', batching);
-  await capacity(full.url, digits, 64, 1);
-  const peak = await capacity(full.url, digits, 64, Math.max(3, seconds / 2));
+  await capacity(full.url, items, 64, 1);
+  const peak = await capacity(full.url, items, 64, Math.max(3, seconds / 2));
   await stopServer(full.child);
   console.log(`capacity of (a), closed loop with 64 requests in flight: ${peak.toFixed(0)} answers/s\n`);
 
@@ -270,10 +270,10 @@ async function main(): Promise<void> {
   for (const mode of MODES) {
     const server = await startServer(checkpoint, mode, batching);
     try {
-      await openLoop(server.url, digits, peak * 0.3, 1, 1); // warm up
+      await openLoop(server.url, items, peak * 0.3, 1, 1); // warm up
       for (const [i, load] of loads.entries()) {
         const cell = summarize(mode, load, peak * load,
-          await coresBusy(server.child, () => openLoop(server.url, digits, peak * load, seconds, 100 + i)));
+          await coresBusy(server.child, () => openLoop(server.url, items, peak * load, seconds, 100 + i)));
         cells.push(cell);
         console.error(`${LABEL[mode]} at ${(load * 100).toFixed(0)}%: p50 ${cell.p50.toFixed(2)} ms, p99 ${cell.p99.toFixed(2)} ms`);
       }
@@ -303,8 +303,8 @@ async function main(): Promise<void> {
   for (const mode of noisy ? ['perSample', 'adaptive'] as const : []) {
     const server = await startServer(checkpoint, mode, batching);
     try {
-      await openLoop(server.url, digits, peak * 0.3, 2, 1); // warm up (and, adapting, settle on clean digits)
-      const run = await openLoop(server.url, digits, peak * middle, 2 * seconds, 7, noisy, 0.5);
+      await openLoop(server.url, items, peak * 0.3, 2, 1); // warm up (and, adapting, settle on clean digits)
+      const run = await openLoop(server.url, items, peak * middle, 2 * seconds, 7, noisy, 0.5);
       const half = Math.floor(run.samples.length / 2);
       const share = (samples: Sample[], test: (s: Sample) => boolean) => (100 * samples.filter(test).length) / samples.length;
       const [first, second] = [run.samples.slice(0, half), run.samples.slice(half)];

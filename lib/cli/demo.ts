@@ -164,11 +164,7 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   const serving = await serveOneAtATime(model, full, reportSet.images, labels, policy, () => signal.stopped);
   if (!serving) throw new DemoInterrupted('interrupted while serving');
   log(`\nserving the other ${labels.length} held-out digits (none used to calibrate) one at a time with real early exits (${calibration.criterion}):`);
-  log(table([['exit', 'samples', 'share', 'accuracy', 'mean latency'],
-    ...serving.exits.map((e) => [e.exit, String(e.samples), pct(e.share), pct(e.accuracy), `${e.meanLatencyMs.toFixed(3)} ms`]),
-    ['all, early exits', String(labels.length), '100.00%', pct(serving.accuracy), `${serving.meanLatencyMs.toFixed(3)} ms`],
-    ['full network', String(labels.length), '', pct(serving.fullAccuracy), `${serving.fullMeanLatencyMs.toFixed(3)} ms`]]));
-  log(`speedup against the full network: ${serving.speedup.toFixed(2)}x at ${(serving.fullAccuracy - serving.accuracy).toFixed(2)} points of accuracy`);
+  printServing(serving, 'samples', log);
   log(`  (calibration predicted ${calibration.chosen.speedup.toFixed(2)}x at ` +
     `${(calibration.finalAccuracy - calibration.chosen.accuracy).toFixed(2)} points on its own ${half} digits)`);
 
@@ -190,6 +186,16 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   log(`\nwrote ${path.join(options.out, 'results.json')}, ${path.join(options.out, 'tradeoff.svg')} and the checkpoint ` +
     `${path.join(options.out, 'checkpoint')} (torch-early-exit serve serves it)`);
   return results;
+}
+
+/** What serving one at a time gave: per exit, all together, the network without exits, and the speed-up. */
+export function printServing(serving: ServingReport, unit: string, log: (line: string) => void): void {
+  const count = String(serving.exits.reduce((sum, e) => sum + e.samples, 0));
+  log(table([['exit', unit, 'share', 'accuracy', 'mean latency'],
+    ...serving.exits.map((e) => [e.exit, String(e.samples), pct(e.share), pct(e.accuracy), `${e.meanLatencyMs.toFixed(3)} ms`]),
+    ['all, early exits', count, '100.00%', pct(serving.accuracy), `${serving.meanLatencyMs.toFixed(3)} ms`],
+    ['full network', count, '', pct(serving.fullAccuracy), `${serving.fullMeanLatencyMs.toFixed(3)} ms`]]));
+  log(`speedup against the full network: ${serving.speedup.toFixed(2)}x at ${(serving.fullAccuracy - serving.accuracy).toFixed(2)} points of accuracy`);
 }
 
 /**
