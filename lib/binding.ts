@@ -72,9 +72,13 @@ export interface NativeScriptModule {
   removeHook(id: number): boolean;
   /**
    * Compiles the root for inference (frozen; with `optimize`, oneDNN and fusions too) with
-   * the hooks of `points` kept as exit points; per point, whether it is a batch boundary.
+   * the hooks of `points` kept as exit points; per point, whether samples can leave the
+   * batch alone there (a batch boundary, or every batch-sized value read after it carried),
+   * and where they cannot, why.
    */
-  compileForInference(points: string[], optimize: boolean | undefined): [boolean[], InferenceOptimization];
+  compileForInference(points: string[], optimize: boolean | undefined): [boolean[], InferenceOptimization, string[]];
+  /** Why a compiled exit at this module could not let samples leave alone ('' when it could). */
+  carryProblem(): string;
   dropInference(): void;
   /** A new model: this one frozen (and optimized) without hooks, as torch.jit.optimize_for_inference. */
   optimizedCopy(optimize: boolean | undefined): [NativeScriptModule, InferenceOptimization];

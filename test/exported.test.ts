@@ -278,7 +278,7 @@ describeExported('optimizeForInference on an exported ResNet-20: frozen, batch n
     expect(model.backbone.programNodesRun).toBe(nodes);
   });
 
-  it('per-sample exits where the compiled model has a batch boundary; inside a block, a refusal that names the way out', () => {
+  it('per-sample exits compiled as interpreted, at batch boundaries and inside a block (its input carried past the exit)', () => {
     const model = withExits();
     const x = torch.randn([6, 3, 32, 32]);
     const scores = exitScores(torch.noGrad(() => model.forward(x)), 'entropy');
@@ -290,12 +290,17 @@ describeExported('optimizeForInference on an exported ResNet-20: frozen, batch n
     expect(compiled.exits).toEqual(interpreted.exits);
     expect(new Set(compiled.exits).size).toBe(2);
     expect(maxAbsDiff(compiled.output, interpreted.output)).toBeLessThanOrEqual(1e-5);
-    // layer2.0.conv1 is inside a block: the interpreter shrinks the block's input too, the compiled model cannot.
+    // layer2.0.conv1 is inside a block: the interpreter shrinks the block's input, the compiled model carries it.
     expect(model.exitsPerSample).toEqual([true, true, true]);
-    expect(() => model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [null, 1, null], perSample: true }))
-      .toThrow(/samples cannot leave the batch alone at exit 'layer2\.0\.conv1' of the compiled model: .*\(the model itself can: leaveInferenceMode\(\) runs it uncompiled\)/);
+    expect(model.inferenceExitsPerSample).toEqual([true, true, true]);
+    const middle = [...scores[1]].sort((a, b) => a - b)[2];
+    const inside = { criterion: 'entropy' as const, thresholds: [null, middle, null], perSample: true };
+    const carried = model.forwardEarlyExit(x, inside);
+    expect(new Set(carried.exits).size).toBe(2);
     model.leaveInferenceMode();
-    expect(model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [null, 1, null], perSample: true }).output.shape[1]).toBe(10);
+    const shrunk = model.forwardEarlyExit(x, inside);
+    expect(carried.exits).toEqual(shrunk.exits);
+    expect(maxAbsDiff(carried.output, shrunk.output)).toBeLessThanOrEqual(1e-5);
   });
 
   it('is a snapshot: refuses to run once a weight changed, and compiles only the root, in eval mode', () => {

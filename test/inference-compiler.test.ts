@@ -4,7 +4,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { EarlyExitModel, Tensor, exitDecisions, exitScores, jit, nn, optim, torch } from '../lib';
 import { binding } from '../lib/binding';
-import { fixture, fromRef, maxAbsDiff, medianEntropySplit, mnistTwoExits, pythonWithTorch, reference, seedBranch } from './helpers';
+import { CAN_EXPORT, fixture, fromRef, maxAbsDiff, medianEntropySplit, mnistTwoExits, pythonWithTorch, reference, seedBranch } from './helpers';
 
 const resnet = () => reference('resnet20_reference.json');
 
@@ -89,17 +89,66 @@ describe('optimizeForInference: the compiled model computes what the model does'
     }
   });
 
-  it('finds batch boundaries through nested calls, and refuses per-sample exits where a skip connection crosses', () => {
-    const model = exitsAt('resnet20_scripted.pt', ['layer1.0.relu1', 'layer1.2.relu2', 'layer2.0']).optimizeForInference();
-    const x = torch.randn([4, 3, 32, 32]);
+  it('finds batch boundaries through nested calls, and carries a block\'s input past an exit inside the block', () => {
+    const model = exitsAt('resnet20_scripted.pt', ['layer1.0.relu1', 'layer1.2.relu2', 'layer2.0']);
     // layer1.0.relu1 is inside a residual block: the block's input is still needed after it.
-    expect(() => model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [1, null, null], perSample: true }))
-      .toThrow(/samples cannot leave the batch alone at exit 'layer1\.0\.relu1' of the compiled model/);
-    // layer1.2.relu2 ends a block nested two calls deep: samples can leave there.
+    expect(model.exitsPerSample).toEqual([false, true, true]);
+    model.optimizeForInference();
+    expect(model.inferenceExitsPerSample).toEqual([true, true, true]);
+    const x = torch.randn([4, 3, 32, 32]);
     const scores = exitScores(torch.noGrad(() => model.forward(x)), 'entropy');
+    // layer1.2.relu2 ends a block nested two calls deep: samples can leave there.
     const between = [...scores[1]].sort((a, b) => a - b)[1];
     const result = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [null, between, null], perSample: true });
     expect(result.exits).toEqual(scores[1].map((s) => (s <= between ? 1 : 3)));
+    // Inside the block, samples leave with the block's input carried: each as it is alone.
+    const inside = { criterion: 'entropy' as const, thresholds: [[...scores[0]].sort((a, b) => a - b)[1], null, null], perSample: true };
+    const left = model.forwardEarlyExit(x, inside);
+    expect(left.exits).toEqual(scores[0].map((s) => (s <= inside.thresholds[0]! ? 0 : 3)));
+    for (let j = 0; j < 4; j++) {
+      const alone = model.forwardEarlyExit(x.narrow(0, j, 1), inside);
+      expect([j, alone.exit, maxAbsDiff(left.output.narrow(0, j, 1), alone.output) <= 1e-5]).toEqual([j, left.exits[j], true]);
+    }
+  });
+
+  it('a value read across an exit whose batch dimension the graph does not tell makes the compiled exit refuse per-sample, naming it', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-view-skip-'));
+    const file = path.join(dir, 'view_skip.pt');
+    // A skip connection through a reshape with -1: which dimension of it holds the batch is
+    // a matter of sizes at run time, not of the graph.
+    fs.writeFileSync(path.join(dir, 'view_skip.py'), `
+import torch
+class ViewSkip(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first = torch.nn.Linear(8, 8)
+        self.second = torch.nn.Linear(8, 8)
+    def forward(self, x):
+        skip = x.view(-1, 2, 4)
+        return self.second(torch.relu(self.first(x))) + skip.view(-1, 8)
+torch.jit.save(torch.jit.script(ViewSkip().eval()), '${file}')
+`);
+    execFileSync(pythonWithTorch(), [path.join(dir, 'view_skip.py')], { stdio: 'ignore' });
+    const model = new EarlyExitModel(jit.load(file), [['first', nn.Linear(8, 3)]]).eval();
+    const x = torch.randn([4, 8]);
+    const policy = { criterion: 'entropy' as const, thresholds: [1e9], perSample: true };
+    // Compiled it cannot either, so the refusal does not send the user there; where this
+    // LibTorch loads exported programs, it names their interpreter, which reads the batch
+    // dimension off the exported shapes.
+    let refusal = '';
+    try {
+      model.forwardEarlyExit(x, policy);
+    } catch (error) {
+      refusal = (error as Error).message;
+    }
+    expect(refusal).toMatch(/^forwardEarlyExit: samples cannot leave the batch alone at exit 'first': a batch-sized tensor made before it .* is still read after it/);
+    expect(refusal).not.toContain('optimizeForInference');
+    expect(refusal.includes('(the same model exported by torch.export can')).toBe(CAN_EXPORT);
+    model.optimizeForInference();
+    expect(model.inferenceExitsPerSample).toEqual([false]);
+    expect(() => model.forwardEarlyExit(x, policy)).toThrow(new RegExp("samples cannot leave the batch alone at exit 'first' of the compiled model: " +
+      "'skip[.\\d]*' \\(made by aten::view\\) is made before it and read after it, and where it holds the batch cannot be told from the graph; use"));
+    expect(model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [1e9] }).exit).toBe(0);
   });
 
   it('a batch size read off the input before an exit and used after it makes the exit no batch boundary, compiled or not', () => {

@@ -64,6 +64,47 @@ describe('per-sample exits on torchvision models, through _forward_impl, Sequent
     }
   });
 
+  // Inside a residual block the block's input is read after the exit (the skip connection):
+  // compiled, it goes on with the samples that stay.
+  const inside: Array<[string, Array<[string, number]>]> = [
+    ['resnet18_scripted.pt', [['layer1.0.conv2', 64], ['layer2.1', 128], ['layer3', 256]]],
+    ['resnet18_traced.pt', [['layer1.0.conv2', 64], ['layer2.1', 128], ['layer3', 256]]],
+    ['mobilenet_v2_scripted.pt', [['features.3.conv.0', 144], ['features.6', 32], ['features.14', 160]]],
+  ];
+  it.each(inside)('%s: inside a residual block, refused uncompiled, naming the way; compiled, samples leave as they would alone', (file, points) => {
+    const model = withExits(file, points);
+    expect(model.exitsPerSample).toEqual([false, true, true]);
+    const x = fromRef(tv().input);
+    const scores = exitScores(torch.noGrad(() => model.forward(x)), 'entropy');
+    const thresholds = scores.slice(0, 3).map(widestGap);
+    const expected = exitDecisions(scores, 'entropy', thresholds);
+    // Some samples leave inside the block, and some go on past it.
+    expect(expected.filter((exit) => exit === 0).length).toBeGreaterThanOrEqual(1);
+    expect(expected.filter((exit) => exit > 0).length).toBeGreaterThanOrEqual(1);
+    const policy = { criterion: 'entropy' as const, thresholds, perSample: true };
+    expect(() => model.forwardEarlyExit(x, policy)).toThrow(`samples cannot leave the batch alone at exit '${points[0][0]}'`);
+    // ResNet's block is plain code; MobileNetV2's residual sits behind an if on a setting,
+    // which only freezing folds, so the uncompiled model cannot promise the compiled one.
+    let refusal = '';
+    try {
+      model.forwardEarlyExit(x, policy);
+    } catch (error) {
+      refusal = (error as Error).message;
+    }
+    expect(refusal.includes('(compiled, it can: optimizeForInference() carries every batch-sized value')).toBe(file.startsWith('resnet18'));
+    for (const optimize of [false, true]) {
+      model.optimizeForInference({ optimize });
+      expect(model.inferenceExitsPerSample).toEqual([true, true, true]);
+      const result = model.forwardEarlyExit(x, policy);
+      expect(result.exits).toEqual(expected);
+      for (let j = 0; j < 4; j++) {
+        const alone = model.forwardEarlyExit(x.narrow(0, j, 1), policy);
+        expect([j, alone.exits]).toEqual([j, [expected[j]]]);
+        expect([j, maxAbsDiff(result.output.narrow(0, j, 1), alone.output) <= 1e-5]).toEqual([j, true]);
+      }
+    }
+  });
+
   it('says where samples cannot leave, and why', () => {
     const resnet = jit.load(fixture('resnet18_scripted.pt'));
     // Inside a block the block's input is still needed (the skip connection).
@@ -196,17 +237,15 @@ describeExported('torchvision models exported by torch.export', () => {
     }
   });
 
-  it.each(exportedCases)('%s: compiled by optimizeForInference, every exit stops as the program does, per sample where a batch boundary is', (name, points) => {
+  it.each(exportedCases)('%s: compiled by optimizeForInference, every exit stops as the program does, per sample as the program', (name, points) => {
     torch.manualSeed(0);
     const model = new EarlyExitModel(torch.export.load(fixture(`${name}_exported.pt2`)), points.map(([point, channels]) =>
       [point, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10))])).eval();
     const x = fromRef(tv().input);
     const outputs = torch.noGrad(() => model.forward(x));
     const thresholds = exitScores(outputs, 'entropy').slice(0, 3).map(widestGap);
-    // Compiled, samples leave only where the exit's output is the one batch-sized value read
-    // after it (as for TorchScript): not inside ResNet-18's block.
-    const perSample = name === 'resnet18' ? [null, thresholds[1], thresholds[2]] : thresholds;
-    const policy = { criterion: 'entropy' as const, thresholds: perSample, perSample: true };
+    // Compiled, inside ResNet-18's block too: the block's input is carried past the exit.
+    const policy = { criterion: 'entropy' as const, thresholds, perSample: true };
     const interpreted = model.forwardEarlyExit(x, policy);
     model.optimizeForInference();
     expect(maxAbsDiff(model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [null, null, null] }).output, tv()[name])).toBeLessThanOrEqual(1e-4);
@@ -214,6 +253,7 @@ describeExported('torchvision models exported by torch.export', () => {
       const stopped = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: points.map((_, j) => (j === i ? 100 : null)) });
       expect([point, stopped.exit, maxAbsDiff(stopped.output, outputs[i]) <= 1e-4]).toEqual([point, i, true]);
     });
+    expect(model.inferenceExitsPerSample).toEqual([true, true, true]);
     const compiled = model.forwardEarlyExit(x, policy);
     expect(compiled.exits).toEqual(interpreted.exits);
     expect(new Set(compiled.exits).size).toBeGreaterThanOrEqual(2);

@@ -32,17 +32,27 @@ function spreadPolicy(outputs: Tensor[]): { thresholds: number[]; expected: numb
 /**
  * Per-sample exits on `x` with thresholds that spread the samples over at least `distinct`
  * exits: the exits taken are the ones the full outputs decide, and every sample's output
- * equals that sample run alone (`alone(i)` is its input then). Returns the full outputs.
+ * equals that sample run alone (`alone(i)` is its input then): through the model itself, or
+ * in inference mode through the compiled model, whose exits it then takes alone too.
+ * Returns the full outputs.
  */
 function perSampleEqualsAlone(model: EarlyExitModel, x: Tensor, distinct: number, alone: (i: number) => Tensor): Tensor[] {
   const outputs = torch.noGrad(() => model.forward(x));
   const { thresholds, expected } = spreadPolicy(outputs);
   expect(new Set(expected).size).toBeGreaterThanOrEqual(distinct);
-  const result = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds, perSample: true });
+  const policy = { criterion: 'entropy' as const, thresholds, perSample: true };
+  const result = model.forwardEarlyExit(x, policy);
   expect(result.exits).toEqual(expected);
   expected.forEach((exit, i) => {
-    const own = torch.noGrad(() => model.forward(alone(i)));
-    expect([i, maxAbsDiff(result.output.narrow(0, i, 1), own[exit]) <= 1e-5]).toEqual([i, true]);
+    let own: Tensor;
+    if (model.inferenceMode) {
+      const compiled = model.forwardEarlyExit(alone(i), policy);
+      expect([i, compiled.exit]).toEqual([i, exit]);
+      own = compiled.output;
+    } else {
+      own = torch.noGrad(() => model.forward(alone(i)))[exit];
+    }
+    expect([i, maxAbsDiff(result.output.narrow(0, i, 1), own) <= 1e-5]).toEqual([i, true]);
   });
   return outputs;
 }
@@ -191,7 +201,7 @@ print(json.dumps([[pabee([layer[j] for layer in outputs], patience) for j in ran
     compiledEqualsUncompiled(jit.load(fixture('text_encoder_scripted.pt')));
   });
 
-  it('stops at an exit after any layer; per-sample exits are refused where the padding mask is still read', () => {
+  it('stops at an exit after any layer; per-sample across the padding mask: refused uncompiled, naming the way; compiled, each sample as alone', () => {
     torch.manualSeed(0);
     const model = new EarlyExitModel(jit.load(fixture('text_encoder_scripted.pt')), LAYERS.slice(0, 3).map((point) => [point, offRamp()])).eval();
     const x = fromRef(ref().input);
@@ -210,9 +220,15 @@ print(json.dumps([[pabee([layer[j] for layer in outputs], patience) for j in ran
       refusal = (error as Error).message;
     }
     expect(refusal).toMatch(/^forwardEarlyExit: samples cannot leave the batch alone at exit 'encoder\.layers\.0'/);
-    // Where this LibTorch loads exported programs, the refusal names the way that works.
-    const hint = '(the same model exported by torch.export can: torch.export.load runs it in an interpreter that shrinks every such tensor too)';
-    expect(refusal.includes(hint)).toBe(CAN_EXPORT);
+    // The refusal names the way that works: compiled, the mask goes on with the samples that stay.
+    expect(refusal).toContain('(compiled, it can: optimizeForInference() carries every batch-sized value read after the exit along with the samples that stay)');
+    for (const optimize of [false, true]) {
+      model.optimizeForInference({ optimize });
+      expect(model.inferenceExitsPerSample).toEqual([true, true, true]);
+      const lengths: number[] = ref().lengths;
+      // Mixed lengths in one batch; alone, each sample goes without the padding the batch gave it.
+      perSampleEqualsAlone(model, x, 3, (i) => x.narrow(0, i, 1).narrow(1, 0, lengths[i]));
+    }
   });
 });
 
@@ -254,9 +270,11 @@ describe('the text encoder served by EarlyExitServer (token ids of mixed lengths
   const emails = () => splitEmails(loadSpamAssassin()).test.slice(0, 12).map((email) => email.text);
   const sequence = () => ({ maxLength: 64, padId: WordTokenizer.PAD, vocabularySize: tokenizer().size });
 
-  (CAN_EXPORT ? it : it.skip)('exported: each e-mail is answered, per sample and released early, as it is alone, in process and over HTTP', async () => {
-    torch.manualSeed(0);
-    const model = new EarlyExitModel(torch.export.load(fixture('text_encoder_exported.pt2')), LAYERS.slice(0, 3).map((point) => [point, offRamp()])).eval();
+  /**
+   * Twelve e-mails of mixed lengths served per sample in one padded batch: each answer (exit
+   * and output) equals the e-mail run alone. Returns the server, still open, and what it said.
+   */
+  async function servedAsAlone(model: EarlyExitModel) {
     const ids = emails().map((text) => tokenizer().encode(text));
     const lengths = new Set(ids.map((sequenceIds) => sequenceIds.length));
     expect(lengths.size).toBeGreaterThan(1);
@@ -273,6 +291,13 @@ describe('the text encoder served by EarlyExitServer (token ids of mixed lengths
       const output = alone.output.data() as Float32Array;
       expect([i, Math.max(...Array.from(output, (v, k) => Math.abs(v - answers[i].output[k]))) <= 1e-5]).toEqual([i, true]);
     });
+    return { server, ids, policy, answers };
+  }
+
+  (CAN_EXPORT ? it : it.skip)('exported: each e-mail is answered, per sample and released early, as it is alone, in process and over HTTP', async () => {
+    torch.manualSeed(0);
+    const model = new EarlyExitModel(torch.export.load(fixture('text_encoder_exported.pt2')), LAYERS.slice(0, 3).map((point) => [point, offRamp()])).eval();
+    const { server, ids, policy, answers } = await servedAsAlone(model);
     // A bad request fails alone, at once: the batch it would have joined is not lost.
     await expect(server.infer([2, 99999])).rejects.toThrow(/token id 99999 at position 1 is outside the vocabulary \(0 to \d+\)/);
     await expect(server.infer(new Array(65).fill(5))).rejects.toThrow(/the input has 65 ids; this model takes 1 to 64/);
@@ -320,7 +345,7 @@ describe('the text encoder served by EarlyExitServer (token ids of mixed lengths
     }
   });
 
-  it('TorchScript: per-sample exits refused when the server is made, naming the exit; whole-batch exits served', async () => {
+  it('TorchScript: per-sample exits refused uncompiled when the server is made, naming the way; compiled, each e-mail as alone; whole-batch exits served', async () => {
     torch.manualSeed(0);
     const model = new EarlyExitModel(jit.load(fixture('text_encoder_scripted.pt')), LAYERS.slice(0, 3).map((point) => [point, offRamp()])).eval();
     const padded = tokenizer().encodeBatch(emails().slice(0, 4)).inputIds;
@@ -328,7 +353,11 @@ describe('the text encoder served by EarlyExitServer (token ids of mixed lengths
     const sure = Math.max(...exitScores(torch.noGrad(() => model.forward(padded)), 'entropy')[1]) + 1e-6;
     const policy = { criterion: 'entropy' as const, thresholds: [null, sure, null] };
     expect(() => new EarlyExitServer(model, { sequence: sequence(), policy: { ...policy, thresholds: [sure, sure, null] } }))
-      .toThrow(/samples cannot leave the batch alone at exit 'encoder\.layers\.0'/);
+      .toThrow(/samples cannot leave the batch alone at exit 'encoder\.layers\.0': .*\(compiled, it can: optimizeForInference\(\)/);
+    // Compiled, the padding mask goes on with the e-mails that stay.
+    model.optimizeForInference();
+    await (await servedAsAlone(model)).server.close();
+    model.leaveInferenceMode();
     expect(() => new EarlyExitServer(model, { sequence: sequence(), inputShape: [3], policy })).toThrow(/either inputShape .* or sequence/);
     const server = new EarlyExitServer(model, { sequence: sequence(), policy, perSample: false, maxBatchSize: 4, maxQueueDelayMs: 60000, instances: 1 });
     const ids = emails().slice(0, 4).map((text) => tokenizer().encode(text));

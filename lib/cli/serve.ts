@@ -122,8 +122,9 @@ export async function serve(argv: readonly string[]): Promise<number> {
   const chosen = (options.full ? new EarlyExitModel(loaded.model.plainBackbone(), []) : loaded.model).eval();
   const model = chosen.optimizeForInference();
   const policy = options.full ? { criterion: serving.policy.criterion, thresholds: [] } : serving.policy;
-  // Compiled, per-sample exits follow TorchScript's batch-boundary rule; an exported program's
-  // interpreter also shrinks what the compiled graph cannot (a padding mask read by every layer).
+  // Compiled, samples leave alone where every batch-sized value read after the exit is a tensor
+  // whose batch dimension the graph tells, and is carried; an exported program's interpreter
+  // also shrinks what the compiled graph cannot carry (a batch-sized list, say).
   const interpreterOnly = model.exitPoints.filter((_, i) => options.perSample && policy.thresholds[i] !== null &&
     !model.inferenceExitsPerSample![i] && model.exitsPerSample[i]);
   if (interpreterOnly.length > 0) {

@@ -56,8 +56,12 @@ export class EarlyExitModel {
   /** Per exit: how many times one forward calls its module (-1: in a loop); see `forwardEarlyExit`. */
   readonly exitCalls: readonly number[];
 
-  /** Per exit, whether it is a batch boundary of the compiled model; set while in inference mode. */
+  /**
+   * Per exit, whether samples can leave alone in the compiled model (see
+   * `inferenceExitsPerSample`), and where they cannot, why; set while in inference mode.
+   */
   private inferenceBoundaries?: readonly boolean[];
+  private inferenceProblems: readonly string[] = [];
 
   constructor(backbone: ScriptModule, exitsDef: ExitsDef) {
     this.backbone = backbone;
@@ -85,7 +89,7 @@ export class EarlyExitModel {
       throw new Error('optimizeForInference: the model is in train mode (the backbone or a branch): call eval() first');
     }
     try {
-      [this.inferenceBoundaries, this.compiledWith] = noGrad(() => this.backbone.native.compileForInference(this.exitPoints, optimize));
+      [this.inferenceBoundaries, this.compiledWith, this.inferenceProblems] = noGrad(() => this.backbone.native.compileForInference(this.exitPoints, optimize));
     } catch (error) {
       throw new Error(`optimizeForInference: cannot compile model '${this.backbone.model.path}': ${(error as Error).message}`);
     }
@@ -99,9 +103,13 @@ export class EarlyExitModel {
   get inferenceOptimization(): InferenceOptimization | undefined { return this.inferenceBoundaries && this.compiledWith; }
 
   /**
-   * In inference mode, where the compiled model lets samples leave alone (its batch
-   * boundaries, which can be fewer than `exitsPerSample`: an exported program's interpreter
-   * shrinks every live value, the compiled graph cannot); undefined outside inference mode.
+   * In inference mode, where the compiled model lets samples leave alone: at its batch
+   * boundaries, and wherever every batch-sized value made before the exit and read after it
+   * (a residual block's input, a padding mask) holds the batch along dim 0, so that the
+   * compiled graph carries the staying rows of it past the exit. That can differ from
+   * `exitsPerSample` both ways: TorchScript's uncompiled forward shrinks only the exit's own
+   * output, and an exported program's interpreter shrinks every value the program says holds
+   * the batch, where the compiled graph carries only tensors. Undefined outside inference mode.
    */
   get inferenceExitsPerSample(): readonly boolean[] | undefined { return this.inferenceBoundaries; }
 
@@ -216,15 +224,9 @@ export class EarlyExitModel {
           '(the block that holds it, for example), or give this exit the threshold null');
       }
       if (policy.perSample && !(boundaries ?? this.exitsPerSample)[i]) {
-        const problem = boundaries ? undefined : this.backbone.getModule(exit.point).batchBoundaryProblem;
-        // An exported program's interpreter shrinks every live value; the compiled model cannot.
-        const uncompiled = boundaries && this.exitsPerSample[i] ? ' (the model itself can: leaveInferenceMode() runs it uncompiled)'
-          // TorchScript's own analysis stops at the frame: the same model exported by torch.export can.
-          : !boundaries && !this.backbone.isExportedProgram && problem === undefined && exportedProgramsSupported()
-            ? ' (the same model exported by torch.export can: torch.export.load runs it in an interpreter that shrinks every such tensor too)'
-            : '';
+        const problem = boundaries ? this.inferenceProblems[i] : this.backbone.getModule(exit.point).batchBoundaryProblem;
         throw new Error(`forwardEarlyExit: samples cannot leave the batch alone at exit '${exit.point}'${boundaries ? ' of the compiled model' : ''}: ` +
-          `${problem ?? 'a batch-sized tensor made before it (a skip connection, the input) is still read after it'}${uncompiled}; ` +
+          `${problem || 'a batch-sized tensor made before it (a skip connection, the input) is still read after it'}${this.wayOut(i, problem)}; ` +
           'use a batch boundary (exitsPerSample), a whole-batch policy (perSample: false), or the threshold null there');
       }
       rules.push([exit.handle.id, policy.criterion, threshold, Boolean(policy.perSample)]);
@@ -233,6 +235,21 @@ export class EarlyExitModel {
       throw new Error('patience counts agreeing exits in a row: give every exit a threshold');
     }
     return rules;
+  }
+
+  /** Where per-sample exits at exit `i` are refused, the other way to run the model that would take them, said in brackets. */
+  private wayOut(i: number, problem: string | undefined): string {
+    const point = this.exitPoints[i];
+    // An exported program's interpreter shrinks every value that holds the batch, sizes and lists too.
+    if (this.inferenceBoundaries) return this.exitsPerSample[i] ? ' (the model itself can: leaveInferenceMode() runs it uncompiled)' : '';
+    if (this.backbone.isExportedProgram || problem !== undefined) return '';
+    // TorchScript's uncompiled forward shrinks the exit's output alone; compiled, the graph carries the rest.
+    if (this.backbone.getModule(point).native.carryProblem() === '') {
+      return ' (compiled, it can: optimizeForInference() carries every batch-sized value read after the exit along with the samples that stay)';
+    }
+    return exportedProgramsSupported()
+      ? ' (the same model exported by torch.export can: torch.export.load runs it in an interpreter that shrinks every such tensor too)'
+      : '';
   }
 
   private exitResult(call: CallWithHooks, batch: number): EarlyExitResult {

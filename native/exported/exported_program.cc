@@ -228,7 +228,9 @@ std::shared_ptr<ModelState> Build(const Napi::Object& description) {
   state->program = graph;
   state->programForward = forward;
   state->programNodesRun = graph->nodesRun;
-  state->keyedForInference = [graph](const std::vector<std::string>& points) { return ProgramForInference(*graph, points); };
+  state->keyedForInference = [graph](const std::vector<std::string>& points, std::vector<std::string>& carryProblems) {
+    return ProgramForInference(*graph, points, carryProblems);
+  };
   return state;
 }
 

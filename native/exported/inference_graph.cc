@@ -4,10 +4,12 @@
 #include <torch/csrc/jit/ir/ir.h>
 
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <stdexcept>
 
 #include "hooks/forward_hooks.h"
+#include "torchscript/batch_carry.h"
 
 namespace tee {
 namespace {
@@ -108,6 +110,9 @@ class Writer {
     }
   }
 
+  // What register `index` holds now: null for a size (written where it is read) or nothing yet.
+  Value* Held(int64_t index) const { return values_.at(index); }
+
   void Set(int64_t index, Value* value, const ProgramNode& node) {
     Check(index, node);
     values_[index] = value;
@@ -148,9 +153,58 @@ class Writer {
   Value* latestBatched_ = nullptr;
 };
 
+// Per register, one past the index of the last node that reads it (the program's outputs are
+// read after the last node); 0 for a register nothing reads.
+std::vector<size_t> LastReads(const ProgramGraph& program) {
+  std::vector<size_t> last(program.registerCount, 0);
+  auto read = [&last](int64_t index, size_t after) {
+    if (index >= 0 && static_cast<size_t>(index) < last.size()) last[index] = std::max(last[index], after);
+  };
+  for (size_t k = 0; k < program.nodes.size(); ++k) {
+    for (const ProgramArgument& argument : program.nodes[k].arguments) {
+      if (argument.kind == ProgramArgument::Kind::kValue) read(argument.value, k + 1);
+      for (int64_t value : argument.values) read(value, k + 1);
+    }
+  }
+  for (int64_t output : program.outputs) read(output, program.nodes.size() + 1);
+  return last;
+}
+
+// After the exit point `exit` (point `point`, at node `k`), every tensor the program says holds
+// the batch and reads later goes through a carry; the reason when one cannot (it is no tensor).
+std::string CarryPast(const ProgramGraph& program, Writer& writer, Graph& graph, Node* exit, int64_t point, size_t k,
+                      const ProgramHook& hook, const std::vector<size_t>& lastReads) {
+  std::vector<int64_t> carried;
+  for (size_t r = 0; r < program.registerCount; ++r) {
+    if (static_cast<int64_t>(r) == hook.output || !program.batched[r] || lastReads[r] <= k + 1) continue;
+    Value* held = writer.Held(static_cast<int64_t>(r));
+    if (held == nullptr) continue;
+    if (held->type()->kind() != c10::TypeKind::TensorType) {
+      return "a value holding the batch (" + held->type()->annotation_str() + ", made by " + program.nodes[k].name +
+             " or before) is read after it, and only tensors can be carried past an exit";
+    }
+    carried.push_back(static_cast<int64_t>(r));
+  }
+  std::map<Value*, Value*> done;
+  Node* after = exit;
+  for (int64_t r : carried) {
+    Value* held = writer.Held(r);
+    auto found = done.find(held);
+    if (found == done.end()) {
+      found = done.emplace(held, InsertCarry(graph, after, point, held)).first;
+      after = found->second->node();
+    }
+    writer.Set(r, found->second, program.nodes[k]);
+  }
+  return "";
+}
+
 }  // namespace
 
-torch::jit::Module ProgramForInference(const ProgramGraph& program, const std::vector<std::string>& points) {
+torch::jit::Module ProgramForInference(const ProgramGraph& program, const std::vector<std::string>& points,
+                                       std::vector<std::string>& carryProblems) {
+  carryProblems.assign(points.size(), "");
+  std::vector<size_t> lastReads = LastReads(program);
   if (!program.mutations.empty()) {
     throw std::runtime_error("the program writes " + std::to_string(program.mutations.size()) +
                              " buffer(s) as it runs (BUFFER_MUTATION), which a compiled model, whose buffers are constants, cannot");
@@ -192,7 +246,8 @@ torch::jit::Module ProgramForInference(const ProgramGraph& program, const std::v
                                     : graph->insertConstant(program.modules[input.module]->getSlot(input.slot).toTensor().detach());
     writer.Set(static_cast<int64_t>(i), value, start);
   }
-  for (const ProgramNode& node : program.nodes) {
+  for (size_t k = 0; k < program.nodes.size(); ++k) {
+    const ProgramNode& node = program.nodes[k];
     writer.Write(node);
     for (int64_t index : node.hooks) {
       const ProgramHook& hook = program.hooks[index];
@@ -207,6 +262,7 @@ torch::jit::Module ProgramForInference(const ProgramGraph& program, const std::v
       exit->output()->setType(output->type());
       graph->insertNode(exit);
       writer.Set(hook.output, exit->output(), node);
+      carryProblems[point] = CarryPast(program, writer, *graph, exit, point, k, hook, lastReads);
     }
   }
   ProgramNode end;

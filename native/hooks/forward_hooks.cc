@@ -9,6 +9,7 @@ namespace tee {
 
 const char* const kTapOperator = "earlyexit::tap";
 const char* const kExitPointOperator = "earlyexit::exit_point";
+const char* const kCarryOperator = "earlyexit::carry";
 
 namespace {
 
@@ -34,6 +35,7 @@ void LeaveEarly(ForwardContext& context, int64_t hookId, const at::Tensor& meeti
   int64_t before = output.size(0);
   output.set_(output.index_select(0, staying));
   if (context.shrink) context.shrink(staying, before);
+  if (context.point >= 0) context.leftAt.push_back({context.point, staying, before});
 }
 
 }  // namespace
@@ -164,9 +166,40 @@ void ExitPoint(torch::jit::Stack& stack) {
   int64_t point = torch::jit::pop(stack).toInt();
   ForwardContext* context = currentContext;
   if (context != nullptr && context->exitPoints != nullptr) {
+    // Restored however the hooks end (a stop throws).
+    struct Running {
+      ForwardContext* context;
+      ~Running() { context->point = -1; }
+    } running{context};
+    context->point = point;
     RunHooksAt(context->exitPoints->at(point).get(), c10::IValue(), output);
   }
   torch::jit::push(stack, std::move(output));
+}
+
+void Carry(torch::jit::Stack& stack) {
+  c10::IValue value = torch::jit::pop(stack);
+  int64_t point = torch::jit::pop(stack).toInt();
+  ForwardContext* context = currentContext;
+  const ForwardContext::Left* left = nullptr;
+  for (size_t i = 0; context != nullptr && i < context->leftAt.size(); ++i) {
+    if (context->leftAt[i].point == point) left = &context->leftAt[i];
+  }
+  if (left == nullptr) {
+    torch::jit::push(stack, std::move(value));
+    return;
+  }
+  c10::NoGradGuard noGrad;
+  at::Tensor tensor = value.toTensor();
+  if (!tensor.defined() || tensor.dim() == 0 || tensor.size(0) != left->before) {
+    throw std::runtime_error("samples left the batch of " + std::to_string(left->before) + " at exit point " +
+                             std::to_string(point) + ", but a value read after it, taken to hold the batch along dim 0, is " +
+                             ShapeOf(value) + "; per-sample exits cannot apply there");
+  }
+  // oneDNN's opaque tensors cannot be indexed: through a plain tensor and back.
+  at::Tensor rows = tensor.is_mkldnn() ? tensor.to_dense().index_select(0, left->staying).to_mkldnn()
+                                       : tensor.index_select(0, left->staying.to(tensor.device()));
+  torch::jit::push(stack, std::move(rows));
 }
 
 // CONSERVATIVE alias analysis makes the nodes side effects, so no pass removes them or
@@ -176,6 +209,7 @@ torch::jit::RegisterOperators registerTap({
                          c10::AliasAnalysisKind::CONSERVATIVE),
     torch::jit::Operator("earlyexit::exit_point(int point, Tensor output) -> Tensor", ExitPoint,
                          c10::AliasAnalysisKind::CONSERVATIVE),
+    torch::jit::Operator("earlyexit::carry(int point, Tensor value) -> Tensor", Carry, c10::AliasAnalysisKind::CONSERVATIVE),
 });
 
 }  // namespace

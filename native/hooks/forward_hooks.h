@@ -101,6 +101,16 @@ struct ForwardContext {
   // leave it (the staying rows, the batch size before); otherwise only the hooked module's
   // output shrinks.
   std::function<void(const at::Tensor& staying, int64_t before)> shrink;
+  // In a compiled forward: the exit point whose hooks run now, and at each point where
+  // samples left, the rows that stayed and the batch size before; the carries after that
+  // point (earlyexit::carry) read them.
+  struct Left {
+    int64_t point;
+    at::Tensor staying;
+    int64_t before;
+  };
+  int64_t point = -1;
+  std::vector<Left> leftAt;
 };
 
 // The context of the forward call running on this thread, or null.
@@ -132,5 +142,11 @@ void RunHooks(const c10::IValue& module, const c10::IValue& inputs, const c10::I
 // of the forward reads (fewer rows when samples left there).
 extern const char* const kTapOperator;
 extern const char* const kExitPointOperator;
+
+// earlyexit::carry(int point, Tensor value) -> Tensor: after exit point `point` of a compiled
+// model, a value made before the point and read after it that holds the batch along dim 0
+// (a residual block's input, a padding mask) goes through a carry, which keeps the rows of
+// the samples that stayed when some left there, and is the value itself otherwise.
+extern const char* const kCarryOperator;
 
 }  // namespace tee

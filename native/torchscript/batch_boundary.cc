@@ -39,9 +39,12 @@ bool HoldsNumber(const c10::TypePtr& type) {
 
 bool IsTap(const Node* node) { return node->kind() == c10::Symbol::fromQualString(kTapOperator); }
 
-// Instrumentation's own nodes read values too; they do not make a value live.
+// Instrumentation's own nodes read values too; they do not make a value live. A carry
+// reads a value to hand on its staying rows: what reads the carry's output is what counts.
+bool IsCarry(const Node* node) { return node->kind() == c10::Symbol::fromQualString(kCarryOperator); }
+
 bool IsInstrumentation(const Node* node) {
-  if (IsTap(node)) return true;
+  if (IsTap(node) || IsCarry(node)) return true;
   if (node->kind() != c10::prim::TupleConstruct) return false;
   for (const torch::jit::Use& use : node->output()->uses()) {
     if (!IsTap(use.user)) return false;
@@ -101,12 +104,18 @@ void CollectTaps(Block* block, std::vector<Node*>& taps) {
 }
 
 bool IsBoundaryNode(torch::jit::Graph& graph, Node* point, Value* flowing) {
+  return point->owningBlock() == graph.block() && LiveAcross(graph, point, flowing).empty();
+}
+
+std::vector<Value*> LiveAcross(torch::jit::Graph& graph, Node* point, Value* flowing) {
   Block* top = graph.block();
-  if (point->owningBlock() != top) return false;
+  std::vector<Value*> live;
+  if (point->owningBlock() != top) return live;
   std::vector<Value*> before(graph.inputs().begin(), graph.inputs().end());
   for (Node* node : top->nodes()) {
     if (node == point) break;
-    if (IsAttribute(node) || IsInstrumentation(node)) continue;
+    // A carry's output is the batch-sized value from there on.
+    if (IsAttribute(node) || (IsInstrumentation(node) && !IsCarry(node))) continue;
     for (Value* output : node->outputs()) before.push_back(output);
   }
   std::unordered_map<Value*, bool> known;
@@ -117,10 +126,13 @@ bool IsBoundaryNode(torch::jit::Graph& graph, Node* point, Value* flowing) {
       if (IsInstrumentation(use.user)) continue;
       Node* user = use.user;
       while (user->owningBlock() != top) user = user->owningBlock()->owningNode();
-      if (user != point && user->isAfter(point)) return false;
+      if (user != point && user->isAfter(point)) {
+        live.push_back(value);
+        break;
+      }
     }
   }
-  return true;
+  return live;
 }
 
 bool ModulePath(Value* value, Value* self, std::string& path) {

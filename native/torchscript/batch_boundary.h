@@ -18,6 +18,10 @@ namespace tee {
 // not count as readers.
 bool IsBoundaryNode(torch::jit::Graph& graph, torch::jit::Node* point, torch::jit::Value* flowing);
 
+// What makes `point` no batch boundary: the batch-sized values made before it and read
+// after it, other than `flowing` (empty for a point that is not in the top-level block).
+std::vector<torch::jit::Value*> LiveAcross(torch::jit::Graph& graph, torch::jit::Node* point, torch::jit::Value* flowing);
+
 // Every tap (earlyexit::tap) in `block` and the blocks inside it, in order.
 void CollectTaps(torch::jit::Block* block, std::vector<torch::jit::Node*>& taps);
 

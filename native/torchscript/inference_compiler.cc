@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "torchscript/batch_boundary.h"
+#include "torchscript/batch_carry.h"
 #include "torch_compat.h"
 
 namespace tee {
@@ -42,8 +43,9 @@ void RemoveTap(Node* tap) {
 }
 
 // Replaces the taps of the inlined forward of `module`: those of `points` by exit points
-// keyed by index, the others removed. The graph is the clone's own copy.
-void KeyTapsByIndex(torch::jit::Module& module, const std::vector<std::string>& points) {
+// keyed by index, the others removed (no value carried yet: `carryProblems` is all ""). The
+// graph is the clone's own copy.
+void KeyTapsByIndex(torch::jit::Module& module, const std::vector<std::string>& points, std::vector<std::string>& carryProblems) {
   std::shared_ptr<torch::jit::Graph> graph = ForwardGraph(module);
   torch::jit::Inline(*graph);
   std::vector<Node*> taps;
@@ -82,27 +84,36 @@ void KeyTapsByIndex(torch::jit::Module& module, const std::vector<std::string>& 
   }
   for (Node* tap : taps) RemoveTap(tap);
   torch::jit::EliminateDeadCode(graph);
+  carryProblems.assign(points.size(), "");
 }
 
-// Freezes `module`, and runs optimize_for_inference when asked and safe; `applied` says which.
-torch::jit::Module Freeze(torch::jit::Module& module, Optimization optimization, std::string& applied) {
+// Freezes `module`, carries batch-sized values past its exit points where the frozen graph
+// tells how (freezing has folded the model's settings, so an if/else on one is gone), and runs
+// optimize_for_inference when asked and safe; `applied` says which. `carryProblems` comes in
+// with the points already refused and goes out with the rest.
+torch::jit::Module Freeze(torch::jit::Module& module, Optimization optimization, std::string& applied,
+                          std::vector<std::string>& carryProblems) {
   std::string problem = OneDnnProblem();
   if (optimization == Optimization::kOneDnn && !problem.empty()) {
     throw std::runtime_error("optimize: true cannot apply: " + problem + "; optimize: false compiles without oneDNN");
   }
+  torch::jit::Module frozen = torch::jit::freeze(module);
+  CarryPastExitPoints(*ForwardGraph(frozen), carryProblems);
   if (optimization == Optimization::kFrozen || !problem.empty()) {
     applied = "frozen";
-    return torch::jit::freeze(module);
+    return frozen;
   }
   applied = "oneDNN";
-  return torch::jit::optimize_for_inference(module);
+  // A frozen module is optimized as it is, not frozen again.
+  return torch::jit::optimize_for_inference(frozen);
 }
 
-torch::jit::Module Keyed(const torch::jit::Module& root, const std::vector<std::string>& points, const KeyedForInference& keyed) {
-  if (keyed) return keyed(points);
+torch::jit::Module Keyed(const torch::jit::Module& root, const std::vector<std::string>& points, const KeyedForInference& keyed,
+                         std::vector<std::string>& carryProblems) {
+  if (keyed) return keyed(points, carryProblems);
   torch::jit::Module clone = root.clone();
   clone.eval();
-  KeyTapsByIndex(clone, points);
+  KeyTapsByIndex(clone, points, carryProblems);
   return clone;
 }
 
@@ -166,8 +177,9 @@ std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& ro
   compiled->hooks = std::move(hooks);
   compiled->generation = generation;
 
-  torch::jit::Module clone = Keyed(root, points, keyed);
-  compiled->module = Freeze(clone, optimization, compiled->optimization);
+  std::vector<std::string> carryProblems;
+  torch::jit::Module clone = Keyed(root, points, keyed, carryProblems);
+  compiled->module = Freeze(clone, optimization, compiled->optimization, carryProblems);
   std::shared_ptr<torch::jit::Graph> graph = ForwardGraph(compiled->module);
   std::vector<Node*> exits;
   CollectExitPoints(graph->block(), exits);
@@ -175,11 +187,19 @@ std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& ro
   std::vector<int> seen(points.size(), 0);
   for (Node* exit : exits) {
     int64_t index = torch::jit::constant_as<int64_t>(exit->input(0)).value();
-    // A point reached from several branches is no batch boundary (it is not called unconditionally).
+    // A point reached from several branches is no batch boundary (it is not called
+    // unconditionally). The check runs on the frozen graph: what freezing made of the
+    // carries is what runs.
     compiled->batchBoundaries[index] = ++seen[index] == 1 && IsBoundaryNode(*graph, exit, exit->input(1));
   }
+  compiled->perSampleProblems.assign(points.size(), "");
   for (size_t i = 0; i < points.size(); ++i) {
     if (seen[i] == 0) throw std::logic_error("freezing lost the exit point '" + points[i] + "'");
+    if (compiled->batchBoundaries[i]) continue;
+    compiled->perSampleProblems[i] = seen[i] > 1 ? "it is reached from several branches of an if/else"
+                                     : !carryProblems.at(i).empty()
+                                         ? carryProblems[i]
+                                         : "a batch-sized value made before it is still read after it in the frozen graph";
   }
   return compiled;
 }
@@ -187,8 +207,9 @@ std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& ro
 torch::jit::Module CompilePlainForInference(const torch::jit::Module& root, Optimization optimization, std::string& applied,
                                             const KeyedForInference& keyed) {
   if (root.is_training()) throw std::runtime_error("the model is in train mode: call eval() before compiling it for inference");
-  torch::jit::Module clone = Keyed(root, {}, keyed);
-  return Freeze(clone, optimization, applied);
+  std::vector<std::string> carryProblems;
+  torch::jit::Module clone = Keyed(root, {}, keyed, carryProblems);
+  return Freeze(clone, optimization, applied, carryProblems);
 }
 
 }  // namespace tee

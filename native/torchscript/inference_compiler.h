@@ -23,9 +23,11 @@ struct InferenceModel {
   // Point i of the compiled graph runs the hooks of this module object of the source model.
   ExitPointTable points;
   std::vector<std::string> pointNames;
-  // Per point: whether samples can leave the batch there (the point's output is the only
-  // batch-sized value the rest of the compiled forward reads).
+  // Per point: whether samples can leave the batch there (the point's output, and the
+  // carries after it, are the only batch-sized values the rest of the compiled forward reads),
+  // and where they cannot, why.
   std::vector<bool> batchBoundaries;
+  std::vector<std::string> perSampleProblems;
   // How it was compiled: "oneDNN" (frozen, then optimize_for_inference) or "frozen".
   std::string optimization;
 
@@ -45,10 +47,13 @@ struct InferenceModel {
 enum class Optimization { kFrozen, kOneDnn, kAuto };
 
 // Makes the module that freezing starts from: a copy of the model in eval mode whose forward
-// runs earlyexit::exit_point(i, output) where module points[i] ends, and no other hook. Left
-// empty, the model's own TorchScript forward is cloned and its taps keyed so; an exported
-// program writes its graph out instead (exported/inference_graph.h).
-using KeyedForInference = std::function<torch::jit::Module(const std::vector<std::string>& points)>;
+// runs earlyexit::exit_point(i, output) where module points[i] ends, and no other hook, with
+// the carries after each point (torchscript/batch_carry.h); `carryProblems` gets, per point,
+// why values could not be carried past it. Left empty, the model's own TorchScript forward is
+// cloned and its taps keyed so; an exported program writes its graph out instead
+// (exported/inference_graph.h).
+using KeyedForInference =
+    std::function<torch::jit::Module(const std::vector<std::string>& points, std::vector<std::string>& carryProblems)>;
 
 // Why optimize_for_inference cannot run with this LibTorch, or "" when it can.
 std::string OneDnnProblem();

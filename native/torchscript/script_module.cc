@@ -10,6 +10,7 @@
 
 #include "torchscript/async_work.h"
 #include "torchscript/batch_boundary.h"
+#include "torchscript/batch_carry.h"
 #include "tensor/dtypes.h"
 #include "torchscript/graph_instrumentation.h"
 #include "node/instance_data.h"
@@ -113,6 +114,7 @@ Napi::Function ScriptModule::Define(Napi::Env env) {
                          TEE_METHOD(ScriptModule, "methodSchema", MethodSchema),
                          TEE_METHOD(ScriptModule, "typeName", TypeName),
                          TEE_METHOD(ScriptModule, "callSites", CallSites),
+                         TEE_METHOD(ScriptModule, "carryProblem", CarryProblem),
                          TEE_METHOD(ScriptModule, "registerHook", RegisterHook),
                          TEE_METHOD(ScriptModule, "removeHook", RemoveHook),
                          TEE_METHOD(ScriptModule, "compileForInference", CompileForInference),
@@ -288,6 +290,13 @@ Napi::Value ScriptModule::CallSites(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// Why a compiled exit at this module could not let samples leave alone ("" when it could).
+Napi::Value ScriptModule::CarryProblem(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Get(env);
+  return Napi::String::New(env, CarryProblemAt(state_->root, name_));
+}
+
 Napi::Value ScriptModule::RegisterHook(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const torch::jit::Module& module = Get(env);
@@ -330,9 +339,12 @@ Napi::Value ScriptModule::CompileForInference(const Napi::CallbackInfo& info) {
                                state_->keyedForInference);
   Napi::Array boundaries = Napi::Array::New(env, points.size());
   for (size_t i = 0; i < points.size(); ++i) boundaries.Set(i, Napi::Boolean::New(env, state_->inference->batchBoundaries[i]));
-  Napi::Array result = Napi::Array::New(env, 2);
+  Napi::Array problems = Napi::Array::New(env, points.size());
+  for (size_t i = 0; i < points.size(); ++i) problems.Set(i, Napi::String::New(env, state_->inference->perSampleProblems[i]));
+  Napi::Array result = Napi::Array::New(env, 3);
   result.Set(0u, boundaries);
   result.Set(1u, Napi::String::New(env, state_->inference->optimization));
+  result.Set(2u, problems);
   return result;
 }
 

@@ -38,6 +38,7 @@ class ScriptModule : public GuardedWrap<ScriptModule> {
   Napi::Value MethodSchema(const Napi::CallbackInfo& info);
   Napi::Value TypeName(const Napi::CallbackInfo& info);
   Napi::Value CallSites(const Napi::CallbackInfo& info);
+  Napi::Value CarryProblem(const Napi::CallbackInfo& info);
   Napi::Value RegisterHook(const Napi::CallbackInfo& info);
   Napi::Value RemoveHook(const Napi::CallbackInfo& info);
   Napi::Value CompileForInference(const Napi::CallbackInfo& info);
