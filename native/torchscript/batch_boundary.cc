@@ -163,21 +163,28 @@ int CountCalls(const std::vector<Node*>& taps) {
   return taps.empty() ? 0 : 1;
 }
 
-CallSites AnalyzeCalls(const torch::jit::Module& root, const std::string& qualifiedName) {
-  CallSites sites;
+std::shared_ptr<torch::jit::Graph> InlinedCallsOf(const torch::jit::Module& root, const std::string& qualifiedName,
+                                                  std::vector<Node*>& calls) {
   auto method = root.find_method("forward");
   auto* function = method ? dynamic_cast<torch::jit::GraphFunction*>(&method->function()) : nullptr;
-  if (function == nullptr) return sites;
+  if (function == nullptr) return nullptr;
   // A copy: the model's own graphs keep their calls (and the hooks that live at them).
   std::shared_ptr<torch::jit::Graph> graph = function->graph()->copy();
   torch::jit::Inline(*graph);
   std::vector<Node*> taps;
   CollectTaps(graph->block(), taps);
-  std::vector<Node*> calls;
   for (Node* tap : taps) {
     std::string path;
     if (ModulePath(tap->input(0), graph->inputs()[0], path) && path == qualifiedName) calls.push_back(tap);
   }
+  return graph;
+}
+
+CallSites AnalyzeCalls(const torch::jit::Module& root, const std::string& qualifiedName) {
+  CallSites sites;
+  std::vector<Node*> calls;
+  std::shared_ptr<torch::jit::Graph> graph = InlinedCallsOf(root, qualifiedName, calls);
+  if (graph == nullptr) return sites;
   sites.count = CountCalls(calls);
   sites.boundary = calls.size() == 1 && IsBoundaryNode(*graph, calls[0], calls[0]->input(2));
   return sites;

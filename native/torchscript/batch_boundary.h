@@ -40,6 +40,11 @@ struct CallSites {
 
 CallSites AnalyzeCalls(const torch::jit::Module& root, const std::string& qualifiedName);
 
+// A copy of the root's forward with every call inlined, and in it the taps that follow the
+// calls of module `qualifiedName`; null when the forward is not a TorchScript graph.
+std::shared_ptr<torch::jit::Graph> InlinedCallsOf(const torch::jit::Module& root, const std::string& qualifiedName,
+                                                  std::vector<torch::jit::Node*>& calls);
+
 // How many times the calls that `taps` follow run in one forward: 1 when they sit in
 // different branches of if/else (only one runs), -1 when one sits in a loop, else their number.
 int CountCalls(const std::vector<torch::jit::Node*>& taps);

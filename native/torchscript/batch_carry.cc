@@ -7,9 +7,6 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include <torch/csrc/jit/api/function_impl.h>
-#include <torch/csrc/jit/passes/inliner.h>
-
 #include "hooks/forward_hooks.h"
 #include "torchscript/batch_boundary.h"
 
@@ -28,30 +25,36 @@ struct Rows {
     kRows,  // a tensor with one row per sample along dim 0
     kUnknown,
   } kind;
-  // For kUnknown: what made the value, said for a message.
+  // For kUnknown: the value, said for a message, and why it cannot be carried.
   std::string why;
+  std::string because = "where it holds the batch cannot be told from the graph";
 };
 
-// Operations that compute each row of their output from the same row of their batch-sized
-// inputs only (the others being weights and settings): the batch stays along dim 0. Eval
-// mode is implied (the compiled model is), where batch norm and dropout mix no rows.
-const std::unordered_set<std::string>& RowWise() {
+// Elementwise operations: each row of the output comes from the same row of every
+// batch-sized input (the others being weights and settings), so the batch stays along dim 0.
+// Broadcasting keeps it first when a batch-sized operand has the most dimensions; the carry
+// checks the row count as it runs. Eval mode is implied (the compiled model is), where
+// dropout changes nothing.
+const std::unordered_set<std::string>& Elementwise() {
   static const std::unordered_set<std::string> names{
-      // activations and other elementwise functions
       "relu", "relu_", "relu6", "gelu", "silu", "silu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "hardswish", "hardswish_",
       "hardsigmoid", "hardsigmoid_", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "elu", "elu_", "exp", "log",
       "sqrt", "rsqrt", "abs", "neg", "clamp", "clamp_", "clamp_min", "clamp_max", "dropout", "dropout_",
       "feature_dropout", "alpha_dropout", "contiguous", "clone", "detach", "to", "type_as", "float",
-      // arithmetic and comparisons (broadcasting keeps dim 0 first when the batch-sized operand has the most dims;
-      // the carry checks the row count as it runs)
       "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "remainder", "pow", "eq", "ne", "lt", "le", "gt", "ge",
       "logical_and", "logical_or", "logical_not", "bitwise_not", "where", "masked_fill", "masked_fill_", "maximum",
-      "minimum",
-      // layers
+      "minimum"};
+  return names;
+}
+
+// Layers: each row of the output comes from the same row of the first argument, every other
+// argument being a weight or a setting (batch norm mixes no rows in eval mode; x @ W
+// contracts x's last dimension, where W @ x could contract the batch).
+const std::unordered_set<std::string>& RowsOfFirst() {
+  static const std::unordered_set<std::string> names{
       "conv1d", "conv2d", "conv3d", "_convolution", "convolution", "conv_transpose1d", "conv_transpose2d", "batch_norm",
-      "layer_norm", "group_norm", "instance_norm", "linear", "matmul", "bmm", "embedding", "max_pool1d", "max_pool2d",
-      "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-      "adaptive_avg_pool3d"};
+      "layer_norm", "group_norm", "instance_norm", "linear", "matmul", "max_pool1d", "max_pool2d", "max_pool3d",
+      "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d"};
   return names;
 }
 
@@ -142,12 +145,19 @@ class RowAnalysis {
     if (kind == c10::aten::size && node->inputs().size() == 2) {
       std::optional<int64_t> dim = ConstantInt(node->input(1));
       if (dim && *dim >= 1) return {Rows::kFree, ""};
-      return {Rows::kUnknown, "the batch size (" + Describe(value) + ")"};
+      return {Rows::kUnknown, "the batch size (" + Describe(value) + ")", "a number cannot lose samples"};
     }
     if (kind == c10::aten::dim) return {Rows::kFree, ""};
     if (!tensor || node->outputs().size() != 1 || !kind.is_aten()) return Unknown(value);
     std::string name = kind.toUnqualString();
-    if (RowWise().count(name) > 0) return {Rows::kRows, ""};
+    if (Elementwise().count(name) > 0) return {Rows::kRows, ""};
+    // Past here the batch comes in through one argument: the first (the indices, for an
+    // embedding), every other one free of it.
+    size_t batchArgument = name == "embedding" ? 1 : 0;
+    for (size_t i = 0; i < node->inputs().size(); ++i) {
+      if ((i == batchArgument) != (Of(node->input(i)).kind == Rows::kRows)) return Unknown(value);
+    }
+    if (RowsOfFirst().count(name) > 0 || name == "embedding") return {Rows::kRows, ""};
     auto along = AlongOtherDims().find(name);
     if (along != AlongOtherDims().end() && node->inputs().size() > along->second) {
       std::optional<int64_t> dim = ConstantInt(node->input(along->second));
@@ -196,7 +206,7 @@ std::string ToCarry(RowAnalysis& analysis, Graph& graph, Node* point, Value* flo
     if (rows.kind == Rows::kRows) {
       carried.push_back(value);
     } else if (rows.kind == Rows::kUnknown) {
-      return rows.why + " is made before it and read after it, and where it holds the batch cannot be told from the graph";
+      return rows.why + " is made before it and read after it, and " + rows.because;
     }
   }
   return "";
@@ -218,19 +228,9 @@ std::string CarryProblem(Graph& graph, Node* point, Value* flowing) {
 }
 
 std::string CarryProblemAt(const torch::jit::Module& root, const std::string& qualifiedName) {
-  auto method = root.find_method("forward");
-  auto* function = method ? dynamic_cast<torch::jit::GraphFunction*>(&method->function()) : nullptr;
-  if (function == nullptr) return "the model's forward is not a TorchScript graph";
-  // A copy, as AnalyzeCalls makes: the model's own graphs keep their calls.
-  std::shared_ptr<Graph> graph = function->graph()->copy();
-  torch::jit::Inline(*graph);
-  std::vector<Node*> taps;
-  CollectTaps(graph->block(), taps);
   std::vector<Node*> calls;
-  for (Node* tap : taps) {
-    std::string path;
-    if (ModulePath(tap->input(0), graph->inputs()[0], path) && path == qualifiedName) calls.push_back(tap);
-  }
+  std::shared_ptr<Graph> graph = InlinedCallsOf(root, qualifiedName, calls);
+  if (graph == nullptr) return "the model's forward is not a TorchScript graph";
   if (calls.size() != 1) return "it is not called exactly once by the forward";
   return CarryProblem(*graph, calls[0], calls[0]->input(2));
 }
