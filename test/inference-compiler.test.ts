@@ -175,7 +175,7 @@ describe('optimizeForInference: the compiled model computes what the model does'
     expect(() => model.forwardEarlyExit(x, policy)).toThrow(/samples cannot leave the batch alone at exit 'act'/);
     model.optimizeForInference();
     expect(() => model.forwardEarlyExit(x, policy)).toThrow(new RegExp("samples cannot leave the batch alone at exit 'act' of the compiled model: " +
-      "the batch size \\('n[.\\d]*' \\(made by aten::size\\)\\) is made before it and read after it, and a number cannot lose samples; use"));
+      "'n[.\\d]*' \\(made by aten::size\\) is made before it and read after it, and it is the batch size, a number that cannot lose samples; use"));
     // A whole-batch stop is still fine there.
     expect(model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [1e9] }).exit).toBe(0);
   });

@@ -23,8 +23,10 @@ export interface EarlyExitPolicy {
   thresholds: ReadonlyArray<number | null>;
   /**
    * Let each sample leave at the first exit where it meets the criterion, the others going
-   * on with a smaller batch. Only at exits that are batch boundaries (`exitsPerSample`);
-   * elsewhere the whole batch exits together or not at all.
+   * on with a smaller batch. Only where samples can leave alone: `exitsPerSample` for the
+   * model itself, `inferenceExitsPerSample` in inference mode (where the compiled model
+   * carries a skip connection's or a mask's staying rows past the exit); at any other exit
+   * with a threshold it is refused, naming the exit and why.
    */
   perSample?: boolean;
 }
@@ -153,8 +155,9 @@ export class EarlyExitModel {
    * a module called several times (torchvision's BasicBlock reuses one `relu`), training,
    * `forward()` and `getExitsOutputs` see the last call's output (as Distiller's
    * BranchPoint keeps it), and a stop at an earlier call would serve an exit that was never
-   * trained, so it is refused. With `perSample`, every exit with a threshold must be a
-   * batch boundary (`exitsPerSample`); anywhere else it is refused, naming the exit.
+   * trained, so it is refused. With `perSample`, every exit with a threshold must let
+   * samples leave alone (`exitsPerSample`, or in inference mode `inferenceExitsPerSample`);
+   * anywhere else it is refused, naming the exit and the reason.
    */
   forwardEarlyExit(input: Tensor, policy: EarlyExitPolicy): EarlyExitResult {
     const rules = this.stopRules(policy);

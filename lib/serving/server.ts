@@ -44,7 +44,8 @@ export interface ServerOptions extends BatcherOptions {
   policy: { criterion: LabelFreeCriterion; thresholds: ReadonlyArray<number | null> };
   /**
    * Each sample leaves at the first exit where it meets the criterion (default true; the
-   * exits must be batch boundaries); false: a batch leaves at an exit only when all of it does.
+   * exits must let samples leave alone: `exitsPerSample`, or `inferenceExitsPerSample` for a
+   * model in inference mode); false: a batch leaves at an exit only when all of it does.
    */
   perSample?: boolean;
   /** Answer a sample the moment it leaves (default true); false: when its batch ends. */

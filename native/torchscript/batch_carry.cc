@@ -145,7 +145,8 @@ class RowAnalysis {
     if (kind == c10::aten::size && node->inputs().size() == 2) {
       std::optional<int64_t> dim = ConstantInt(node->input(1));
       if (dim && *dim >= 1) return {Rows::kFree, ""};
-      return {Rows::kUnknown, "the batch size (" + Describe(value) + ")", "a number cannot lose samples"};
+      if (dim && *dim == 0) return {Rows::kUnknown, Describe(value), "it is the batch size, a number that cannot lose samples"};
+      return Unknown(value);
     }
     if (kind == c10::aten::dim) return {Rows::kFree, ""};
     if (!tensor || node->outputs().size() != 1 || !kind.is_aten()) return Unknown(value);
@@ -183,7 +184,9 @@ class RowAnalysis {
   // An if/else whose condition does not depend on the batch: rows when every branch gives rows.
   Rows OfIf(Node* node, Value* value) {
     Rows condition = Of(node->input(0));
-    if (condition.kind != Rows::kFree) return {Rows::kUnknown, "an if/else on " + Describe(node->input(0))};
+    if (condition.kind != Rows::kFree) {
+      return {Rows::kUnknown, Describe(value), "it comes out of an if/else whose condition reads the batch"};
+    }
     size_t index = value->offset();
     bool rows = value->type()->kind() == c10::TypeKind::TensorType;
     for (Block* block : node->blocks()) {
@@ -206,7 +209,10 @@ std::string ToCarry(RowAnalysis& analysis, Graph& graph, Node* point, Value* flo
     if (rows.kind == Rows::kRows) {
       carried.push_back(value);
     } else if (rows.kind == Rows::kUnknown) {
-      return rows.why + " is made before it and read after it, and " + rows.because;
+      // The value itself, or what it was made from.
+      std::string subject = Describe(value);
+      return subject + " is made before it and read after it, and " +
+             (rows.why == subject ? rows.because : "it comes from " + rows.why + ": " + rows.because);
     }
   }
   return "";
