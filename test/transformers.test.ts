@@ -250,7 +250,7 @@ describeExported('the text encoder exported by torch.export (dynamic batch and l
     compiledEqualsUncompiled(load());
   });
 
-  it('per-sample exits across the padding mask, mixed lengths in one batch, equal each sample run alone', () => {
+  it('per-sample exits across the padding mask, mixed lengths in one batch, equal each sample run alone, interpreted and compiled', () => {
     torch.manualSeed(0);
     const model = new EarlyExitModel(load(), LAYERS.slice(0, 3).map((point) => [point, offRamp()])).eval();
     // Every live value that carries the batch (the residual stream, the mask, the batch size) shrinks.
@@ -261,6 +261,11 @@ describeExported('the text encoder exported by torch.export (dynamic batch and l
     const outputs = perSampleEqualsAlone(model, x, 3, (i) => x.narrow(0, i, 1).narrow(1, 0, lengths[i]));
     // Patience per sample: the streaks shrink with the batch too.
     const patience = { criterion: 'patience' as const, thresholds: [2, 2, 2], perSample: true };
+    expect(model.forwardEarlyExit(x, patience).exits).toEqual(exitDecisions(exitScores(outputs, 'patience'), 'patience', [2, 2, 2]));
+    // Compiled, the graph carries the mask past each exit: the same, each sample as alone.
+    model.optimizeForInference();
+    expect(model.inferenceExitsPerSample).toEqual([true, true, true]);
+    perSampleEqualsAlone(model, x, 3, (i) => x.narrow(0, i, 1).narrow(1, 0, lengths[i]));
     expect(model.forwardEarlyExit(x, patience).exits).toEqual(exitDecisions(exitScores(outputs, 'patience'), 'patience', [2, 2, 2]));
   });
 });
