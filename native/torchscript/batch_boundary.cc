@@ -103,6 +103,13 @@ void CollectTaps(Block* block, std::vector<Node*>& taps) {
   }
 }
 
+void CollectExitPoints(Block* block, std::vector<Node*>& exits) {
+  for (Node* node : block->nodes()) {
+    for (Block* inner : node->blocks()) CollectExitPoints(inner, exits);
+    if (node->kind() == c10::Symbol::fromQualString(kExitPointOperator)) exits.push_back(node);
+  }
+}
+
 bool IsBoundaryNode(torch::jit::Graph& graph, Node* point, Value* flowing) {
   return point->owningBlock() == graph.block() && LiveAcross(graph, point, flowing).empty();
 }

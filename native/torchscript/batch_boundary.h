@@ -25,6 +25,10 @@ std::vector<torch::jit::Value*> LiveAcross(torch::jit::Graph& graph, torch::jit:
 // Every tap (earlyexit::tap) in `block` and the blocks inside it, in order.
 void CollectTaps(torch::jit::Block* block, std::vector<torch::jit::Node*>& taps);
 
+// Every exit point (earlyexit::exit_point) of a compiled graph in `block` and the blocks
+// inside it, in order.
+void CollectExitPoints(torch::jit::Block* block, std::vector<torch::jit::Node*>& exits);
+
 // The qualified name of the submodule `value` holds, when it is a chain of attribute reads
 // from `self`.
 bool ModulePath(torch::jit::Value* value, torch::jit::Value* self, std::string& path);

@@ -218,13 +218,6 @@ std::string ToCarry(RowAnalysis& analysis, Graph& graph, Node* point, Value* flo
   return "";
 }
 
-void CollectExits(Block* block, std::vector<Node*>& exits) {
-  for (Node* node : block->nodes()) {
-    for (Block* inner : node->blocks()) CollectExits(inner, exits);
-    if (node->kind() == c10::Symbol::fromQualString(kExitPointOperator)) exits.push_back(node);
-  }
-}
-
 }  // namespace
 
 std::string CarryProblem(Graph& graph, Node* point, Value* flowing) {
@@ -252,7 +245,7 @@ Value* InsertCarry(Graph& graph, Node* after, int64_t point, Value* value) {
 
 void CarryPastExitPoints(Graph& graph, std::vector<std::string>& problems) {
   std::vector<Node*> exits;
-  CollectExits(graph.block(), exits);
+  CollectExitPoints(graph.block(), exits);
   RowAnalysis analysis(graph);
   for (Node* exit : exits) {
     int64_t index = torch::jit::constant_as<int64_t>(exit->input(0)).value();

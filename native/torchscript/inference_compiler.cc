@@ -29,13 +29,6 @@ std::shared_ptr<torch::jit::Graph> ForwardGraph(const torch::jit::Module& module
   return function->graph();
 }
 
-void CollectExitPoints(Block* block, std::vector<Node*>& found) {
-  for (Node* node : block->nodes()) {
-    for (Block* inner : node->blocks()) CollectExitPoints(inner, found);
-    if (node->kind() == c10::Symbol::fromQualString(kExitPointOperator)) found.push_back(node);
-  }
-}
-
 void RemoveTap(Node* tap) {
   Node* tuple = tap->input(1)->node();
   tap->destroy();
@@ -43,9 +36,8 @@ void RemoveTap(Node* tap) {
 }
 
 // Replaces the taps of the inlined forward of `module`: those of `points` by exit points
-// keyed by index, the others removed (no value carried yet: `carryProblems` is all ""). The
-// graph is the clone's own copy.
-void KeyTapsByIndex(torch::jit::Module& module, const std::vector<std::string>& points, std::vector<std::string>& carryProblems) {
+// keyed by index, the others removed. The graph is the clone's own copy.
+void KeyTapsByIndex(torch::jit::Module& module, const std::vector<std::string>& points) {
   std::shared_ptr<torch::jit::Graph> graph = ForwardGraph(module);
   torch::jit::Inline(*graph);
   std::vector<Node*> taps;
@@ -84,7 +76,6 @@ void KeyTapsByIndex(torch::jit::Module& module, const std::vector<std::string>& 
   }
   for (Node* tap : taps) RemoveTap(tap);
   torch::jit::EliminateDeadCode(graph);
-  carryProblems.assign(points.size(), "");
 }
 
 // Freezes `module`, carries batch-sized values past its exit points where the frozen graph
@@ -113,7 +104,9 @@ torch::jit::Module Keyed(const torch::jit::Module& root, const std::vector<std::
   if (keyed) return keyed(points, carryProblems);
   torch::jit::Module clone = root.clone();
   clone.eval();
-  KeyTapsByIndex(clone, points, carryProblems);
+  KeyTapsByIndex(clone, points);
+  // Nothing carried yet: freezing comes first (Freeze).
+  carryProblems.assign(points.size(), "");
   return clone;
 }
 
