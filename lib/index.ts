@@ -37,6 +37,11 @@ export type { EarlyExitPolicy, EarlyExitResult, EarlyExitAsyncOptions } from './
 export { calibrateThresholds, collectOutputs, measureBaselineLatency, measureExitLatencies, policyOf } from './early-exit/calibrate';
 export type { Calibration, CalibrationOptions, TradeOffPoint, HeldOutOutputs } from './early-exit/calibrate';
 export type { Guarantee, Certificate } from './early-exit/guarantee';
+export { advise, adviceSummary, calibrateSet, candidatePoints, chooseExits, costsOf, defaultRamp } from './early-exit/advise';
+export type {
+  Advice, AdvisedPoint, AdviseCriterion, AdviseOptions, Budget, CandidateCosts, CandidatePoint, ChooseOptions, ExitChoice, SearchStep,
+} from './early-exit/advise';
+export { parseBranchSpec } from './torch/branch-spec';
 export { serveOneAtATime } from './early-exit/serving';
 export {
   EarlyExitServer, DynamicBatcher, createHttpApp, BadRequestError, RequestTimeoutError, ServerClosedError, ServerOverloadedError,

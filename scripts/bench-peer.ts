@@ -23,7 +23,7 @@ import * as path from 'path';
 import { spawnSync } from 'child_process';
 import { EarlyExitModel, Tensor, jit, torch } from '../lib';
 import { binding } from '../lib/binding';
-import { parseBranchSpec } from '../lib/cli/branch-spec';
+import { parseBranchSpec } from '../lib/torch/branch-spec';
 import { packageRoot } from '../lib/util/package-root';
 import { Environment, Pair, Side, allocatorSetting, describeEnvironment, ratioTable, runPairs, serveSide } from './bench-harness';
 import { spamSplit } from './bench-transformers';

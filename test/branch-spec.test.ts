@@ -1,5 +1,5 @@
 import { Tensor, nn, torch } from '../lib';
-import { parseBranchSpec } from '../lib/cli/branch-spec';
+import { parseBranchSpec } from '../lib/torch/branch-spec';
 
 const shapeOf = (module: nn.Module, input: number[]) => (torch.noGrad(() => module.forward(torch.ones(input))) as Tensor).shape;
 

@@ -57,6 +57,7 @@ export function parseCommand<T>(command: string, usage: string, parse: () => T |
 export const USAGE = `Usage: torch-early-exit demo [options]
        torch-early-exit serve [CHECKPOINT] [options]   (serve --help tells more)
        torch-early-exit launch [options] SCRIPT [args...]   (launch --help tells more)
+       torch-early-exit advise MODEL --data mnist|spam-assassin [options]   (where to put exits; advise --help)
 
 Trains early exits on the 10,000 MNIST digits of the mnist package, prints Distiller's
 statistics, calibrates thresholds and serves the held-out digits with real early exits.
@@ -92,7 +93,7 @@ Options:
   --seed N               data split, initialisation and shuffling (default 0)
   -h, --help             this text`;
 
-function integer(name: string, value: string | undefined, min: number): number {
+export function integer(name: string, value: string | undefined, min: number): number {
   const number = Number(value);
   if (value === undefined || !Number.isInteger(number) || number < min) {
     throw new UsageError(`${name} needs an integer >= ${min}, got ${value === undefined ? 'nothing' : `'${value}'`}`);

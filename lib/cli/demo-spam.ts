@@ -22,7 +22,7 @@ import { Tensor } from '../torch/tensor';
 import * as torch from '../torch/torch';
 import { packageRoot } from '../util/package-root';
 import { DemoOptions } from './args';
-import { parseBranchSpec } from './branch-spec';
+import { parseBranchSpec } from '../torch/branch-spec';
 import { DemoInterrupted, DemoResults, DemoServing, StopSignal, pct, printServing, trainAndReport, writeResults } from './demo';
 import { tradeOffSvg } from './plot';
 

@@ -15,7 +15,7 @@ import { saveCheckpoint } from '../early-exit/checkpoint';
 import { EarlyExitModel } from '../early-exit/model';
 import { ServingReport, serveOneAtATime } from '../early-exit/serving';
 import { EarlyExitStats } from '../early-exit/stats';
-import { LabelledData, evaluateAccuracy, trainEarlyExitAsync } from '../early-exit/trainer';
+import { BatchProgress, LabelledData, evaluateAccuracy, trainEarlyExitAsync } from '../early-exit/trainer';
 import { InferenceOptimization } from '../binding';
 import { load, optimizeForInference } from '../torch/jit';
 import { load as loadExported } from '../torch/export';
@@ -26,7 +26,7 @@ import { Adam } from '../torch/optim';
 import * as torch from '../torch/torch';
 import type { SequenceInput } from '../serving/server';
 import { DemoOptions } from './args';
-import { parseBranchSpec } from './branch-spec';
+import { parseBranchSpec } from '../torch/branch-spec';
 import { tradeOffSvg } from './plot';
 
 /** The bundled CNN and its exit. */
@@ -217,7 +217,7 @@ export async function trainAndReport(model: EarlyExitModel, trainSet: LabelledDa
 export async function trainWithProgress(model: EarlyExitModel, trainSet: LabelledData, validation: LabelledData,
   options: Pick<DemoOptions, 'epochs' | 'batchSize' | 'seed' | 'optimizer' | 'lr'> & { lossWeights: number[] },
   names: string[], signal: StopSignal, log: (line: string) => void): Promise<number[]> {
-  let bar: SingleBar | undefined;
+  const bar = batchBar(options.epochs, names);
   let heldOut: number[] | undefined;
   try {
     torch.manualSeed(options.seed);
@@ -228,30 +228,47 @@ export async function trainWithProgress(model: EarlyExitModel, trainSet: Labelle
       epochs: options.epochs, batchSize: options.batchSize, lossWeights: options.lossWeights, seed: options.seed, validation,
       optimizer, lr: options.lr,
       shouldStop: () => signal.stopped,
-      onBatch: (p) => {
-        if (p.batch === 0) {
-          bar = new SingleBar({
-            format: `epoch ${p.epoch + 1}/${options.epochs} |{bar}| {value}/{total} loss {loss} acc {accuracy}`,
-            hideCursor: true, clearOnComplete: false, noTTYOutput: true, notTTYSchedule: 5000, stream: process.stdout,
-          }, Presets.shades_classic);
-          bar.start(p.batches, 0, { loss: '-', accuracy: '-' });
-        }
-        bar!.update(p.batch + 1, {
-          loss: p.loss.toFixed(3), accuracy: p.accuracy.map((a, i) => `${names[i]} ${a.toFixed(0)}%`).join(' '),
-        });
-      },
+      onBatch: bar.onBatch,
       onEpoch: (epoch, accuracy) => {
-        bar?.stop();
+        bar.stop();
         if (accuracy) log(`  held-out after epoch ${epoch + 1}: ${accuracy.map((a, i) => `${names[i]} ${pct(a)}`).join(', ')}`);
       },
     });
   } finally {
     // A bar left running keeps a timer, and the process, alive.
-    bar?.stop();
+    bar.stop();
   }
   if (signal.stopped) throw new DemoInterrupted('interrupted while training');
   model.eval();
   return heldOut ?? evaluateAccuracy(model, validation);
+}
+
+/**
+ * A progress bar per epoch of training: `onBatch` for `TrainOptions.onBatch`, showing the
+ * loss and each output's batch accuracy (the outputs named by `names`; none when empty); `stop` ends the current bar (always call it: a bar
+ * left running keeps a timer, and the process, alive).
+ */
+export function batchBar(epochs: number, names: readonly string[]): { onBatch: (p: BatchProgress) => void; stop: () => void } {
+  let bar: SingleBar | undefined;
+  return {
+    onBatch: (p) => {
+      if (p.batch === 0) {
+        bar?.stop();
+        bar = new SingleBar({
+          format: `epoch ${p.epoch + 1}/${epochs} |{bar}| {value}/{total} loss {loss}${names.length > 0 ? ' acc {accuracy}' : ''}`,
+          hideCursor: true, clearOnComplete: false, noTTYOutput: true, notTTYSchedule: 5000, stream: process.stdout,
+        }, Presets.shades_classic);
+        bar.start(p.batches, 0, { loss: '-', accuracy: '-' });
+      }
+      bar!.update(p.batch + 1, {
+        loss: p.loss.toFixed(3), accuracy: p.accuracy.map((a, i) => `${names[i]} ${a.toFixed(0)}%`).join(' '),
+      });
+    },
+    stop: () => {
+      bar?.stop();
+      bar = undefined;
+    },
+  };
 }
 
 /** Distiller's statistics on `data`: every exit computed, the first under its cross-entropy threshold taken; printed and returned. */

@@ -2,6 +2,7 @@
 import { DemoInterrupted, runDemo } from './demo';
 import { runSpamDemo } from './demo-spam';
 import { USAGE, parseCommand, parseDemoArgs } from './args';
+import { adviseCommand } from './advise';
 import { launch } from './launch';
 import { serve } from './serve';
 
@@ -21,6 +22,14 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
   }
   if (command === 'launch') return launch(rest);
+  if (command === 'advise') {
+    try {
+      return await adviseCommand(rest);
+    } catch (error) {
+      console.error(`torch-early-exit advise: ${(error as Error).message}`);
+      return 1;
+    }
+  }
   if (command !== 'demo') {
     console.error(`torch-early-exit: unknown command '${command}'\n\n${USAGE}`);
     return 2;

@@ -1,4 +1,5 @@
 /** The trade-off curve as an SVG picture: accuracy against speedup, the chosen point marked. */
+import type { Advice } from '../early-exit/advise';
 import { Calibration } from '../early-exit/calibrate';
 
 const WIDTH = 640;
@@ -99,6 +100,47 @@ export function lineChartSvg(series: Series[], labels: { title: string; x: strin
     parts.push(`<line x1="${MARGIN.left + 10}" x2="${MARGIN.left + 34}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"${line.dashed ? ' stroke-dasharray="6 4"' : ''}/>`);
     parts.push(`<text x="${MARGIN.left + 40}" y="${ly + 4}">${escape(line.name)}</text>`);
   });
+  parts.push('</svg>');
+  return parts.join('\n') + '\n';
+}
+
+/**
+ * advise's picture: per candidate, in forward order, the expected latency it saves as the
+ * only exit (a bar, below the axis where its ramp costs more than it saves) and the share of
+ * samples that would leave there; the chosen exits in red, and the chosen set's saving as a
+ * dashed line.
+ */
+export function adviceSvg(advice: Pick<Advice, 'candidates' | 'chosen' | 'saving'>, title: string): string {
+  const values = advice.candidates.map((c) => 100 * c.saving);
+  const yMax = Math.max(5, ...values, 100 * advice.saving) * 1.15;
+  const yMin = Math.min(0, ...values) * 1.15;
+  const bottom = HEIGHT - MARGIN.bottom - 60;
+  const sy = (y: number) => bottom - ((y - yMin) / (yMax - yMin)) * (bottom - MARGIN.top);
+  const slot = (WIDTH - MARGIN.left - MARGIN.right) / Math.max(1, values.length);
+  const parts: string[] = [];
+  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${HEIGHT}" viewBox="0 0 ${WIDTH} ${HEIGHT}" font-family="sans-serif" font-size="12">`);
+  parts.push(`<rect width="${WIDTH}" height="${HEIGHT}" fill="white"/>`);
+  parts.push(`<text x="${WIDTH / 2}" y="22" text-anchor="middle" font-size="15">${escape(title)}</text>`);
+  for (const y of ticks(yMin, yMax, 5)) {
+    parts.push(`<line x1="${MARGIN.left}" x2="${WIDTH - MARGIN.right}" y1="${sy(y).toFixed(1)}" y2="${sy(y).toFixed(1)}" stroke="#eee"/>`);
+    parts.push(`<text x="${MARGIN.left - 8}" y="${(sy(y) + 4).toFixed(1)}" text-anchor="end">${y.toFixed(0)}%</text>`);
+  }
+  parts.push(`<line x1="${MARGIN.left}" x2="${WIDTH - MARGIN.right}" y1="${sy(0).toFixed(1)}" y2="${sy(0).toFixed(1)}" stroke="#333"/>`);
+  advice.candidates.forEach((c, i) => {
+    const x = MARGIN.left + i * slot + slot * 0.15;
+    const top = sy(Math.max(0, values[i]));
+    const height = Math.abs(sy(values[i]) - sy(0));
+    const chosen = advice.chosen.includes(c.point);
+    parts.push(`<rect class="candidate" x="${x.toFixed(1)}" y="${top.toFixed(1)}" width="${(slot * 0.7).toFixed(1)}" height="${height.toFixed(1)}" ` +
+      `fill="${chosen ? '#d62728' : '#1f77b4'}"><title>${escape(`${c.point}: saves ${values[i].toFixed(1)}%, ${(100 * c.share).toFixed(0)}% leave`)}</title></rect>`);
+    const cx = x + slot * 0.35;
+    parts.push(`<text transform="translate(${cx.toFixed(1)} ${bottom + 10}) rotate(45)" font-size="10">${escape(c.point)}</text>`);
+  });
+  const line = sy(100 * advice.saving);
+  parts.push(`<line x1="${MARGIN.left}" x2="${WIDTH - MARGIN.right}" y1="${line.toFixed(1)}" y2="${line.toFixed(1)}" stroke="#d62728" stroke-dasharray="6 4"/>`);
+  parts.push(`<text x="${WIDTH - MARGIN.right - 4}" y="${(line - 6).toFixed(1)}" text-anchor="end" fill="#d62728">` +
+    `${escape(`chosen: ${advice.chosen.length ? advice.chosen.join(', ') : 'no exit'}, saves ${(100 * advice.saving).toFixed(1)}%`)}</text>`);
+  parts.push(`<text transform="translate(16 ${(bottom + MARGIN.top) / 2}) rotate(-90)" text-anchor="middle">expected latency saved as the only exit</text>`);
   parts.push('</svg>');
   return parts.join('\n') + '\n';
 }

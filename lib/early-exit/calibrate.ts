@@ -305,7 +305,7 @@ export function measureExitLatencies(model: EarlyExitModel, input: Tensor, runs 
 }
 
 /** Milliseconds of `run` with its output read back, as serving reads it; the output is freed. */
-function timeCall(run: () => Tensor): number {
+export function timeCall(run: () => Tensor): number {
   const started = process.hrtime.bigint();
   const output = run();
   output.data();
@@ -315,6 +315,6 @@ function timeCall(run: () => Tensor): number {
 }
 
 /** The median (the upper one of an even count). */
-function middle(values: number[]): number {
+export function middle(values: number[]): number {
   return [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 }
