@@ -154,6 +154,25 @@ describe('per-sample exits inside a batch', () => {
     expect(['act', 'left', 'heads'].map((name) => containers.getModule(name).callsPerForward)).toEqual([2, 1, 0]);
   });
 
+  it('says the same of every module after a backward pass, and an exit added then compiles and stops', () => {
+    // Once a forward with gradients has run, TorchScript's executor replaces the blocks'
+    // cached optimized graphs, in which nested modules' calls were no longer found (0 calls,
+    // no boundary): an exit added to a model trained in this process was refused.
+    const describe = (model: ReturnType<typeof jit.load>) => model.namedModules().map(([name, m]) => `${name}:${m.callsPerForward}:${m.isBatchBoundary}`);
+    const backbone = jit.load(fixture('resnet20_scripted.pt'));
+    // (Nothing asks the trained one before its backward: the executor must be the first to build those graphs.)
+    const out = backbone.forward(torch.randn([4, 3, 32, 32])) as Tensor;
+    out.sum().backward();
+    expect(describe(backbone)).toEqual(describe(jit.load(fixture('resnet20_scripted.pt'))));
+    const model = new EarlyExitModel(backbone.eval(), [['layer1.2.relu2', seedBranch()]]).eval();
+    expect(model.exitCalls).toEqual([1]);
+    expect(model.exitsPerSample).toEqual([true]);
+    model.optimizeForInference({ optimize: false });
+    const x = torch.randn([3, 3, 32, 32]);
+    const result = model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [0], perSample: true });
+    expect(result.exits).toEqual([0, 0, 0]);
+  });
+
   it('each sample leaves at its first confident exit; the rest go on with a smaller batch; rows come back in input order', async () => {
     const model = mnistTwoExits();
     const { x, outputs, thresholds, expected } = medianEntropySplit(model);

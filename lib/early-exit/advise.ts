@@ -244,7 +244,7 @@ export interface AdviseOptions extends ChooseOptions {
   train: LabelledData;
   /** Held-out data that chooses the exits and their thresholds; it should not be the data the result is reported on. */
   select: LabelledData;
-  /** The candidate modules; `candidatePoints` finds them by default. */
+  /** The candidate modules, in any order (the forward's is found); `candidatePoints` finds them by default. */
   points?: readonly string[];
   /** With `points` unset: how deep module names may be (see `candidatePoints`); 2 by default. */
   depth?: number;
@@ -318,9 +318,7 @@ export async function advise(backbone: ScriptModule, options: AdviseOptions): Pr
   const sample = options.select.images.narrow(0, 0, Math.min(2, options.select.images.shape[0]));
   // Every forward here is in eval mode: one in train mode would move batch norm's statistics.
   const classes = inEvalMode(backbone, () => noGrad(() => tidy(() => (backbone.forward(sample) as Tensor).shape[1])));
-  const found = options.points
-    ? options.points.map((point) => ({ point, shape: shapeAt(backbone, point, sample) }))
-    : candidatePoints(backbone, sample, { depth: options.depth });
+  const found = options.points ? inForwardOrder(backbone, options.points, sample) : candidatePoints(backbone, sample, { depth: options.depth });
   if (found.length === 0) throw new Error('advise: no module of the backbone can feed an exit (see candidatePoints); name some with options.points');
   const specs = found.map(({ point, shape }) => (options.ramp ?? ((_p, s, k) => defaultRamp(s, k)))(point, shape, classes));
   const ramps = specs.map((spec) => parseBranchSpec(spec));
@@ -409,19 +407,30 @@ export function adviceSummary(advice: Advice): Omit<Advice, 'exitsDef' | 'candid
   return summary;
 }
 
-/** The shape of one sample's output at `point`, from one forward of `sample` with a hook there. */
-function shapeAt(backbone: ScriptModule, point: string, sample: Tensor): number[] {
-  let shape: number[] | undefined;
-  const handle = backbone.getModule(point).registerForwardHook((_m, _inputs, output) => {
-    if (output instanceof Tensor) shape = [1, ...output.shape.slice(1)];
-  });
+/**
+ * The given points in the order the forward reaches them (the cost model needs it; the
+ * order they were given in does not matter), each with its output's shape for one sample.
+ */
+function inForwardOrder(backbone: ScriptModule, points: readonly string[], sample: Tensor): CandidatePoint[] {
+  const reached: CandidatePoint[] = [];
+  const modules = [...new Set(points)].map((point) => [point, backbone.getModule(point)] as const);
+  for (const [point, module] of modules) {
+    if (module.callsPerForward !== 1) {
+      throw new Error(`advise: module '${point}' is called ${module.callsPerForward < 0 ? 'in a loop' : `${module.callsPerForward} times`} in one forward, so an exit there cannot stop it (see forwardEarlyExit)`);
+    }
+  }
+  const handles = modules.map(([point, module]) => module.registerForwardHook((_m, _inputs, output) => {
+    if (!(output instanceof Tensor)) throw new Error(`advise: module '${point}' does not give one tensor, so no exit can read its output`);
+    reached.push({ point, shape: [1, ...output.shape.slice(1)] });
+  }));
   try {
     inEvalMode(backbone, () => noGrad(() => tidy(() => backbone.forward(sample))));
   } finally {
-    handle.remove();
+    for (const handle of handles) handle.remove();
   }
-  if (!shape) throw new Error(`advise: module '${point}' does not give one tensor, so no exit can read its output`);
-  return shape;
+  const missing = points.filter((point) => !reached.some((r) => r.point === point));
+  if (missing.length > 0) throw new Error(`advise: the forward never reaches ${missing.map((p) => `'${p}'`).join(', ')}, so no exit there can be taken`);
+  return reached;
 }
 
 /** `run` with the backbone in eval mode, its mode restored after. */

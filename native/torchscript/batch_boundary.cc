@@ -1,7 +1,7 @@
 #include "torchscript/batch_boundary.h"
 
 #include <torch/csrc/jit/api/function_impl.h>
-#include <torch/csrc/jit/passes/inliner.h>
+#include <torch/csrc/jit/ir/ir.h>
 
 #include <unordered_map>
 #include <vector>
@@ -170,6 +170,42 @@ int CountCalls(const std::vector<Node*>& taps) {
   return taps.empty() ? 0 : 1;
 }
 
+namespace {
+
+// One level: each call in `block` (and its nested blocks) replaced by its callee's own graph.
+bool InlineOneLevel(Block* block) {
+  bool inlined = false;
+  for (auto it = block->nodes().begin(), end = block->nodes().end(); it != end;) {
+    Node* node = *it++;
+    torch::jit::GraphFunction* callee = nullptr;
+    if (node->kind() == c10::prim::CallMethod) {
+      if (auto type = node->input(0)->type()->cast<c10::ClassType>()) {
+        callee = dynamic_cast<torch::jit::GraphFunction*>(&type->getMethod(node->s(c10::attr::name)));
+      }
+    } else if (node->kind() == c10::prim::CallFunction) {
+      if (auto type = node->input(0)->type()->cast<c10::FunctionType>()) {
+        callee = dynamic_cast<torch::jit::GraphFunction*>(type->function());
+        // The function itself is the call's first input; its graph takes the rest.
+        if (callee != nullptr) node->removeInput(0);
+      }
+    }
+    if (callee != nullptr) {
+      torch::jit::inlineCallTo(node, callee, callee->graph().get());
+      inlined = true;
+      continue;
+    }
+    for (Block* nested : node->blocks()) inlined = InlineOneLevel(nested) || inlined;
+  }
+  return inlined;
+}
+
+}  // namespace
+
+void InlineOwnGraphs(torch::jit::Graph& graph) {
+  while (InlineOneLevel(graph.block())) {
+  }
+}
+
 std::shared_ptr<torch::jit::Graph> InlinedCallsOf(const torch::jit::Module& root, const std::string& qualifiedName,
                                                   std::vector<Node*>& calls) {
   auto method = root.find_method("forward");
@@ -177,7 +213,7 @@ std::shared_ptr<torch::jit::Graph> InlinedCallsOf(const torch::jit::Module& root
   if (function == nullptr) return nullptr;
   // A copy: the model's own graphs keep their calls (and the hooks that live at them).
   std::shared_ptr<torch::jit::Graph> graph = function->graph()->copy();
-  torch::jit::Inline(*graph);
+  InlineOwnGraphs(*graph);
   std::vector<Node*> taps;
   CollectTaps(graph->block(), taps);
   for (Node* tap : taps) {

@@ -44,6 +44,13 @@ struct CallSites {
 
 CallSites AnalyzeCalls(const torch::jit::Module& root, const std::string& qualifiedName);
 
+// Inlines every method and function call in `graph`, at every depth, from each callee's own
+// graph. torch::jit::Inline takes the callee's cached optimized graph instead, which the
+// executor replaces once a forward with gradients has run (training), and in which the taps
+// of nested modules' calls are no longer found: module analysis must not depend on whether
+// the model was trained in this process.
+void InlineOwnGraphs(torch::jit::Graph& graph);
+
 // A copy of the root's forward with every call inlined, and in it the taps that follow the
 // calls of module `qualifiedName`; null when the forward is not a TorchScript graph.
 std::shared_ptr<torch::jit::Graph> InlinedCallsOf(const torch::jit::Module& root, const std::string& qualifiedName,

@@ -3,7 +3,6 @@
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
-#include <torch/csrc/jit/passes/inliner.h>
 
 #include <ATen/Version.h>
 
@@ -39,7 +38,7 @@ void RemoveTap(Node* tap) {
 // keyed by index, the others removed. The graph is the clone's own copy.
 void KeyTapsByIndex(torch::jit::Module& module, const std::vector<std::string>& points) {
   std::shared_ptr<torch::jit::Graph> graph = ForwardGraph(module);
-  torch::jit::Inline(*graph);
+  InlineOwnGraphs(*graph);
   std::vector<Node*> taps;
   CollectTaps(graph->block(), taps);
   std::map<std::string, std::vector<Node*>> byName;
