@@ -20,7 +20,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import {
-  EarlyExitModel, EarlyExitPolicy, ExitsDef, LabelledData, ScriptModule, Tensor, advise, calibrateThresholds, candidatePoints, collectOutputs,
+  EarlyExitModel, EarlyExitPolicy, ExitsDef, LabelledData, Tensor, advise, calibrateThresholds, candidatePoints, collectOutputs,
   jit, loadMnist, measureBaselineLatency, measureExitLatencies, policyOf, torch, trainEarlyExit,
 } from '../lib';
 import { packageRoot } from '../lib/util/package-root';
@@ -152,7 +152,7 @@ async function main(): Promise<void> {
   }
   const models = (flagValue(args, '--models') ?? Object.keys(MODELS).join(',')).split(',');
   for (const m of models) if (!MODELS[m]) throw new Error(`--models: unknown model '${m}' (${Object.keys(MODELS).join(', ')})`);
-  const backboneEpochs = flagValue(args, '--backbone-epochs') ? positiveInt('--backbone-epochs', flagValue(args, '--backbone-epochs')) : 2;
+  const backboneEpochs = flagValue(args, '--backbone-epochs') ? positiveInt('--backbone-epochs', flagValue(args, '--backbone-epochs')) : 3;
   const rampEpochs = flagValue(args, '--ramp-epochs') ? positiveInt('--ramp-epochs', flagValue(args, '--ramp-epochs')) : 2;
   const guarantee = { epsilon: Number(flagValue(args, '--max-drop') ?? 0.5), delta: 0.05 };
   torch.setNumThreads(1);

@@ -31,7 +31,25 @@ describe('npm run demo', () => {
     expect(served.reduce((a, e) => a + e.samples, 0)).toBe(150);
     expect(results.baselineLatencyMs).toBeGreaterThan(0);
     expect(results.serving.fullAccuracy).toBeGreaterThan(50);
-    expect(results.calibration.curve.length).toBeGreaterThan(1);
+    // Thresholds certified by Learn-then-Test at --max-drop with δ 0.05, or every exit off, said.
+    const certificate = results.calibration.guarantee;
+    expect(certificate).toMatchObject({ epsilon: 0.5, delta: 0.05, samples: 150 });
+    if (certificate.certified && !results.calibration.keepsFullNetwork) {
+      expect(certificate.bound).toBeLessThanOrEqual(0.5);
+      expect(results.calibration.curve.length).toBeGreaterThan(1);
+    } else {
+      expect(results.calibration.chosen.thresholds).toEqual([null]);
+    }
+    expect(result.stdout).toMatch(/guarantee: at most ε = 0\.5 points lost with probability 1 − δ = 0\.95 \(Learn-then-Test on 150 samples\); certified bound \d+\.\d\d points/);
+    // advise beside the fixed exit: every candidate of the bundled CNN, timed, and its choice.
+    const advice = results.advice;
+    expect(advice.candidates.map((c: { point: string }) => c.point)).toEqual([
+      'features1.0', 'features1.1', 'features1.2', 'features1', 'features2.0', 'features2.1', 'features2.2', 'features2.3', 'features2.4',
+      'features2.5', 'features2', 'classifier.0', 'classifier.1', 'classifier.2']);
+    for (const point of advice.chosen) expect(advice.candidates.some((c: { point: string }) => c.point === point)).toBe(true);
+    expect(advice.calibration.guarantee).toMatchObject({ epsilon: 0.5, delta: 0.05, samples: 150 });
+    expect(result.stdout).toMatch(/point\s+output\s+prefix\s+ramp\s+ramp accuracy\s+leaving\s+saving/);
+    expect(result.stdout).toMatch(/the demo's exit features1 \(trained with the network\): expected \d+\.\d{3} ms per digit/);
     expect(results.exitLatenciesMs).toHaveLength(2);
     // oneDNN's conversion everywhere but Debian 13's LibTorch 2.6, where it crashes in oneDNN 3.7.
     expect(results.inferenceOptimization).toBe(results.libtorch.startsWith('2.6.') ? 'frozen' : 'oneDNN');
@@ -153,7 +171,8 @@ describe('npm run demo', () => {
     [['demo', '--train', '9000'], '--train plus --test cannot exceed the 10000 digits'],
     [['train'], "unknown command 'train'"],
     [['demo', '--optimizer', 'rmsprop'], "--optimizer must be sgd or adam, got 'rmsprop'"],
-    [['demo', '--criterion', 'loss'], '--criterion must be one of auto, entropy, maxProbability, margin, patience'],
+    [['demo', '--criterion', 'loss'], '--criterion must be one of auto, entropy, maxProbability, margin'],
+    [['demo', '--criterion', 'patience'], "--criterion patience: the demo certifies its thresholds (Learn-then-Test), and patience's cannot be ordered"],
     [['demo', '--calibration-split', '1'], '--calibration-split needs a share strictly between 0 and 1'],
     [['demo', '--lr', '-1'], '--lr needs a positive number'],
   ])('wrong options %j get a clear message and exit code 2', (args, message) => {

@@ -16,7 +16,7 @@ import * as torch from '../torch/torch';
 import { writeFileAtomic } from '../io/atomic-write';
 import { packageRoot } from '../util/package-root';
 import { UsageError, integer, parseCommand } from './args';
-import { batchBar, pct, table } from './demo';
+import { batchBar, pct, table } from './console';
 import { adviceSvg } from './plot';
 import * as fs from 'fs';
 

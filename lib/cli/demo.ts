@@ -7,15 +7,15 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { writeFileAtomic } from '../io/atomic-write';
-import { SingleBar, Presets } from 'cli-progress';
 import { loadMnist } from '../data/mnist';
-import { Calibration, calibrateThresholds, collectOutputs, measureBaselineLatency, measureExitLatencies, policyOf } from '../early-exit/calibrate';
+import { Advice, advise, adviceSummary } from '../early-exit/advise';
+import { Calibration, HeldOutOutputs, calibrateThresholds, collectOutputs, measureBaselineLatency, measureExitLatencies, policyOf } from '../early-exit/calibrate';
 import { LabelFreeCriterion } from '../early-exit/criteria';
 import { saveCheckpoint } from '../early-exit/checkpoint';
 import { EarlyExitModel } from '../early-exit/model';
 import { ServingReport, serveOneAtATime } from '../early-exit/serving';
 import { EarlyExitStats } from '../early-exit/stats';
-import { BatchProgress, LabelledData, evaluateAccuracy, trainEarlyExitAsync } from '../early-exit/trainer';
+import { LabelledData, evaluateAccuracy, trainEarlyExitAsync } from '../early-exit/trainer';
 import { InferenceOptimization } from '../binding';
 import { load, optimizeForInference } from '../torch/jit';
 import { load as loadExported } from '../torch/export';
@@ -28,6 +28,8 @@ import type { SequenceInput } from '../serving/server';
 import { DemoOptions } from './args';
 import { parseBranchSpec } from '../torch/branch-spec';
 import { tradeOffSvg } from './plot';
+import { batchBar, pct, table } from './console';
+import { printAdvice } from './advise';
 
 /** The bundled CNN and its exit. */
 export const DEFAULT_MODEL = path.join(packageRoot(), 'models', 'mnist_cnn.pt');
@@ -56,26 +58,20 @@ export interface DemoResults {
   heldOutSplit: { calibration: number; report: number };
   calibration: Calibration;
   serving: ServingReport;
+  /** What advise would choose on this backbone, beside the demo's fixed exit (see runDemo). */
+  advice: ReturnType<typeof adviceSummary>;
 }
 
 /**
- * Thresholds keep the accuracy drop within --max-drop with this confidence on new digits,
- * not only on the calibration digits (on which a point estimate breaks the budget on new
- * data about half the time).
+ * The chance that the certified thresholds lose more than --max-drop points on new data
+ * (Learn-then-Test's δ): both demos serve thresholds that hold with probability 0.95.
  */
-const CONFIDENCE = 0.95;
+export const DELTA = 0.05;
 
 /** Lets Ctrl-C stop the demo between steps. */
 export interface StopSignal { stopped: boolean }
 
 export class DemoInterrupted extends Error {}
-
-export function table(rows: string[][]): string {
-  const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
-  return rows.map((row) => row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ')).join('\n');
-}
-
-export function pct(value: number): string { return `${value.toFixed(2)}%`; }
 
 /** What the demo's checkpoint says about serving it (its `extra.serving`). */
 export interface DemoServing {
@@ -133,29 +129,10 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   const sample = calibrationSet.images.narrow(0, 0, 1);
   const exitLatenciesMs = measureExitLatencies(model, sample, 50, 20);
   const baselineMs = measureBaselineLatency(model, sample, 50, 20);
-  const criteria: LabelFreeCriterion[] = options.criterion !== 'auto' ? [options.criterion] : ['entropy', 'maxProbability', 'margin'];
-  if (options.criterion === 'auto' && model.exitPoints.length > 1) criteria.push('patience');
-  const calibrations = criteria.map((criterion) => calibrateThresholds(calibrationOutputs, {
-    criterion, exitCosts: exitLatenciesMs, baselineCost: baselineMs, maxAccuracyDrop: options.maxAccuracyDrop,
-    confidence: CONFIDENCE,
-  }));
-  const floor = calibrations[0].finalAccuracy - options.maxAccuracyDrop;
-  const calibration = calibrations.filter((c) => c.chosen.accuracyBound >= floor)
-    .sort((a, b) => b.chosen.speedup - a.chosen.speedup)[0] ?? calibrations[0];
-  const policy = policyOf(calibration);
   log(`\ncalibration on ${half} held-out digits: stopping at ${names.map((n, i) => `${n} ${exitLatenciesMs[i].toFixed(3)} ms`).join(', ')}, ` +
     `network without exits ${baselineMs.toFixed(3)} ms (batch 1, median, ${compiledAs})`);
-  for (const c of calibrations) {
-    log(`  ${c.criterion.padEnd(15)} thresholds [${c.chosen.thresholds.map((t) => (t === null ? 'never' : t.toFixed(4)))}] ` +
-      `accuracy ${pct(c.chosen.accuracy)} (at least ${pct(c.chosen.accuracyBound)} with ${100 * CONFIDENCE}% confidence) ` +
-      `expected speedup ${c.chosen.speedup.toFixed(2)}x`);
-  }
-  log(`  chosen: ${calibration.criterion} (final exit alone: ${pct(calibration.finalAccuracy)}, allowed drop ${options.maxAccuracyDrop} points)`);
-  if (calibration.keepsFullNetwork) {
-    log('  no thresholds make early exits faster than the network without exits here: every exit is off (null), and the ' +
-      'network without exits is the one to serve; the serving below shows what the exits would cost');
-  }
-
+  const calibration = certifiedCalibration(calibrationOutputs, options, exitLatenciesMs, baselineMs, 'digits', log);
+  const policy = policyOf(calibration);
   if (signal.stopped) throw new DemoInterrupted('interrupted');
   const plain = model.plainBackbone({ device: options.device });
   const full = optimizeForInference(plain);
@@ -165,15 +142,37 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   if (!serving) throw new DemoInterrupted('interrupted while serving');
   log(`\nserving the other ${labels.length} held-out digits (none used to calibrate) one at a time with real early exits (${calibration.criterion}):`);
   printServing(serving, 'samples', log);
-  log(`  (calibration predicted ${calibration.chosen.speedup.toFixed(2)}x at ` +
-    `${(calibration.finalAccuracy - calibration.chosen.accuracy).toFixed(2)} points on its own ${half} digits)`);
+  printGuarantee(calibration, serving, log);
+
+  // Where advise would put exits on this backbone: ramps on the frozen network, trained on
+  // the training digits and chosen on the calibration digits, beside the demo's fixed exit
+  // (whose thresholds those digits chose too). Both are predictions on the same digits.
+  if (signal.stopped) throw new DemoInterrupted('interrupted');
+  log('\nadvise: where else exits could go on this backbone (ramps trained on the frozen network, chosen on the calibration digits):');
+  // Cheap ramps learn fast: up to two passes over the training digits.
+  const adviseEpochs = Math.max(1, Math.min(2, options.epochs));
+  const bar = batchBar(adviseEpochs, []);
+  let advice: Advice;
+  try {
+    advice = await advise(model.plainBackbone({ device: options.device }), {
+      train: trainSet, select: calibrationSet, epochs: adviseEpochs, seed: options.seed,
+      guarantee: { epsilon: options.maxAccuracyDrop, delta: DELTA }, onBatch: bar.onBatch, shouldStop: () => signal.stopped,
+    });
+  } finally {
+    bar.stop();
+  }
+  printAdvice(advice, half, log);
+  const fixedMs = calibration.keepsFullNetwork ? baselineMs : calibration.chosen.expectedCost;
+  log(`the demo's exit ${model.exitPoints.join(', ')} (trained with the network): expected ${fixedMs.toFixed(3)} ms per digit against ` +
+    `${baselineMs.toFixed(3)} ms without exits; advise's ${advice.chosen.join(', ') || 'no exit'}: ${advice.expectedLatencyMs.toFixed(3)} ms against ` +
+    `${advice.baselineLatencyMs.toFixed(3)} ms (each measured in its own runs), both at most ${options.maxAccuracyDrop} points lost with probability ${1 - DELTA}`);
 
   const results: DemoResults = {
     seed: options.seed, libtorch: torch.version.libtorch, threads: options.threads, device: options.device,
     model: modelFile, exitPoints: model.exitPoints, lossWeights, trainingSeconds, heldOutAccuracy: heldOut,
     distiller, exitLatenciesMs,
     inferenceOptimization: model.inferenceOptimization!, baselineLatencyMs: baselineMs,
-    heldOutSplit: { calibration: half, report: labels.length }, calibration, serving,
+    heldOutSplit: { calibration: half, report: labels.length }, calibration, serving, advice: adviceSummary(advice),
   };
   writeResults(options.out, results, tradeOffSvg(calibration, `Early exits on MNIST: accuracy against speedup (${calibration.criterion})`));
   // What `torch-early-exit serve` serves: the trained model and its exits, the chosen policy,
@@ -186,6 +185,43 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
   log(`\nwrote ${path.join(options.out, 'results.json')}, ${path.join(options.out, 'tradeoff.svg')} and the checkpoint ` +
     `${path.join(options.out, 'checkpoint')} (torch-early-exit serve serves it)`);
   return results;
+}
+
+/**
+ * Thresholds certified by Learn-then-Test on `outputs` for each criterion (one, or the three
+ * that can be certified with --criterion auto), printed; the cheapest certified one is
+ * returned (every exit off when none is).
+ */
+export function certifiedCalibration(outputs: HeldOutOutputs, options: Pick<DemoOptions, 'criterion' | 'maxAccuracyDrop'>,
+  exitLatenciesMs: number[], baselineMs: number, unit: string, log: (line: string) => void): Calibration {
+  const criteria = options.criterion !== 'auto' ? [options.criterion] : ['entropy', 'maxProbability', 'margin'] as const;
+  const guarantee = { epsilon: options.maxAccuracyDrop, delta: DELTA };
+  const calibrations = criteria.map((criterion) => calibrateThresholds(outputs, {
+    criterion, exitCosts: exitLatenciesMs, baselineCost: baselineMs, guarantee,
+  }));
+  const calibration = [...calibrations].sort((a, b) => b.chosen.speedup - a.chosen.speedup)[0];
+  for (const c of calibrations) {
+    const certificate = c.guarantee!;
+    log(`  ${c.criterion.padEnd(15)} ${certificate.certified
+      ? `thresholds [${c.chosen.thresholds.map((t) => (t === null ? 'never' : t.toFixed(4)))}], certified: at most ` +
+        `${certificate.bound.toFixed(2)} points lost on new ${unit} with probability ${1 - DELTA}; expected speedup ${c.chosen.speedup.toFixed(2)}x`
+      : 'nothing certified: every exit off'}`);
+  }
+  log(`  chosen: ${calibration.criterion} (final exit alone: ${pct(calibration.finalAccuracy)}; allowed drop ${options.maxAccuracyDrop} points, ` +
+    `with probability ${1 - DELTA})`);
+  if (calibration.keepsFullNetwork) {
+    log(`  every exit is off (${calibration.guarantee!.certified ? 'no certified thresholds are faster than the network without exits' : 'nothing certified'}): ` +
+      'the network without exits is the one to serve; the serving below shows what the exits would cost');
+  }
+  return calibration;
+}
+
+/** The guarantee beside what serving gave: ε, δ, the certified bound and the points actually lost. */
+export function printGuarantee(calibration: Calibration, serving: ServingReport, log: (line: string) => void): void {
+  const certificate = calibration.guarantee!;
+  log(`guarantee: at most ε = ${certificate.epsilon} points lost with probability 1 − δ = ${1 - certificate.delta} ` +
+    `(Learn-then-Test on ${certificate.samples} samples); certified bound ${certificate.bound.toFixed(2)} points` +
+    `${certificate.certified ? '' : ' (nothing certified: every exit off)'}; lost here: ${(serving.fullAccuracy - serving.accuracy).toFixed(2)} points`);
 }
 
 /** What serving one at a time gave: per exit, all together, the network without exits, and the speed-up. */
@@ -241,34 +277,6 @@ export async function trainWithProgress(model: EarlyExitModel, trainSet: Labelle
   if (signal.stopped) throw new DemoInterrupted('interrupted while training');
   model.eval();
   return heldOut ?? evaluateAccuracy(model, validation);
-}
-
-/**
- * A progress bar per epoch of training: `onBatch` for `TrainOptions.onBatch`, showing the
- * loss and each output's batch accuracy (the outputs named by `names`; none when empty); `stop` ends the current bar (always call it: a bar
- * left running keeps a timer, and the process, alive).
- */
-export function batchBar(epochs: number, names: readonly string[]): { onBatch: (p: BatchProgress) => void; stop: () => void } {
-  let bar: SingleBar | undefined;
-  return {
-    onBatch: (p) => {
-      if (p.batch === 0) {
-        bar?.stop();
-        bar = new SingleBar({
-          format: `epoch ${p.epoch + 1}/${epochs} |{bar}| {value}/{total} loss {loss}${names.length > 0 ? ' acc {accuracy}' : ''}`,
-          hideCursor: true, clearOnComplete: false, noTTYOutput: true, notTTYSchedule: 5000, stream: process.stdout,
-        }, Presets.shades_classic);
-        bar.start(p.batches, 0, { loss: '-', accuracy: '-' });
-      }
-      bar!.update(p.batch + 1, {
-        loss: p.loss.toFixed(3), accuracy: p.accuracy.map((a, i) => `${names[i]} ${a.toFixed(0)}%`).join(' '),
-      });
-    },
-    stop: () => {
-      bar?.stop();
-      bar = undefined;
-    },
-  };
 }
 
 /** Distiller's statistics on `data`: every exit computed, the first under its cross-entropy threshold taken; printed and returned. */

@@ -12,8 +12,9 @@
  * plus the ramps before it; passing every exit costs the network plus every ramp), so each
  * step compares sets by the latency calibration predicts for them, under the same budget
  * (Learn-then-Test's guarantee by default) that the served thresholds will be held to:
- * greedy addition of the exit that lowers the expected latency most, until none does or
- * `maxExits` is reached, then removal of any exit whose removal lowers it. Exhaustive search
+ * greedy addition of the exit that lowers the expected latency most, until none lowers it
+ * by `minGain` of the network's latency or `maxExits` is reached, then removal of any exit
+ * that no longer saves that much. Exhaustive search
  * over every subset would be exact but grows as 2^candidates (20 candidates: a million
  * calibrations); the test checks the greedy answer against it on a small set.
  */
@@ -22,7 +23,7 @@ import { parseBranchSpec } from '../torch/branch-spec';
 import { Adam } from '../torch/optim';
 import { Tensor } from '../torch/tensor';
 import { noGrad, tidy } from '../torch/torch';
-import { Calibration, HeldOutOutputs, calibrateThresholds, collectOutputs, middle, timeCall } from './calibrate';
+import { Calibration, HeldOutOutputs, NEVER, calibrateThresholds, collectOutputs, middle, timeCall } from './calibrate';
 import { ExitsDef } from './exit-mgr';
 import { Guarantee } from './guarantee';
 import { EarlyExitModel } from './model';
@@ -113,7 +114,7 @@ export function defaultRamp(shape: readonly number[], classes: number): string {
 export interface CandidateCosts {
   /** A forward stopped at the candidate: the network up to it, its ramp and the decision. */
   stopMs: number[];
-  /** What the candidate adds to a forward that passes it: its ramp and the decision. */
+  /** What the candidate adds to a forward that passes it: its ramp and its decision (to go on). */
   rampMs: number[];
   /** The network without exits, compiled the same way. */
   baselineMs: number;
@@ -150,6 +151,13 @@ export interface ChooseOptions extends Budget {
   criteria?: readonly AdviseCriterion[];
   /** The most exits to choose; 4 by default. */
   maxExits?: number;
+  /**
+   * What each chosen exit must save, as a share of the network's latency: an exit is added
+   * only when it lowers the expected latency by this much, and removed when it no longer
+   * does. 0.01 by default: latencies measured on a busy machine move by about that from run
+   * to run, and an exit chosen for less would be chosen for the noise.
+   */
+  minGain?: number;
 }
 
 /** One step of the search: an exit added or removed, and the expected latency after it. */
@@ -200,6 +208,9 @@ export function chooseExits(heldOut: HeldOutOutputs, costs: CandidateCosts, opti
   }
   const maxExits = options.maxExits ?? 4;
   if (!Number.isInteger(maxExits) || maxExits < 1) throw new Error(`chooseExits: maxExits must be an integer >= 1, got ${maxExits}`);
+  const minGain = options.minGain ?? 0.01;
+  if (!(minGain >= 0 && minGain < 1)) throw new Error(`chooseExits: minGain must be a share in [0, 1), got ${minGain}`);
+  const gain = minGain * costs.baselineMs;
   let best: ExitChoice | undefined;
   for (const criterion of options.criteria ?? ['entropy', 'maxProbability', 'margin'] as const) {
     const at = (exits: number[]) => calibrateSet(heldOut, exits, costs, criterion, options);
@@ -212,7 +223,7 @@ export function chooseExits(heldOut: HeldOutOutputs, costs: CandidateCosts, opti
         if (exits.includes(c)) continue;
         const trial = [...exits, c].sort((a, b) => a - b);
         const result = at(trial);
-        if (result.expectedLatencyMs < (step?.result ?? current).expectedLatencyMs) step = { exits: trial, result, point: c };
+        if (result.expectedLatencyMs < (step?.result.expectedLatencyMs ?? current.expectedLatencyMs - gain)) step = { exits: trial, result, point: c };
       }
       if (!step) break;
       ({ exits, result: current } = step);
@@ -223,7 +234,7 @@ export function chooseExits(heldOut: HeldOutOutputs, costs: CandidateCosts, opti
       for (const c of exits) {
         const trial = exits.filter((e) => e !== c);
         const result = at(trial);
-        if (result.expectedLatencyMs < current.expectedLatencyMs) {
+        if (result.expectedLatencyMs < current.expectedLatencyMs + gain) {
           exits = trial;
           current = result;
           search.push({ step: 'remove', point: c, expectedLatencyMs: current.expectedLatencyMs });
@@ -450,7 +461,8 @@ function inEvalMode<T>(backbone: ScriptModule, run: () => T): T {
  */
 function timeCandidate(model: EarlyExitModel, full: ScriptModule, input: Tensor, runs: number, warmup: number) {
   const stop = { criterion: 'maxProbability' as const, thresholds: [0] };
-  const pass = { criterion: 'maxProbability' as const, thresholds: [null] };
+  // Passing, the exit still decides (and says no), as a served exit does.
+  const pass = { criterion: 'maxProbability' as const, thresholds: [NEVER] };
   const stops: number[] = [];
   const differences: number[] = [];
   const baselines: number[] = [];

@@ -275,16 +275,18 @@ export function measureBaselineLatency(model: EarlyExitModel, input: Tensor, run
 
 /**
  * Median latency (ms) of a forward stopped at each exit, then of the full forward, on
- * `input` (one sample for per-sample latency), the output read back as serving reads it:
- * the costs calibration weighs.
+ * `input` (one sample for per-sample latency), the output read back as serving reads it,
+ * every exit on the way deciding and going on: the costs calibration weighs.
  */
 export function measureExitLatencies(model: EarlyExitModel, input: Tensor, runs = 30, warmup = 10): number[] {
   const exits = model.exitPoints.length;
   const policies: EarlyExitPolicy[] = [];
+  // Exits passed on the way are asked and say no (no probability reaches 2), as served
+  // exits are: a threshold of null would skip the decision, and with it part of the cost.
   for (let i = 0; i < exits; i++) {
-    policies.push({ criterion: 'maxProbability', thresholds: model.exitPoints.map((_, j) => (j === i ? 0 : null)) });
+    policies.push({ criterion: 'maxProbability', thresholds: model.exitPoints.map((_, j) => (j < i ? NEVER : j === i ? 0 : null)) });
   }
-  policies.push({ criterion: 'maxProbability', thresholds: model.exitPoints.map(() => null) });
+  policies.push({ criterion: 'maxProbability', thresholds: model.exitPoints.map(() => NEVER) });
   const wasTraining = model.training;
   model.eval();
   const samples: number[][] = policies.map(() => []);
@@ -303,6 +305,9 @@ export function measureExitLatencies(model: EarlyExitModel, input: Tensor, runs 
   model.train(wasTraining);
   return samples.map(middle);
 }
+
+/** A maxProbability threshold no sample meets: the exit decides, and always goes on. */
+export const NEVER = 2;
 
 /** Milliseconds of `run` with its output read back, as serving reads it; the output is freed. */
 export function timeCall(run: () => Tensor): number {
