@@ -15,7 +15,7 @@ import { Tensor } from '../torch/tensor';
 import * as torch from '../torch/torch';
 import { writeFileAtomic } from '../io/atomic-write';
 import { packageRoot } from '../util/package-root';
-import { UsageError, integer, parseCommand } from './args';
+import { UsageError, integer, parseCommand, readFlags } from './args';
 import { batchBar, pct, table } from './console';
 import { adviceSvg } from './plot';
 import * as fs from 'fs';
@@ -95,17 +95,8 @@ export function parseAdviseArgs(argv: readonly string[]): AdviseCliOptions | nul
     depth: 2, channels: 1, size: 28, train: 8000, heldOut: 1000, epochs: 2, batchSize: 64, lr: 1e-3, maxDrop: 0.5, delta: 0.05,
     criterion: 'auto', maxExits: 4, threads: 1, device: 'cpu', seed: 0, out: 'out/advise',
   };
-  const given = new Set<string>();
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    given.add(flag);
-    const next = () => {
-      const value = argv[++i];
-      if (value === undefined || value.startsWith('--')) throw new UsageError(`${flag} needs a value`);
-      return value;
-    };
+  const given = readFlags(argv, (flag, next) => {
     switch (flag) {
-      case '-h': case '--help': return null;
       case '--data': {
         const value = next();
         if (value !== 'mnist' && value !== 'spam-assassin') throw new UsageError(`--data must be mnist or spam-assassin, got '${value}'`);
@@ -147,7 +138,8 @@ export function parseAdviseArgs(argv: readonly string[]): AdviseCliOptions | nul
         if (options.model !== undefined) throw new UsageError(`one MODEL only, got '${options.model}' and '${flag}'`);
         options.model = flag;
     }
-  }
+  });
+  if (given === null) return null;
   if (options.model === undefined) throw new UsageError('MODEL is missing: a TorchScript (.pt) or exported (.pt2) model file');
   if (options.data === undefined) throw new UsageError('--data is missing: mnist or spam-assassin');
   if (options.data === 'spam-assassin') {

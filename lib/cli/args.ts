@@ -103,23 +103,34 @@ export function integer(name: string, value: string | undefined, min: number): n
   return number;
 }
 
+/**
+ * Walks a command line: `onFlag(flag, next)` for each word but -h and --help, `next()`
+ * giving the word after it (a UsageError when there is none, or when it is another flag).
+ * The flags seen, or null when help was asked for.
+ */
+export function readFlags(argv: readonly string[], onFlag: (flag: string, next: () => string) => void): Set<string> | null {
+  const given = new Set<string>();
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    if (flag === '-h' || flag === '--help') return null;
+    given.add(flag);
+    onFlag(flag, () => {
+      const value = argv[++i];
+      if (value === undefined || value.startsWith('--')) throw new UsageError(`${flag} needs a value`);
+      return value;
+    });
+  }
+  return given;
+}
+
 /** Reads `argv` (after the command name); throws UsageError, or returns null for --help. */
 export function parseDemoArgs(argv: readonly string[]): DemoOptions | null {
   const options: DemoOptions = {
     task: 'digits', exits: [], epochs: 4, batchSize: 64, threads: 1, device: 'cpu', out: 'out/demo', seed: 0, train: 8000, test: 2000,
     maxAccuracyDrop: 0.5, optimizer: 'sgd', criterion: 'auto', calibrationSplit: 0.5,
   };
-  const given = new Set<string>();
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    given.add(flag);
-    const next = () => {
-      const value = argv[++i];
-      if (value === undefined || value.startsWith('--')) throw new UsageError(`${flag} needs a value`);
-      return value;
-    };
+  const given = readFlags(argv, (flag, next) => {
     switch (flag) {
-      case '-h': case '--help': return null;
       case '--model': options.model = next(); break;
       case '--tokenizer': options.tokenizer = next(); break;
       case '--task': {
@@ -190,7 +201,8 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions | null {
       }
       default: throw new UsageError(`unknown option '${flag}'`);
     }
-  }
+  });
+  if (given === null) return null;
   if (options.model && options.exits.length === 0) throw new UsageError('--model needs at least one --exit NAME=SPEC');
   if (options.task === 'spam') {
     // The e-mails come split: held out by their digests, halved within the corpus's groups.

@@ -10,6 +10,14 @@ function escape(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 }
 
+/** An SVG picture's opening: the element and its white background; `parts` goes on from here. */
+function svgStart(): string[] {
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${HEIGHT}" viewBox="0 0 ${WIDTH} ${HEIGHT}" font-family="sans-serif" font-size="12">`,
+    `<rect width="${WIDTH}" height="${HEIGHT}" fill="white"/>`,
+  ];
+}
+
 function ticks(min: number, max: number, count: number): number[] {
   const step = (max - min) / count;
   return Array.from({ length: count + 1 }, (_, i) => min + i * step);
@@ -27,9 +35,7 @@ export function tradeOffSvg(calibration: Calibration, title: string): string {
   const yMax = Math.min(100, Math.max(...ys) + 0.5);
   const sx = (x: number) => MARGIN.left + ((x - xMin) / (xMax - xMin || 1)) * (WIDTH - MARGIN.left - MARGIN.right);
   const sy = (y: number) => HEIGHT - MARGIN.bottom - ((y - yMin) / (yMax - yMin || 1)) * (HEIGHT - MARGIN.top - MARGIN.bottom);
-  const parts: string[] = [];
-  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${HEIGHT}" viewBox="0 0 ${WIDTH} ${HEIGHT}" font-family="sans-serif" font-size="12">`);
-  parts.push(`<rect width="${WIDTH}" height="${HEIGHT}" fill="white"/>`);
+  const parts = svgStart();
   parts.push(`<text x="${WIDTH / 2}" y="22" text-anchor="middle" font-size="15">${escape(title)}</text>`);
   for (const x of ticks(xMin, xMax, 5)) {
     parts.push(`<line x1="${sx(x)}" x2="${sx(x)}" y1="${MARGIN.top}" y2="${HEIGHT - MARGIN.bottom}" stroke="#eee"/>`);
@@ -77,9 +83,7 @@ export function lineChartSvg(series: Series[], labels: { title: string; x: strin
   const sx = (x: number) => MARGIN.left + ((x - xMin) / (xMax - xMin || 1)) * (WIDTH - MARGIN.left - MARGIN.right);
   const sy = (y: number) => HEIGHT - MARGIN.bottom - ((y - yMin) / (yMax - yMin || 1)) * (HEIGHT - MARGIN.top - MARGIN.bottom);
   const format = labels.xFormat ?? ((x: number) => x.toFixed(0));
-  const parts: string[] = [];
-  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${HEIGHT}" viewBox="0 0 ${WIDTH} ${HEIGHT}" font-family="sans-serif" font-size="12">`);
-  parts.push(`<rect width="${WIDTH}" height="${HEIGHT}" fill="white"/>`);
+  const parts = svgStart();
   parts.push(`<text x="${WIDTH / 2}" y="22" text-anchor="middle" font-size="15">${escape(labels.title)}</text>`);
   for (const x of ticks(xMin, xMax, 5)) {
     parts.push(`<line x1="${sx(x)}" x2="${sx(x)}" y1="${MARGIN.top}" y2="${HEIGHT - MARGIN.bottom}" stroke="#eee"/>`);
@@ -117,9 +121,7 @@ export function adviceSvg(advice: Pick<Advice, 'candidates' | 'chosen' | 'saving
   const bottom = HEIGHT - MARGIN.bottom - 60;
   const sy = (y: number) => bottom - ((y - yMin) / (yMax - yMin)) * (bottom - MARGIN.top);
   const slot = (WIDTH - MARGIN.left - MARGIN.right) / Math.max(1, values.length);
-  const parts: string[] = [];
-  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${HEIGHT}" viewBox="0 0 ${WIDTH} ${HEIGHT}" font-family="sans-serif" font-size="12">`);
-  parts.push(`<rect width="${WIDTH}" height="${HEIGHT}" fill="white"/>`);
+  const parts = svgStart();
   parts.push(`<text x="${WIDTH / 2}" y="22" text-anchor="middle" font-size="15">${escape(title)}</text>`);
   for (const y of ticks(yMin, yMax, 5)) {
     parts.push(`<line x1="${MARGIN.left}" x2="${WIDTH - MARGIN.right}" y1="${sy(y).toFixed(1)}" y2="${sy(y).toFixed(1)}" stroke="#eee"/>`);
