@@ -93,6 +93,7 @@ describe('advise on the MNIST CNN', () => {
       expect(candidate.rampAccuracy).toBeCloseTo((100 * correct) / labels.shape[0], 10);
       expect(candidate.ramp).toBe(defaultRamp(candidate.shape, 10));
       expect(candidate.rampLatencyMs).toBeGreaterThanOrEqual(0);
+      expect(candidate.prefixLatencyMs).toBeGreaterThanOrEqual(0);
     });
     // Trained: the last stem's ramp is far above chance on digits that trained nothing.
     expect(Math.max(...advice.candidates.map((c) => c.rampAccuracy))).toBeGreaterThan(80);

@@ -49,7 +49,7 @@ describe('npm run demo', () => {
     for (const point of advice.chosen) expect(advice.candidates.some((c: { point: string }) => c.point === point)).toBe(true);
     expect(advice.calibration.guarantee).toMatchObject({ epsilon: 0.5, delta: 0.05, samples: 150 });
     expect(result.stdout).toMatch(/point\s+output\s+prefix\s+ramp\s+ramp accuracy\s+leaving\s+saving/);
-    expect(result.stdout).toMatch(/the demo's exit features1 \(trained with the network\): expected \d+\.\d{3} ms per digit/);
+    expect(result.stdout).toMatch(/the demo's exit features1 \(trained with the network\) saves -?\d+\.\d\d% \(expected \d+\.\d{3} ms per digit/);
     expect(results.exitLatenciesMs).toHaveLength(2);
     // oneDNN's conversion everywhere but Debian 13's LibTorch 2.6, where it crashes in oneDNN 3.7.
     expect(results.inferenceOptimization).toBe(results.libtorch.startsWith('2.6.') ? 'frozen' : 'oneDNN');

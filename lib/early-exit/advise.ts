@@ -457,7 +457,8 @@ function inEvalMode<T>(backbone: ScriptModule, run: () => T): T {
 
 /**
  * Times one candidate, paired round by round: stopped at it, passing it, and the network
- * without exits. The ramp's cost is the median of the paired differences (never below 0).
+ * without exits. The ramp's cost is the median of the paired differences (never below 0,
+ * nor above the stop's).
  */
 function timeCandidate(model: EarlyExitModel, full: ScriptModule, input: Tensor, runs: number, warmup: number) {
   const stop = { criterion: 'maxProbability' as const, thresholds: [0] };
@@ -477,5 +478,8 @@ function timeCandidate(model: EarlyExitModel, full: ScriptModule, input: Tensor,
       baselines.push(baseline);
     }
   });
-  return { stopMs: middle(stops), rampMs: Math.max(0, middle(differences)), baselines };
+  // The two medians come from different rounds: on a busy machine the ramp's could exceed
+  // the whole stop's, which would make the network before it cost less than nothing.
+  const stopMs = middle(stops);
+  return { stopMs, rampMs: Math.min(stopMs, Math.max(0, middle(differences))), baselines };
 }
