@@ -50,7 +50,7 @@ export type {
   ServerOptions, ServerStats, InferResult, BatcherOptions, BatcherStats, HttpOptions, Clock,
 } from './serving';
 export type { ServedExit, ServingReport } from './early-exit/serving';
-export { loadMnist } from './data/mnist';
+export { loadMnist, shapeDigits } from './data/mnist';
 export type { DigitSet, MnistSplit } from './data/mnist';
 export { emailLabels, emailText, halveByGroup, isHeldOut, loadSpamAssassin, splitEmails } from './data/spam-assassin';
 export type { Email, EmailSplit } from './data/spam-assassin';

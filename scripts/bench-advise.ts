@@ -21,10 +21,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import {
-  EarlyExitModel, EarlyExitPolicy, ExitsDef, LabelledData, Tensor, advise, calibrateThresholds, candidatePoints, collectOutputs,
-  jit, loadMnist, measureBaselineLatency, measureExitLatencies, policyOf, torch, trainEarlyExit,
+  EarlyExitModel, EarlyExitPolicy, ExitsDef, LabelledData, Tensor, advise, candidatePoints, collectOutputs,
+  jit, loadMnist, measureBaselineLatency, measureExitLatencies, policyOf, shapeDigits, torch, trainEarlyExit,
 } from '../lib';
 import { packageRoot } from '../lib/util/package-root';
+import { DELTA, certifiedCalibration } from '../lib/cli/demo';
 import { flagValue, positiveInt } from './script-args';
 import { table } from './bench-stats';
 
@@ -34,14 +35,6 @@ const MODELS: Record<string, { file: string; handPicked: string }> = {
   resnet18: { file: 'resnet18_scripted.pt', handPicked: 'layer2.1' },
   mobilenet_v2: { file: 'mobilenet_v2_scripted.pt', handPicked: 'features.6' },
 };
-
-/** Digits as the CIFAR-shaped models take them: three copies of the gray channel, padded with zeros to 32 × 32. */
-function rgb32(images: Tensor): Tensor {
-  const n = images.shape[0];
-  let x = torch.cat([torch.zeros([n, 1, 28, 2]), images, torch.zeros([n, 1, 28, 2])], 3);
-  x = torch.cat([torch.zeros([n, 1, 2, 32]), x, torch.zeros([n, 1, 2, 32])], 2);
-  return torch.cat([x, x, x], 1);
-}
 
 function slice(data: LabelledData, start: number, count: number): LabelledData {
   return { images: data.images.narrow(0, start, count), labels: data.labels.narrow(0, start, count) };
@@ -57,9 +50,8 @@ function arm(name: string, file: string, exitsDef: ExitsDef, calibration: Labell
   const one = calibration.images.narrow(0, 0, 1);
   const costs = measureExitLatencies(model, one, 50, 20);
   const baseline = measureBaselineLatency(model, one, 50, 20);
-  const best = (['entropy', 'maxProbability', 'margin'] as const)
-    .map((criterion) => calibrateThresholds(outputs, { criterion, exitCosts: costs, baselineCost: baseline, guarantee }))
-    .sort((a, b) => b.chosen.speedup - a.chosen.speedup)[0];
+  // As the demos certify: each criterion, the fastest certified kept (printing nothing).
+  const best = certifiedCalibration(outputs, { criterion: 'auto', maxAccuracyDrop: guarantee.epsilon }, costs, baseline, 'digits', () => undefined);
   return {
     name, model, policy: policyOf(best), bound: best.guarantee!.bound, exits: model.exitPoints,
     predictedMs: best.keepsFullNetwork ? baseline : best.chosen.expectedCost,
@@ -158,12 +150,12 @@ async function main(): Promise<void> {
   for (const m of models) if (!MODELS[m]) throw new Error(`--models: unknown model '${m}' (${Object.keys(MODELS).join(', ')})`);
   const backboneEpochs = flagValue(args, '--backbone-epochs') ? positiveInt('--backbone-epochs', flagValue(args, '--backbone-epochs')) : 3;
   const rampEpochs = flagValue(args, '--ramp-epochs') ? positiveInt('--ramp-epochs', flagValue(args, '--ramp-epochs')) : 2;
-  const guarantee = { epsilon: Number(flagValue(args, '--max-drop') ?? 0.5), delta: 0.05 };
+  const guarantee = { epsilon: Number(flagValue(args, '--max-drop') ?? 0.5), delta: DELTA };
   torch.setNumThreads(1);
   const { train, test } = loadMnist({ train: 6000, test: 4000, seed: 0 });
-  const held = { images: rgb32(test.images), labels: test.labels };
+  const held = { images: shapeDigits(test.images, { channels: 3, size: 32 }), labels: test.labels };
   const data = {
-    train: { images: rgb32(train.images), labels: train.labels },
+    train: { images: shapeDigits(train.images, { channels: 3, size: 32 }), labels: train.labels },
     select: slice(held, 0, 1000), calibration: slice(held, 1000, 1500), report: slice(held, 2500, 1500),
   };
   console.log(`bench:advise: LibTorch ${torch.version.libtorch}, 1 thread, allocator as installed (MALLOC_CONF=${process.env.MALLOC_CONF ?? ''}, ` +

@@ -1,4 +1,4 @@
-import { EarlyExitModel, evaluateAccuracy, jit, loadMnist, nn, torch, trainEarlyExit } from '../lib';
+import { EarlyExitModel, evaluateAccuracy, jit, loadMnist, nn, shapeDigits, torch, trainEarlyExit } from '../lib';
 import * as path from 'path';
 
 const MODEL = path.join(__dirname, '..', 'models', 'mnist_cnn.pt');
@@ -14,6 +14,22 @@ describe('training exits on the real MNIST digits of the mnist package', () => {
     expect(a.train.labels.toArray()).not.toEqual(c.train.labels.toArray());
     expect(new Set(a.train.labels.toArray() as number[]).size).toBe(10);
     expect(() => loadMnist({ train: 9000, test: 2000 })).toThrow(/has 10000 digits; asked for 9000 \+ 2000/);
+  });
+
+  it('shapes digits for RGB, CIFAR-shaped models: three copies of each, zeros around, the digit in the middle', () => {
+    const { train } = loadMnist({ train: 5, test: 0, seed: 4 });
+    const shaped = shapeDigits(train.images, { channels: 3, size: 33 });
+    expect(shaped.shape).toEqual([5, 3, 33, 33]);
+    // 5 columns and rows of padding: 2 before, 3 after.
+    for (let c = 0; c < 3; c++) {
+      expect(shaped.narrow(1, c, 1).narrow(2, 2, 28).narrow(3, 2, 28).sub(train.images).abs().max().item()).toBe(0);
+    }
+    // Everything around the digit is zero: the rows above and below, the columns left and right.
+    for (const [dim, start, length] of [[2, 0, 2], [2, 30, 3], [3, 0, 2], [3, 30, 3]]) {
+      expect(shaped.narrow(dim, start, length).abs().max().item()).toBe(0);
+    }
+    expect(shapeDigits(train.images).shape).toEqual([5, 1, 28, 28]);
+    expect(() => shapeDigits(train.images, { size: 20 })).toThrow('size must be an integer of at least 28, got 20');
   });
 
   it('reaches >= 97% at the final exit and >= 90% at the early exit on 2,000 held-out digits', () => {

@@ -5,7 +5,7 @@
  */
 import * as path from 'path';
 import { emailLabels, halveByGroup, loadSpamAssassin, splitEmails } from '../data/spam-assassin';
-import { loadMnist } from '../data/mnist';
+import { loadMnist, shapeDigits } from '../data/mnist';
 import { Advice, AdviseCriterion, advise, adviceSummary } from '../early-exit/advise';
 import { LabelledData } from '../early-exit/trainer';
 import { WordTokenizer } from '../text/tokenizer';
@@ -14,10 +14,10 @@ import { load as loadExported } from '../torch/export';
 import { Tensor } from '../torch/tensor';
 import * as torch from '../torch/torch';
 import { writeFileAtomic } from '../io/atomic-write';
-import { packageRoot } from '../util/package-root';
-import { UsageError, integer, parseCommand, readFlags } from './args';
-import { batchBar, pct, table } from './console';
+import { UsageError, device, integer, parseCommand, readFlags } from './args';
+import { batchBar, printAdvice } from './console';
 import { adviceSvg } from './plot';
+import { SPAM_TOKENIZER } from './demo-spam';
 import * as fs from 'fs';
 
 export const ADVISE_USAGE = `Usage: torch-early-exit advise MODEL --data mnist|spam-assassin [options]
@@ -125,12 +125,7 @@ export function parseAdviseArgs(argv: readonly string[]): AdviseCliOptions | nul
       }
       case '--max-exits': options.maxExits = integer(flag, next(), 1); break;
       case '--threads': options.threads = integer(flag, next(), 1); break;
-      case '--device': {
-        const device = next();
-        if (!/^(cpu|cuda(:\d+)?)$/.test(device)) throw new UsageError(`--device must be cpu, cuda or cuda:N, got '${device}'`);
-        options.device = device;
-        break;
-      }
+      case '--device': options.device = device(next()); break;
       case '--seed': options.seed = integer(flag, next(), 0); break;
       case '--out': options.out = next(); break;
       default:
@@ -153,28 +148,14 @@ export function parseAdviseArgs(argv: readonly string[]): AdviseCliOptions | nul
   return options as AdviseCliOptions;
 }
 
-/** The digits as the model takes them: `channels` copies of the gray one, padded with zeros to `size`. */
-function digitsFor(images: Tensor, channels: number, size: number): Tensor {
-  let x = images;
-  if (size > 28) {
-    const before = Math.floor((size - 28) / 2);
-    const after = size - 28 - before;
-    const n = x.shape[0];
-    x = torch.cat([torch.zeros([n, 1, 28, before]), x, torch.zeros([n, 1, 28, after])], 3);
-    x = torch.cat([torch.zeros([n, 1, before, size]), x, torch.zeros([n, 1, after, size])], 2);
-  }
-  return channels > 1 ? torch.cat(new Array(channels).fill(x), 1) : x;
-}
-
 function loadData(options: AdviseCliOptions): { train: LabelledData; select: LabelledData; what: string } {
   const on = (t: Tensor) => (options.device === 'cpu' ? t : t.to(options.device));
   if (options.data === 'mnist') {
     const { train, test } = loadMnist({ train: options.train, test: options.heldOut, seed: options.seed });
-    const shape = (d: typeof train) => ({ images: on(digitsFor(d.images, options.channels, options.size)), labels: on(d.labels) });
+    const shape = (d: typeof train) => ({ images: on(shapeDigits(d.images, { channels: options.channels, size: options.size })), labels: on(d.labels) });
     return { train: shape(train), select: shape(test), what: `${options.train} training and ${options.heldOut} held-out digits of the mnist package` };
   }
-  const tokenizerFile = options.tokenizer ?? path.join(packageRoot(), 'test', 'fixtures', 'spam_tokenizer.json');
-  const tokenizer = WordTokenizer.load(tokenizerFile);
+  const tokenizer = WordTokenizer.load(options.tokenizer ?? SPAM_TOKENIZER);
   const { train, test } = splitEmails(loadSpamAssassin());
   const [choosing] = halveByGroup(test);
   const encode = (emails: typeof train) => ({ images: on(tokenizer.encodeBatch(emails.map((e) => e.text)).inputIds), labels: on(emailLabels(emails)) });
@@ -196,7 +177,8 @@ export async function adviseCommand(argv: readonly string[], log: (line: string)
   log(`torch-early-exit advise: LibTorch ${torch.version.libtorch}, ${options.threads} thread(s), ${options.device}, seed ${options.seed}`);
   log(`model: ${options.model}\ndata: ${what}`);
   const guarantee = { epsilon: options.maxDrop, delta: options.delta };
-  let bar: ReturnType<typeof batchBar> | undefined;
+  // A bar starts at each epoch's first batch; each stage's line ends the one before.
+  const bar = batchBar(options.epochs, []);
   let advice: Advice;
   try {
     advice = await advise(backbone, {
@@ -204,14 +186,13 @@ export async function adviseCommand(argv: readonly string[], log: (line: string)
       seed: options.seed, guarantee, maxExits: options.maxExits,
       criteria: options.criterion === 'auto' ? undefined : [options.criterion],
       onStage: (stage) => {
-        bar?.stop();
+        bar.stop();
         log(stage);
-        if (stage.startsWith('training')) bar = batchBar(options.epochs, []);
       },
-      onBatch: (p) => bar?.onBatch(p),
+      onBatch: bar.onBatch,
     });
   } finally {
-    bar?.stop();
+    bar.stop();
   }
   printAdvice(advice, select.labels.shape[0], log);
   log(`to train and serve them: npx torch-early-exit demo --model ${options.model}${advice.exitSpecs.map(([p, s]) => ` --exit '${p}=${s}'`).join('')}`);
@@ -222,28 +203,4 @@ export async function adviseCommand(argv: readonly string[], log: (line: string)
   writeFileAtomic(path.join(options.out, 'advice.svg'), adviceSvg(advice, `Where to put exits: ${path.basename(options.model)}`), 'advise');
   log(`wrote ${path.join(options.out, 'advice.json')} and ${path.join(options.out, 'advice.svg')}`);
   return 0;
-}
-
-/** The table, the choice and the search, as advise prints them. */
-export function printAdvice(advice: Advice, samples: number, log: (line: string) => void): void {
-  const ms = (x: number) => `${x.toFixed(3)} ms`;
-  const { calibration } = advice;
-  log(`\ncandidates, timed at batch 1 compiled for inference (${advice.inferenceOptimization}); leaving and saving as the only exit, ` +
-    `on ${samples} held-out samples:`);
-  log(table([['point', 'output', 'prefix', 'ramp', 'ramp accuracy', 'leaving', 'saving'],
-    ...advice.candidates.map((c) => [c.point, `[${c.shape.slice(1).join(', ')}]`, ms(c.prefixLatencyMs), ms(c.rampLatencyMs),
-      pct(c.rampAccuracy), pct(100 * c.share), pct(100 * c.saving)])]));
-  const certificate = calibration.guarantee;
-  const budget = certificate
-    ? `at most ${certificate.epsilon} points lost with probability ${1 - certificate.delta}`
-    : 'within the allowed drop on these samples';
-  log(`network without exits: ${ms(advice.baselineLatencyMs)}; final output ${pct(calibration.finalAccuracy)}`);
-  if (advice.chosen.length === 0) {
-    log(`chosen: no exit. No set of exits beats the network without exits ${budget}.`);
-  } else {
-    log(`chosen: ${advice.chosen.join(', ')} (${calibration.criterion}, thresholds [${calibration.chosen.thresholds.map((t) => (t === null ? 'never' : t.toFixed(4)))}], ` +
-      `${budget}${certificate ? `: bound ${certificate.bound.toFixed(2)}` : ''}); expected ${ms(advice.expectedLatencyMs)} per sample, ` +
-      `${pct(100 * advice.saving)} saved, predicted on the samples that chose it`);
-  }
-  log(`search: ${advice.search.map((s) => `${s.step === 'add' ? '+' : '-'}${s.point} (${ms(s.expectedLatencyMs)})`).join(', ') || 'no exit pays'}`);
 }

@@ -103,6 +103,12 @@ export function integer(name: string, value: string | undefined, min: number): n
   return number;
 }
 
+/** A --device value: cpu, cuda or cuda:N. */
+export function device(value: string): string {
+  if (!/^(cpu|cuda(:\d+)?)$/.test(value)) throw new UsageError(`--device must be cpu, cuda or cuda:N, got '${value}'`);
+  return value;
+}
+
 /**
  * Walks a command line: `onFlag(flag, next)` for each word but -h and --help, `next()`
  * giving the word after it (a UsageError when there is none, or when it is another flag).
@@ -193,12 +199,7 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions | null {
         options.lossWeights = weights;
         break;
       }
-      case '--device': {
-        const device = next();
-        if (!/^(cpu|cuda(:\d+)?)$/.test(device)) throw new UsageError(`--device must be cpu, cuda or cuda:N, got '${device}'`);
-        options.device = device;
-        break;
-      }
+      case '--device': options.device = device(next()); break;
       default: throw new UsageError(`unknown option '${flag}'`);
     }
   });

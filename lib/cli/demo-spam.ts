@@ -30,6 +30,9 @@ import { tradeOffSvg } from './plot';
 
 const FIXTURES = path.join(packageRoot(), 'test', 'fixtures');
 
+/** The fixture encoder's tokenizer, which `npm run fixtures` writes. */
+export const SPAM_TOKENIZER = path.join(FIXTURES, 'spam_tokenizer.json');
+
 /** DeeBERT's off-ramp for the fixture's 64-wide encoder: the [CLS] token, a pooler (Linear, Tanh), a classifier. */
 export const SPAM_EXITS: Array<[string, string]> = ['encoder.layers.0', 'encoder.layers.1', 'encoder.layers.2']
   .map((point) => [point, 'Select(1, 0), Linear(64, 64), Tanh(), Linear(64, 2)']);
@@ -57,7 +60,7 @@ export async function runSpamDemo(options: DemoOptions, signal: StopSignal = { s
     throw new Error(`--device ${options.device}: no CUDA device is available (torch.cuda.isAvailable() is false)`);
   }
   const modelFile = options.model ?? defaultModel();
-  const tokenizerFile = options.tokenizer ?? path.join(FIXTURES, 'spam_tokenizer.json');
+  const tokenizerFile = options.tokenizer ?? SPAM_TOKENIZER;
   const exitSpecs = options.exits.length > 0 ? options.exits : SPAM_EXITS;
   const lossWeights = options.lossWeights ?? exitSpecs.map(() => 0.9 / exitSpecs.length);
   log(`torch-early-exit demo (spam): LibTorch ${torch.version.libtorch}, ${options.threads} thread(s), ${options.device}, seed ${options.seed}`);

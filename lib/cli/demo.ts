@@ -28,8 +28,7 @@ import type { SequenceInput } from '../serving/server';
 import { DemoOptions } from './args';
 import { parseBranchSpec } from '../torch/branch-spec';
 import { tradeOffSvg } from './plot';
-import { batchBar, pct, table } from './console';
-import { printAdvice } from './advise';
+import { batchBar, pct, printAdvice, table } from './console';
 
 /** The bundled CNN and its exit. */
 export const DEFAULT_MODEL = path.join(packageRoot(), 'models', 'mnist_cnn.pt');
@@ -158,6 +157,9 @@ export async function runDemo(options: DemoOptions, signal: StopSignal = { stopp
       train: trainSet, select: calibrationSet, epochs: adviseEpochs, seed: options.seed,
       guarantee: { epsilon: options.maxAccuracyDrop, delta: DELTA }, onBatch: bar.onBatch, shouldStop: () => signal.stopped,
     });
+  } catch (error) {
+    // Ctrl-C stops advise as it stops training: the demo's interruption, not a failure.
+    throw signal.stopped ? new DemoInterrupted('interrupted while advising') : error;
   } finally {
     bar.stop();
   }

@@ -6,6 +6,16 @@ import { adviseCommand } from './advise';
 import { launch } from './launch';
 import { serve } from './serve';
 
+/** Runs a command; what it throws is printed under the command's name, exit code 1. */
+async function reported(command: string, run: () => Promise<number>): Promise<number> {
+  try {
+    return await run();
+  } catch (error) {
+    console.error(`torch-early-exit ${command}: ${(error as Error).message}`);
+    return 1;
+  }
+}
+
 /** Runs the command line; resolves to the process exit code. */
 export async function main(argv: readonly string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -13,23 +23,9 @@ export async function main(argv: readonly string[]): Promise<number> {
     console.log(USAGE);
     return command === undefined ? 2 : 0;
   }
-  if (command === 'serve') {
-    try {
-      return await serve(rest);
-    } catch (error) {
-      console.error(`torch-early-exit serve: ${(error as Error).message}`);
-      return 1;
-    }
-  }
+  if (command === 'serve') return reported('serve', () => serve(rest));
   if (command === 'launch') return launch(rest);
-  if (command === 'advise') {
-    try {
-      return await adviseCommand(rest);
-    } catch (error) {
-      console.error(`torch-early-exit advise: ${(error as Error).message}`);
-      return 1;
-    }
-  }
+  if (command === 'advise') return reported('advise', () => adviseCommand(rest));
   if (command !== 'demo') {
     console.error(`torch-early-exit: unknown command '${command}'\n\n${USAGE}`);
     return 2;

@@ -3,7 +3,7 @@
  * training and held-out sets by a seeded shuffle (the same split for the same seed).
  */
 import { Tensor } from '../torch/tensor';
-import { tensor } from '../torch/torch';
+import { cat, tensor, zeros } from '../torch/torch';
 
 export interface DigitSet {
   /** float32 [N, 1, 28, 28], normalised with MNIST's mean and standard deviation. */
@@ -77,4 +77,24 @@ export function loadMnist(options: { train?: number; test?: number; seed?: numbe
     [order[i], order[j]] = [order[j], order[i]];
   }
   return { train: take(pixels, labels, order.slice(0, train)), test: take(pixels, labels, order.slice(train, train + test)) };
+}
+
+/**
+ * Digits shaped for a model that takes other images: `channels` copies of the gray channel
+ * (3 for an RGB model), padded with zeros around to `size` × `size` (32 for CIFAR-shaped
+ * models such as ResNet-20, whose pooling expects 8 × 8 at its last stage).
+ */
+export function shapeDigits(images: Tensor, options: { channels?: number; size?: number } = {}): Tensor {
+  const channels = options.channels ?? 1;
+  const size = options.size ?? 28;
+  if (!Number.isInteger(size) || size < 28) throw new Error(`shapeDigits: size must be an integer of at least 28, got ${size}`);
+  let x = images;
+  if (size > 28) {
+    const before = Math.floor((size - 28) / 2);
+    const after = size - 28 - before;
+    const n = x.shape[0];
+    x = cat([zeros([n, 1, 28, before]), x, zeros([n, 1, 28, after])], 3);
+    x = cat([zeros([n, 1, before, size]), x, zeros([n, 1, after, size])], 2);
+  }
+  return channels > 1 ? cat(new Array(channels).fill(x), 1) : x;
 }
