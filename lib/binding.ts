@@ -44,8 +44,11 @@ export type NativeCallResult = [NativeValue, Array<[number, NativeValue]>, numbe
  */
 export type NativeStopRule = [number, 'entropy' | 'maxProbability' | 'margin' | 'patience', number, boolean?];
 
-/** How a model was compiled for inference: frozen, or frozen then converted for oneDNN. */
-export type InferenceOptimization = 'oneDNN' | 'frozen';
+/**
+ * How a model was compiled for inference: frozen then lowered to oneDNN primitive chains,
+ * frozen then converted by optimize_for_inference, or frozen only.
+ */
+export type InferenceOptimization = 'oneDNN chains' | 'oneDNN' | 'frozen';
 
 export interface NativeScriptModule {
   /** With `inference`, the root's forward runs the model compiled by `compileForInference`. */
@@ -76,12 +79,20 @@ export interface NativeScriptModule {
    * batch alone there (a batch boundary, or every batch-sized value read after it carried),
    * and where they cannot, why.
    */
-  compileForInference(points: string[], optimize: boolean | undefined): [boolean[], InferenceOptimization, string[]];
+  compileForInference(points: string[], optimize: boolean | 'chains' | undefined): [boolean[], InferenceOptimization, string[]];
   /** Why a compiled exit at this module could not let samples leave alone ('' when it could). */
   carryProblem(): string;
   dropInference(): void;
+  /**
+   * Per oneDNN chain of the compiled model (or of this module, when it was made by
+   * optimizedCopy), in forward order: per input shape run so far, its primitives as
+   * [description, timed runs, nanoseconds].
+   */
+  oneDnnChains(): Array<Array<{ shape: string; arenaBytes: number; steps: Array<[string, number, number]> }>>;
+  /** Times every primitive of those chains from now on (counts reset), or stops (counts kept). */
+  timeOneDnnChains(timing: boolean): void;
   /** A new model: this one frozen (and optimized) without hooks, as torch.jit.optimize_for_inference. */
-  optimizedCopy(optimize: boolean | undefined): [NativeScriptModule, InferenceOptimization];
+  optimizedCopy(optimize: boolean | 'chains' | undefined): [NativeScriptModule, InferenceOptimization];
   dispose(): void;
   isDisposed(): boolean;
 }
@@ -144,6 +155,8 @@ export interface Binding {
   /** While true (inside torch.tidy), new tensors tell V8 their memory only when they escape the scope. */
   setMemoryReportsDeferred(deferred: boolean): void;
   /** Loads a TorchScript archive from its bytes; `name` (the file) is for error messages. */
+  /** Why the addon cannot lower models to oneDNN chains ('' when it can). */
+  oneDnnChainsProblem(): string;
   /** Why optimize_for_inference cannot run with this LibTorch ('' when it can). */
   oneDnnInferenceProblem(): string;
   setTensorExprFuserEnabled(enabled: boolean): void;

@@ -21,7 +21,7 @@ export type { NestedArray, TensorOptions, TypedArray } from './torch/tensor';
 export type { DType, Device } from './torch/dtype';
 export type { MemoryStats } from './binding';
 export { ScriptModule } from './torch/jit';
-export type { ForwardHook, RemovableHandle, LoadOptions, InferenceOptions } from './torch/jit';
+export type { ForwardHook, RemovableHandle, LoadOptions, InferenceOptions, ChainPrimitive, ChainPlanReport, ChainProfile } from './torch/jit';
 export { EarlyExitMgr } from './early-exit/exit-mgr';
 export type { ExitBranch, ExitsDef } from './early-exit/exit-mgr';
 export { EarlyExitModel } from './early-exit/model';

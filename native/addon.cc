@@ -50,6 +50,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadScriptModule", Napi::Function::New(env, LoadScriptModule));
   exports.Set("loadExportedProgram", Napi::Function::New(env, LoadExportedProgram));
   exports.Set("oneDnnInferenceProblem", Napi::Function::New(env, OneDnnInferenceProblem));
+  exports.Set("oneDnnChainsProblem", Napi::Function::New(env, OneDnnChainsProblem));
   exports.Set("setTensorExprFuserEnabled", Napi::Function::New(env, Guarded<SetTensorExprFuserEnabled>));
   exports.Set("tensorExprFuserEnabled", Napi::Function::New(env, TensorExprFuserEnabled));
   exports.Set("createNnModule", Napi::Function::New(env, CreateNnModule));

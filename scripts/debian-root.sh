@@ -45,6 +45,7 @@ GUEST_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
 # What the root needs, each for a reason:
+#   libdnnl-dev                          oneDNN 3 headers, for the oneDNN chains (native/onednn/)
 #   libtorch-dev, libopenblas0-pthread   LibTorch to build against; OpenBLAS explicitly,
 #                                        since without recommends libtorch's BLAS dependency
 #                                        could be met by the slow reference BLAS
@@ -57,7 +58,7 @@ CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 #   ninja-build                          cmake-js picks Ninja when it is there, as on the host
 #   ca-certificates                      TLS for npm and python inside (/etc/ssl/certs)
 # git is not needed: the file list is taken on the host, and npm pack does not use git.
-PACKAGES=(libtorch-dev libgloo-dev libopenblas0-pthread python3-torch python3-torchvision
+PACKAGES=(libtorch-dev libgloo-dev libdnnl-dev libopenblas0-pthread python3-torch python3-torchvision
   nodejs npm g++ cmake make ninja-build ca-certificates)
 # trixie-arm64: the build and the tools run on the host's architecture, LibTorch is arm64's:
 #   g++-aarch64-linux-gnu                the cross compiler (scripts/aarch64-linux-gnu.cmake)

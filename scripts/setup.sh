@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libtorch-dev libgloo-dev libopenblas0-pthread python3-torch python3-torchvision cmake g++ make)
+packages=(libtorch-dev libgloo-dev libdnnl-dev libopenblas0-pthread python3-torch python3-torchvision cmake g++ make)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

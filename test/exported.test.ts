@@ -6,10 +6,9 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { EarlyExitModel, ScriptModule, Tensor, earlyExitLoss, exitScores, jit, nn, optim, torch } from '../lib';
-import { binding } from '../lib/binding';
 import { readArchive } from '../lib/io/zip-integrity';
 import { zipStored } from '../lib/io/zip-writer';
-import { CAN_EXPORT, fixture, fromRef, maxAbsDiff, python, pythonWithTorch, reference, seedBranch } from './helpers';
+import { CAN_EXPORT, defaultOptimization, fixture, fromRef, maxAbsDiff, python, pythonWithTorch, reference, seedBranch } from './helpers';
 
 const describeExported = CAN_EXPORT ? describe : describe.skip;
 const exported = () => reference('exported_reference.json');
@@ -258,7 +257,7 @@ describeExported('optimizeForInference on an exported ResNet-20: frozen, batch n
     const x = fromRef(item.input);
     const expected = torch.noGrad(() => model.forward(x));
     model.optimizeForInference();
-    expect(model.inferenceOptimization).toBe(binding.oneDnnInferenceProblem() === '' ? 'oneDNN' : 'frozen');
+    expect(model.inferenceOptimization).toBe(defaultOptimization());
     expect(maxAbsDiff(model.forwardEarlyExit(x, never).output, item.output)).toBeLessThanOrEqual(1e-5);
     for (let exit = 0; exit < points.length; exit++) {
       const result = model.forwardEarlyExit(x, stopAt(exit));

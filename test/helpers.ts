@@ -3,6 +3,7 @@ import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { EarlyExitModel, Tensor, exitDecisions, exitScores, jit, nn, torch } from '../lib';
+import { InferenceOptimization, binding } from '../lib/binding';
 
 export const FIXTURES = path.join(__dirname, 'fixtures');
 
@@ -22,6 +23,16 @@ const cache = new Map<string, unknown>();
 export function reference<T = any>(name: string): T {
   if (!cache.has(name)) cache.set(name, JSON.parse(fs.readFileSync(fixture(name), 'utf8')));
   return cache.get(name) as T;
+}
+
+/**
+ * What optimizeForInference applies with `optimize` left out: oneDNN chains where the addon
+ * has them (oneDNN 3: LibTorch 2.6 and later, pinned by test/onednn-chains.test.ts), else
+ * optimize_for_inference where it runs, else freezing only.
+ */
+export function defaultOptimization(): InferenceOptimization {
+  if (binding.oneDnnChainsProblem() === '') return 'oneDNN chains';
+  return binding.oneDnnInferenceProblem() === '' ? 'oneDNN' : 'frozen';
 }
 
 export function fromRef(ref: RefTensor): Tensor {

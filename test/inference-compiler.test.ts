@@ -4,7 +4,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { EarlyExitModel, Tensor, exitDecisions, exitScores, jit, nn, optim, torch } from '../lib';
 import { binding } from '../lib/binding';
-import { CAN_EXPORT, fixture, fromRef, maxAbsDiff, medianEntropySplit, mnistTwoExits, pythonWithTorch, reference, seedBranch } from './helpers';
+import { CAN_EXPORT, defaultOptimization, fixture, fromRef, maxAbsDiff, medianEntropySplit, mnistTwoExits, pythonWithTorch, reference, seedBranch } from './helpers';
 
 const resnet = () => reference('resnet20_reference.json');
 
@@ -34,7 +34,7 @@ describe('optimizeForInference: the compiled model computes what the model does'
     const model = new EarlyExitModel(jit.load(fixture('resnet20_scripted.pt')), [['layer1.2.relu2', seedBranch()]]).eval();
     model.optimizeForInference({ optimize });
     expect(model.inferenceMode).toBe(true);
-    expect(model.inferenceOptimization).toBe(optimize === false || binding.oneDnnInferenceProblem() !== '' ? 'frozen' : 'oneDNN');
+    expect(model.inferenceOptimization).toBe(optimize === false ? 'frozen' : defaultOptimization());
     const x = fromRef(resnet().input);
     const full = model.forwardEarlyExit(x, never(1));
     expect(full.exit).toBe(1);
@@ -254,12 +254,12 @@ describe('optimizeForInference: a snapshot that refuses to run once the model ch
     const handle = model.backbone.getModule('layer1.2.relu2').registerForwardHook(() => undefined);
     expect(() => model.optimizeForInference()).toThrow(/a JS forward hook is registered on 'layer1\.2\.relu2'/);
     handle.remove();
-    expect(() => model.optimizeForInference({ optimize: 'yes' as never })).toThrow(/optimize must be a boolean/);
+    expect(() => model.optimizeForInference({ optimize: 'yes' as never })).toThrow(/optimize must be a boolean or 'chains'/);
     // Where oneDNN's conversion is known to crash the process (Debian 13's LibTorch 2.6), asking for it fails with the reason.
     const problem = binding.oneDnnInferenceProblem();
     if (problem !== '') {
       expect(() => model.optimizeForInference({ optimize: true })).toThrow(`optimize: true cannot apply: ${problem}`);
-      expect(jit.optimizeForInference(jit.load(fixture('resnet20_scripted.pt')).eval()).inferenceOptimization).toBe('frozen');
+      expect(jit.optimizeForInference(jit.load(fixture('resnet20_scripted.pt')).eval()).inferenceOptimization).toBe(defaultOptimization());
     } else {
       expect(model.optimizeForInference({ optimize: true }).inferenceOptimization).toBe('oneDNN');
       model.leaveInferenceMode();

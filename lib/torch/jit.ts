@@ -11,6 +11,7 @@ import { checkArchiveStorages } from '../io/tensor-storages';
 import { checkTorchScriptSource } from '../io/torchscript-source';
 import { readArchive } from '../io/zip-integrity';
 import { ParameterOwner } from './parameters';
+import { tidy } from './scope';
 import { Tensor, fromNative, toNative } from './tensor';
 import type { ProgramInfo, ProgramModule } from './program-info';
 
@@ -121,7 +122,7 @@ export class ScriptModule extends ParameterOwner implements HookModule {
   /** The fully qualified name of this module in the loaded model ('' for the root). */
   readonly qualifiedName: string;
 
-  /** For a module made by `optimizeForInference`: how it was compiled ('oneDNN' or 'frozen'). */
+  /** For a module made by `optimizeForInference`: how it was compiled ('oneDNN chains', 'oneDNN' or 'frozen'). */
   inferenceOptimization?: InferenceOptimization;
 
   /** @internal Modules come from `jit.load` and from `getModule`/`namedModules`. */
@@ -245,6 +246,54 @@ export class ScriptModule extends ParameterOwner implements HookModule {
   }
 
   /** Every module below this one, itself first as '', in the order of PyTorch's `named_modules()`. */
+  /**
+   * The oneDNN chains this module runs (`optimize: 'chains'`), for a module made by
+   * `optimizeForInference` or a root compiled for inference by an `EarlyExitModel`: per chain
+   * in forward order, per input shape run so far, its arena's size and its primitives (kind,
+   * oneDNN's implementation, layouts in and out, output shape, post-ops), the reorders
+   * between layouts included. Empty for a model compiled otherwise.
+   */
+  oneDnnChains(): ChainPlanReport[][] {
+    return this.native.oneDnnChains().map((chain) => chain.map(({ shape, arenaBytes, steps }) => ({
+      shape, arenaBytes,
+      primitives: steps.map(([description, runs, nanoseconds]) => ({ description, runs, meanMs: runs > 0 ? nanoseconds / runs / 1e6 : null })),
+    })));
+  }
+
+  /**
+   * Runs `forward` (a forward of this module, or `forwardEarlyExit` of the model it is the
+   * backbone of) `warmup` times, then `runs` times timing each oneDNN primitive of its chains:
+   * beside the forward's whole time, what is kernel and what is everything else (LibTorch's
+   * operations outside the chains, the interpreter, exit branches, allocation). Timing waits
+   * for each primitive, so the forward is a little slower than untimed. `ONEDNN_VERBOSE=1` in
+   * the environment has oneDNN print every primitive it runs, with its time, as a second view.
+   */
+  profileOneDnnChains(forward: () => unknown, options: { runs?: number; warmup?: number } = {}): ChainProfile {
+    checkOptions(options, ['runs', 'warmup'], 'profileOneDnnChains: options');
+    const runs = options.runs ?? 100;
+    const warmup = options.warmup ?? 10;
+    if (!Number.isInteger(runs) || runs < 1) throw new TypeError(`profileOneDnnChains: runs must be a positive integer, got ${describeValue(runs)}`);
+    if (!Number.isInteger(warmup) || warmup < 0) throw new TypeError(`profileOneDnnChains: warmup must be a non-negative integer, got ${describeValue(warmup)}`);
+    // The forward's tensors are freed after each run.
+    const once = () => tidy(() => { forward(); });
+    for (let i = 0; i < warmup; i++) once();
+    this.native.timeOneDnnChains(true);
+    let elapsed: bigint;
+    try {
+      const start = process.hrtime.bigint();
+      for (let i = 0; i < runs; i++) once();
+      elapsed = process.hrtime.bigint() - start;
+    } finally {
+      this.native.timeOneDnnChains(false);
+    }
+    const chains = this.oneDnnChains();
+    let kernelNs = 0;
+    for (const chain of this.native.oneDnnChains()) for (const plan of chain) for (const [, , ns] of plan.steps) kernelNs += ns;
+    const forwardMs = Number(elapsed) / 1e6 / runs;
+    const kernelMs = kernelNs / 1e6 / runs;
+    return { runs, forwardMs, kernelMs, otherMs: forwardMs - kernelMs, chains };
+  }
+
   namedModules(): Array<[string, ScriptModule]> {
     return this.native.namedModules().map(([name, native]) => [name, this.sub(native, name)]);
   }
@@ -356,23 +405,59 @@ export class ScriptModule extends ParameterOwner implements HookModule {
   }
 }
 
+/** One primitive of a oneDNN chain (`ScriptModule.oneDnnChains`). */
+export interface ChainPrimitive {
+  /** "convolution brg_conv_fwd:avx512_core acdb -> acdb 1x16x32x32 +add +relu": kind, oneDNN's implementation, layouts, output shape, post-ops. */
+  description: string;
+  /** Runs timed by `profileOneDnnChains`, and their mean; null when none was timed. */
+  runs: number;
+  meanMs: number | null;
+}
+
+/** A oneDNN chain as made for one input shape. */
+export interface ChainPlanReport {
+  shape: string;
+  /** The one buffer every intermediate of the chain lives in, planned from their lifetimes. */
+  arenaBytes: number;
+  primitives: ChainPrimitive[];
+}
+
+/** What `ScriptModule.profileOneDnnChains` measured, per forward. */
+export interface ChainProfile {
+  runs: number;
+  forwardMs: number;
+  /** The chains' primitives, reorders included. */
+  kernelMs: number;
+  /** Everything else: forwardMs - kernelMs. */
+  otherMs: number;
+  chains: ChainPlanReport[][];
+}
+
 /** Options of `jit.optimizeForInference` and `EarlyExitModel.optimizeForInference`. */
 export interface InferenceOptions {
   /**
-   * After freezing (weights as constants, batch norm folded into convolutions), also run
-   * LibTorch's `optimize_for_inference` passes: oneDNN prepacked convolutions and fused
-   * convolution-add-ReLU. `true` asks for them and fails, saying why, where they are known
-   * to crash the process (Debian 13's LibTorch 2.6 with oneDNN 3.7); `false` stops after
-   * freezing; left out, they run wherever they work. `inferenceOptimization` tells which ran.
+   * What runs after freezing (weights as constants, batch norm folded into convolutions).
+   * - `'chains'`: each run of convolutions, activations, residual adds, pooling, flatten and
+   *   linear layers becomes one chain of oneDNN primitives that keeps activations in oneDNN's
+   *   own layout, with activations and adds as post-ops of the convolution before them. At
+   *   batch 1 most of a forward's time is spent between kernels, and a chain spends nothing
+   *   there (issue 28). Needs the addon built against oneDNN 3 (LibTorch 2.6 and later); fails,
+   *   saying why, where it is not, or where the model has nothing to build a chain around.
+   * - `true`: LibTorch's `optimize_for_inference` passes (oneDNN prepacked convolutions, fused
+   *   convolution-add-ReLU); fails, saying why, where they are known to crash the process
+   *   (Debian 13's LibTorch 2.6 with oneDNN 3.7).
+   * - `false`: freezing only.
+   * - left out: chains where the addon has them, else `optimize_for_inference` where it works,
+   *   else freezing only. `inferenceOptimization` tells which ran.
    */
-  optimize?: boolean;
+  optimize?: boolean | 'chains';
 }
 
 /** @internal */
-export function checkInferenceOptions(options: InferenceOptions, what: string): boolean | undefined {
+export function checkInferenceOptions(options: InferenceOptions, what: string): boolean | 'chains' | undefined {
   checkOptions(options, ['optimize'], what);
-  if (options.optimize !== undefined && typeof options.optimize !== 'boolean') {
-    throw new TypeError(`${what}.optimize must be a boolean, got ${typeof options.optimize}`);
+  if (options.optimize !== undefined && typeof options.optimize !== 'boolean' && options.optimize !== 'chains') {
+    throw new TypeError(`${what}.optimize must be a boolean or 'chains', got ${describeValue(options.optimize)}`);
   }
   return options.optimize;
 }

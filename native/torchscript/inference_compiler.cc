@@ -11,6 +11,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "onednn/chains.h"
 #include "torchscript/batch_boundary.h"
 #include "torchscript/batch_carry.h"
 #include "torch_compat.h"
@@ -87,8 +88,23 @@ torch::jit::Module Freeze(torch::jit::Module& module, Optimization optimization,
   if (optimization == Optimization::kOneDnn && !problem.empty()) {
     throw std::runtime_error("optimize: true cannot apply: " + problem + "; optimize: false compiles without oneDNN");
   }
+  std::string chainsProblem = onednn::ChainsProblem();
+  if (optimization == Optimization::kChains && !chainsProblem.empty()) {
+    throw std::runtime_error("optimize: 'chains' cannot apply: " + chainsProblem);
+  }
   torch::jit::Module frozen = torch::jit::freeze(module);
   CarryPastExitPoints(*ForwardGraph(frozen), carryProblems);
+  if (optimization == Optimization::kChains || (optimization == Optimization::kAuto && chainsProblem.empty())) {
+    if (onednn::LowerToChains(*ForwardGraph(frozen)) > 0) {
+      applied = "oneDNN chains";
+      return frozen;
+    }
+    if (optimization == Optimization::kChains) {
+      throw std::runtime_error(
+          "optimize: 'chains' cannot apply: the model has no convolution or linear layer with float32 CPU weights to build "
+          "a oneDNN chain around");
+    }
+  }
   if (optimization == Optimization::kFrozen || !problem.empty()) {
     applied = "frozen";
     return frozen;

@@ -28,7 +28,9 @@ struct InferenceModel {
   // and where they cannot, why.
   std::vector<bool> batchBoundaries;
   std::vector<std::string> perSampleProblems;
-  // How it was compiled: "oneDNN" (frozen, then optimize_for_inference) or "frozen".
+  // How it was compiled: "oneDNN chains" (frozen, then runs of supported operations lowered
+  // to oneDNN primitive chains: onednn/chains.h), "oneDNN" (frozen, then
+  // optimize_for_inference) or "frozen".
   std::string optimization;
 
   // What the compiled model was made from, to refuse to run it once that changed.
@@ -42,9 +44,10 @@ struct InferenceModel {
 };
 
 // How far to go after freezing: kFrozen stops there; kOneDnn also runs optimize_for_inference
-// (oneDNN prepacked convolutions, fusions) and fails where that is known to crash; kAuto is
-// kOneDnn where it works and kFrozen elsewhere.
-enum class Optimization { kFrozen, kOneDnn, kAuto };
+// (oneDNN prepacked convolutions, fusions) and fails where that is known to crash; kChains
+// lowers to oneDNN primitive chains and fails where the build has none or nothing could be
+// lowered; kAuto is kChains where the build has them, else kOneDnn where it works, else kFrozen.
+enum class Optimization { kFrozen, kOneDnn, kChains, kAuto };
 
 // Makes the module that freezing starts from: a copy of the model in eval mode whose forward
 // runs earlyexit::exit_point(i, output) where module points[i] ends, and no other hook, with

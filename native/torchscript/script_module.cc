@@ -1,6 +1,7 @@
 #include "torchscript/script_module.h"
 
 #include <caffe2/serialize/read_adapter_interface.h>
+#include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/passes/tensorexpr_fuser.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <sstream>
 #include <utility>
 
+#include "onednn/chains.h"
 #include "torchscript/async_work.h"
 #include "torchscript/batch_boundary.h"
 #include "torchscript/batch_carry.h"
@@ -63,9 +65,11 @@ class BufferReader : public caffe2::serialize::ReadAdapterInterface {
   size_t size_;
 };
 
-// true: oneDNN (refused where it is known to crash); false: frozen only; undefined: oneDNN where it works.
+// 'chains': oneDNN primitive chains; true: optimize_for_inference (refused where it is known to
+// crash); false: frozen only; undefined: the first of these that this build can run.
 Optimization ParseOptimization(const Napi::Value& value) {
   if (value.IsUndefined()) return Optimization::kAuto;
+  if (value.IsString()) return Optimization::kChains;
   return value.ToBoolean() ? Optimization::kOneDnn : Optimization::kFrozen;
 }
 
@@ -120,6 +124,8 @@ Napi::Function ScriptModule::Define(Napi::Env env) {
                          TEE_METHOD(ScriptModule, "compileForInference", CompileForInference),
                          TEE_METHOD(ScriptModule, "dropInference", DropInference),
                          TEE_METHOD(ScriptModule, "optimizedCopy", OptimizedCopy),
+                         TEE_METHOD(ScriptModule, "oneDnnChains", OneDnnChains),
+                         TEE_METHOD(ScriptModule, "timeOneDnnChains", TimeOneDnnChains),
                          TEE_METHOD(ScriptModule, "dispose", Dispose),
                          TEE_METHOD(ScriptModule, "isDisposed", IsDisposed),
                          TEE_METHOD(ScriptModule, "programNodesRun", ProgramNodesRun),
@@ -372,6 +378,52 @@ Napi::Value ScriptModule::OptimizedCopy(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// The forward graph the oneDNN chains are in: the compiled model's, or this module's own when
+// optimizedCopy made it.
+std::shared_ptr<torch::jit::Graph> ScriptModule::ChainGraph(Napi::Env env) {
+  RequireIdle(env, "read the oneDNN chains");
+  torch::jit::Module compiled = state_->inference ? state_->inference->module : Get(env);
+  auto* function = dynamic_cast<torch::jit::GraphFunction*>(&compiled.get_method("forward").function());
+  return function == nullptr ? nullptr : function->graph();
+}
+
+// Per chain: per input shape run so far, {shape, arenaBytes, steps: [description, runs, nanoseconds][]}.
+Napi::Value ScriptModule::OneDnnChains(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<torch::jit::Graph> graph = ChainGraph(env);
+  std::vector<std::vector<onednn::ChainShapeReport>> chains;
+  if (graph) chains = onednn::ReportChains(*graph);
+  Napi::Array result = Napi::Array::New(env, chains.size());
+  for (size_t i = 0; i < chains.size(); ++i) {
+    Napi::Array shapes = Napi::Array::New(env, chains[i].size());
+    for (size_t j = 0; j < chains[i].size(); ++j) {
+      const onednn::ChainShapeReport& report = chains[i][j];
+      Napi::Object shape = Napi::Object::New(env);
+      shape.Set("shape", report.shape);
+      shape.Set("arenaBytes", Napi::Number::New(env, static_cast<double>(report.arenaBytes)));
+      Napi::Array steps = Napi::Array::New(env, report.steps.size());
+      for (size_t k = 0; k < report.steps.size(); ++k) {
+        Napi::Array step = Napi::Array::New(env, 3);
+        step.Set(0u, report.steps[k].description);
+        step.Set(1u, Napi::Number::New(env, static_cast<double>(report.steps[k].runs)));
+        step.Set(2u, Napi::Number::New(env, static_cast<double>(report.steps[k].nanoseconds)));
+        steps.Set(k, step);
+      }
+      shape.Set("steps", steps);
+      shapes.Set(j, shape);
+    }
+    result.Set(i, shapes);
+  }
+  return result;
+}
+
+Napi::Value ScriptModule::TimeOneDnnChains(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<torch::jit::Graph> graph = ChainGraph(env);
+  if (graph) onednn::TimeChains(*graph, info[0].ToBoolean());
+  return env.Undefined();
+}
+
 Napi::Value ScriptModule::Dispose(const Napi::CallbackInfo& info) {
   module_ = torch::jit::Module();
   state_.reset();
@@ -410,6 +462,10 @@ Napi::Value LoadScriptModule(const Napi::CallbackInfo& info) {
     torch::jit::Module root = state->root;
     return ScriptModule::Wrap(env, std::move(state), root, "");
   });
+}
+
+Napi::Value OneDnnChainsProblem(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), onednn::ChainsProblem());
 }
 
 Napi::Value OneDnnInferenceProblem(const Napi::CallbackInfo& info) {

@@ -44,6 +44,8 @@ class ScriptModule : public GuardedWrap<ScriptModule> {
   Napi::Value CompileForInference(const Napi::CallbackInfo& info);
   Napi::Value DropInference(const Napi::CallbackInfo& info);
   Napi::Value OptimizedCopy(const Napi::CallbackInfo& info);
+  Napi::Value OneDnnChains(const Napi::CallbackInfo& info);
+  Napi::Value TimeOneDnnChains(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value IsDisposed(const Napi::CallbackInfo& info);
   // How many graph nodes an exported program has run since load (-1 for TorchScript).
@@ -54,6 +56,7 @@ class ScriptModule : public GuardedWrap<ScriptModule> {
 
   // Mode and device changes must not race an async forward of the same model.
   void RequireIdle(Napi::Env env, const char* action) const;
+  std::shared_ptr<torch::jit::Graph> ChainGraph(Napi::Env env);
   std::unique_ptr<MethodCall> PrepareCall(const Napi::CallbackInfo& info);
   // [[name, ScriptModule], ...] with qualified names kept for error messages.
   template <typename List>
@@ -68,6 +71,8 @@ class ScriptModule : public GuardedWrap<ScriptModule> {
 // loadScriptModule(bytes, name, device?) -> ScriptModule: `name` (the file) is for messages.
 Napi::Value LoadScriptModule(const Napi::CallbackInfo& info);
 
+// oneDnnChainsProblem() -> why this build cannot lower models to oneDNN chains, or ''.
+Napi::Value OneDnnChainsProblem(const Napi::CallbackInfo& info);
 // oneDnnInferenceProblem() -> why optimize_for_inference cannot run with this LibTorch, or ''.
 Napi::Value OneDnnInferenceProblem(const Napi::CallbackInfo& info);
 

@@ -1,0 +1,136 @@
+/**
+ * oneDNN primitive chains (issue 28): what optimizeForInference({ optimize: 'chains' }) runs
+ * must compute what the uncompiled model computes (LibTorch's own kernels, and PyTorch's
+ * reference where the fixtures have one), with activations and residual adds fused into the
+ * convolutions, for every batch size and for the samples that stay when others leave.
+ */
+import * as fs from 'fs';
+import { ScriptModule, Tensor, jit, torch } from '../lib';
+import { binding } from '../lib/binding';
+import { fixture, fromRef, maxAbsDiff, medianEntropySplit, mnistTwoExits, reference } from './helpers';
+
+const torchVersion = fs.readFileSync(fixture('TORCH_VERSION'), 'utf8').trim();
+const problem = binding.oneDnnChainsProblem();
+const withChains = problem === '' ? describe : describe.skip;
+
+describe('where the addon has oneDNN chains', () => {
+  it('has them wherever LibTorch links oneDNN 3 (2.6 and later), and elsewhere says why when asked for them', () => {
+    if (torchVersion.startsWith('1.')) {
+      expect(problem).toMatch(/LibTorch here links oneDNN 2 \(libdnnl\.so\.2\), and oneDNN chains are built for oneDNN 3's API/);
+      const model = jit.load(fixture('resnet20_scripted.pt')).eval();
+      expect(() => jit.optimizeForInference(model, { optimize: 'chains' })).toThrow(`optimize: 'chains' cannot apply: ${problem}`);
+    } else {
+      expect(problem).toBe('');
+    }
+  });
+});
+
+/** The model's own forward, without gradients: the reference the chains must meet. */
+function eager(model: ScriptModule, x: Tensor): Tensor {
+  return torch.noGrad(() => model.forward(x)) as Tensor;
+}
+
+withChains('optimize: \'chains\' computes what the model computes', () => {
+  const cases: Array<[string, number[]]> = [
+    ['resnet20_scripted.pt', [3, 32, 32]], ['resnet20_traced.pt', [3, 32, 32]], ['mnist_cnn.pt', [1, 28, 28]],
+    ['mobilenet_v2_scripted.pt', [3, 64, 64]], ['mobilenet_v2_traced.pt', [3, 64, 64]], ['resnet18_traced.pt', [3, 64, 64]],
+  ];
+  it.each(cases)('%s at batch 1 and 5: outputs within 1e-4 of the uncompiled model', (file, shape) => {
+    const model = jit.load(fixture(file)).eval();
+    const chained = jit.optimizeForInference(model, { optimize: 'chains' });
+    expect(chained.inferenceOptimization).toBe('oneDNN chains');
+    torch.manualSeed(1);
+    for (const batch of [1, 5]) {
+      const x = torch.randn([batch, ...shape]);
+      expect(maxAbsDiff(chained.forward(x) as Tensor, eager(model, x))).toBeLessThanOrEqual(1e-4);
+    }
+    // One plan per input shape, each listing what it runs.
+    const chains = chained.oneDnnChains();
+    expect(chains.length).toBeGreaterThan(0);
+    expect(chains[0].map((plan) => plan.shape)).toEqual([`1x${shape.join('x')}`, `5x${shape.join('x')}`]);
+  });
+
+  it('ResNet-20: one chain of 21 convolutions, every ReLU and residual add a post-op, PyTorch\'s output', () => {
+    const model = jit.load(fixture('resnet20_scripted.pt')).eval();
+    const chained = jit.optimizeForInference(model, { optimize: 'chains' });
+    const ref = reference('resnet20_reference.json');
+    expect(maxAbsDiff(chained.forward(fromRef(ref.input)) as Tensor, ref.output)).toBeLessThanOrEqual(1e-4);
+    const chains = chained.oneDnnChains();
+    // The chain ends at the average pooling: `view(x.size(0), -1)` reads the batch size, which only LibTorch's tensor has.
+    expect(chains).toHaveLength(1);
+    expect(chains[0]).toHaveLength(1);
+    const primitives = chains[0][0].primitives.map((primitive) => primitive.description);
+    const convolutions = primitives.filter((line) => line.startsWith('convolution '));
+    expect(convolutions).toHaveLength(21);
+    // The model's 19 ReLUs and 9 adds (issue 28's oneDNN log showed them as 28 primitives of their own) are post-ops.
+    expect(convolutions.filter((line) => line.endsWith('+relu'))).toHaveLength(19);
+    expect(convolutions.filter((line) => line.includes('+add'))).toHaveLength(9);
+    expect(primitives.filter((line) => /^(relu|add) /.test(line))).toHaveLength(0);
+    expect(primitives.filter((line) => line.startsWith('average pooling'))).toHaveLength(1);
+    // What remains besides them: the reorders in and out of oneDNN's layout.
+    expect(primitives.length - convolutions.length - 1).toBe(primitives.filter((line) => line.startsWith('reorder ')).length);
+  });
+
+  it('MobileNetV2: ReLU6 is a post-op too; the depthwise convolutions are grouped ones', () => {
+    const model = jit.load(fixture('mobilenet_v2_scripted.pt')).eval();
+    const chained = jit.optimizeForInference(model, { optimize: 'chains' });
+    const ref = reference('torchvision_reference.json');
+    expect(maxAbsDiff(chained.forward(fromRef(ref.input)) as Tensor, ref.mobilenet_v2)).toBeLessThanOrEqual(1e-4);
+    const convolutions = chained.oneDnnChains().flat().flatMap((plan) => plan.primitives.map((p) => p.description))
+      .filter((line) => line.startsWith('convolution '));
+    expect(convolutions).toHaveLength(52);
+    expect(convolutions.filter((line) => line.endsWith('+clip'))).toHaveLength(35);
+    expect(convolutions.filter((line) => line.includes('+add'))).toHaveLength(10);
+  });
+
+  it('per-sample exits: the samples that stay run on, each as it would alone and as the uncompiled model gives it', () => {
+    const model = mnistTwoExits();
+    const { x, outputs, thresholds, expected } = medianEntropySplit(model);
+    model.optimizeForInference({ optimize: 'chains' });
+    expect(model.inferenceOptimization).toBe('oneDNN chains');
+    const result = model.forwardEarlyExit(x, { criterion: 'entropy', thresholds, perSample: true });
+    expect(result.exits).toEqual(expected);
+    for (let j = 0; j < x.shape[0]; j++) {
+      const alone = model.forwardEarlyExit(x.narrow(0, j, 1), { criterion: 'entropy', thresholds, perSample: true });
+      expect(alone.exits).toEqual([expected[j]]);
+      expect(maxAbsDiff(result.output.narrow(0, j, 1), alone.output)).toBeLessThanOrEqual(1e-5);
+      expect(maxAbsDiff(result.output.select(0, j), outputs[expected[j]].select(0, j))).toBeLessThanOrEqual(1e-4);
+    }
+    // The chains after the first exit ran on the samples that stayed: a plan for that batch size too.
+    const batches = new Set(model.backbone.oneDnnChains().flat().map((plan) => Number(plan.shape.split('x')[0])));
+    const staying = (past: number) => expected.filter((exit) => exit > past).length;
+    expect([...batches].sort((a, b) => a - b)).toEqual([...new Set([1, 16, staying(0), staying(1)])].sort((a, b) => a - b));
+  });
+
+  it('profileOneDnnChains: every primitive timed, their sum within the forward\'s whole time', () => {
+    const chained = jit.optimizeForInference(jit.load(fixture('resnet20_scripted.pt')).eval(), { optimize: 'chains' });
+    const x = torch.randn([1, 3, 32, 32]);
+    const profile = chained.profileOneDnnChains(() => chained.forward(x), { runs: 20, warmup: 2 });
+    expect(profile.runs).toBe(20);
+    const primitives = profile.chains[0][0].primitives;
+    for (const primitive of primitives) {
+      expect(primitive.runs).toBe(20);
+      expect(primitive.meanMs).toBeGreaterThan(0);
+    }
+    const sum = primitives.reduce((total, p) => total + p.meanMs!, 0);
+    expect(profile.kernelMs).toBeCloseTo(sum, 6);
+    expect(profile.kernelMs).toBeLessThan(profile.forwardMs);
+    expect(profile.otherMs).toBeCloseTo(profile.forwardMs - profile.kernelMs, 9);
+    // Timing is off again: later runs leave the counts as they were.
+    chained.forward(x);
+    expect(chained.oneDnnChains()[0][0].primitives[0].runs).toBe(20);
+    expect(jit.optimizeForInference(jit.load(fixture('resnet20_scripted.pt')).eval(), { optimize: false }).oneDnnChains()).toEqual([]);
+  });
+
+  it('refuses what it cannot run, saying what and where', () => {
+    const resnet = jit.optimizeForInference(jit.load(fixture('resnet20_scripted.pt')).eval(), { optimize: 'chains' });
+    expect(() => resnet.forward(torch.randn([1, 3, 32, 32]).to('float64'))).toThrow(/oneDNN chain: input 0 is Double on cpu: chains run float32 on the CPU/);
+    // Too small for the average pooling's 8 x 8 window (LibTorch refuses it too).
+    expect(() => resnet.forward(torch.randn([1, 3, 16, 16]))).toThrow(/oneDNN chain: aten::avg_pool2d \(%\S+\): its 1x64x4x4 input is smaller than its window/);
+    // The text encoder's linear layers read 3-D sequences, which oneDNN's inner product does not take.
+    const text = jit.load(fixture('text_encoder_scripted.pt')).eval();
+    expect(() => jit.optimizeForInference(text, { optimize: 'chains' }))
+      .toThrow(/optimize: 'chains' cannot apply: the model has no convolution or linear layer with float32 CPU weights to build a oneDNN chain around/);
+    expect(jit.optimizeForInference(text).inferenceOptimization).not.toBe('oneDNN chains');
+  });
+});
