@@ -147,7 +147,7 @@ describe('npm run demo', () => {
       '--epochs', '1', '--train', '600', '--test', '200', '--out', out]);
     expect(result.stderr).toBe('');
     expect(result.status).toBe(0);
-    expect(result.stdout).toMatch(/compiled for inference: (oneDNN|frozen), from the exported program/);
+    expect(result.stdout).toMatch(/compiled for inference: (oneDNN chains|oneDNN|frozen), from the exported program/);
     expect(result.stdout).toMatch(/speedup against the full network: \d+\.\d\dx/);
     const results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
     expect(results.exitPoints).toEqual(['features1']);

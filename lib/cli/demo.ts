@@ -49,7 +49,7 @@ export interface DemoResults {
   heldOutAccuracy: number[];
   distiller: { thresholds: number[]; report: ReturnType<EarlyExitStats['report']> };
   exitLatenciesMs: number[];
-  /** How both models were compiled for inference: 'oneDNN' (optimize_for_inference) or 'frozen' where oneDNN cannot run. */
+  /** How both models were compiled for inference: 'oneDNN chains', 'oneDNN' (optimize_for_inference) or 'frozen'. */
   inferenceOptimization: InferenceOptimization;
   /** The network without exits, compiled for inference like the early-exit model: what speed-ups are measured against. */
   baselineLatencyMs: number;

@@ -314,7 +314,7 @@ export interface Advice {
   /** 1 − expected over baseline latency. */
   saving: number;
   search: Array<{ step: 'add' | 'remove'; point: string; expectedLatencyMs: number }>;
-  /** How the timed models were compiled ('oneDNN' or 'frozen'). */
+  /** How the timed models were compiled ('oneDNN chains', 'oneDNN' or 'frozen'). */
   inferenceOptimization: string;
 }
 

@@ -75,11 +75,13 @@ export class EarlyExitModel {
   }
 
   /**
-   * Compiles the backbone for inference with its exits in place, as PyTorch's
-   * `torch.jit.optimize_for_inference` would compile it without them: frozen (weights as
-   * constants, batch norm folded into convolutions), with oneDNN prepacked convolutions
-   * and fused convolution-add-ReLU (`optimize: false` stops after freezing). Every exit
-   * point still runs its branch and can stop the forward. From then on `forwardEarlyExit`
+   * Compiles the backbone for inference with its exits in place: frozen (weights as
+   * constants, batch norm folded into convolutions), then, where the addon has them, oneDNN
+   * primitive chains with activations and adds fused into the convolutions (LibTorch 2.6 and
+   * later), else LibTorch's `optimize_for_inference` as PyTorch's
+   * `torch.jit.optimize_for_inference` would compile it without exits (`InferenceOptions.optimize`
+   * chooses). Every exit point still runs its branch and can stop the forward;
+   * `backbone.oneDnnChains()` shows what the chains run. From then on `forwardEarlyExit`
    * and `forwardEarlyExitAsync` run the compiled model; `forward()` and training keep the
    * model itself. The compiled model is a snapshot: once weights, exits, hooks, mode or
    * device change, `forwardEarlyExit` refuses to run it, saying what changed, until this is
@@ -101,7 +103,7 @@ export class EarlyExitModel {
   /** Whether `forwardEarlyExit` runs the model compiled by `optimizeForInference`. */
   get inferenceMode(): boolean { return this.inferenceBoundaries !== undefined; }
 
-  /** In inference mode, how the model was compiled: 'oneDNN' (see `InferenceOptions.optimize`) or 'frozen'. */
+  /** In inference mode, how the model was compiled: 'oneDNN chains', 'oneDNN' or 'frozen' (see `InferenceOptions.optimize`). */
   get inferenceOptimization(): InferenceOptimization | undefined { return this.inferenceBoundaries && this.compiledWith; }
 
   /**
