@@ -71,6 +71,14 @@ withChains('optimize: \'chains\' computes what the model computes', () => {
     expect(primitives.length - convolutions.length - 1).toBe(primitives.filter((line) => line.startsWith('reorder ')).length);
   });
 
+  it.each([['resnet18_scripted.pt', 'resnet18'], ['resnet18_traced.pt', 'resnet18'], ['mobilenet_v2_traced.pt', 'mobilenet_v2']])(
+    '%s: PyTorch\'s reference output', (file, name) => {
+      // On LibTorch 2.6 this caught oneDNN 3.7's strided 1x1 brgemm kernel computing ResNet-18's last downsample wrongly.
+      const chained = jit.optimizeForInference(jit.load(fixture(file)).eval(), { optimize: 'chains' });
+      const ref = reference('torchvision_reference.json');
+      expect(maxAbsDiff(chained.forward(fromRef(ref.input)) as Tensor, ref[name])).toBeLessThanOrEqual(1e-4);
+    });
+
   it('MobileNetV2: ReLU6 is a post-op too; the depthwise convolutions are grouped ones', () => {
     const model = jit.load(fixture('mobilenet_v2_scripted.pt')).eval();
     const chained = jit.optimizeForInference(model, { optimize: 'chains' });

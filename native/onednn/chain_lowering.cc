@@ -164,6 +164,14 @@ class Builder {
     return producer.kind == OpKind::kConvolution || producer.kind == OpKind::kLinear ? op : -1;
   }
 
+  // `node` as a post-op of op `producer`, whose output `input` was: its output is that op's from now on.
+  bool Fuse(Node* node, int producer, const PostOp& post, Value* input) {
+    spec_.ops[producer].postOps.push_back(post);
+    ids_[node->output()] = ids_.at(input);
+    nodes_.push_back(node);
+    return true;
+  }
+
   bool InPlaceAllowed(Node* node, Value* mutated) const {
     const std::string kind = node->kind().toQualString();
     if (kind.back() != '_') return true;
@@ -218,10 +226,7 @@ class Builder {
     if (producer >= 0) {
       PostOp post;
       post.activation = activation, post.alpha = alpha, post.beta = beta;
-      spec_.ops[producer].postOps.push_back(post);
-      ids_[node->output()] = ids_.at(input);
-      nodes_.push_back(node);
-      return true;
+      return Fuse(node, producer, post, input);
     }
     ChainOp op;
     op.kind = OpKind::kEltwise;
@@ -251,10 +256,7 @@ class Builder {
       PostOp post;
       post.add = true;
       post.operand = Id(other);
-      spec_.ops[producer].postOps.push_back(post);
-      ids_[node->output()] = ids_.at(into);
-      nodes_.push_back(node);
-      return true;
+      return Fuse(node, producer, post, into);
     }
     ChainOp op;
     op.kind = OpKind::kAdd;

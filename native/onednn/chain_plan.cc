@@ -1,5 +1,9 @@
 #include "onednn/chain_plan.h"
 
+#include <oneapi/dnnl/dnnl_version.h>
+
+#include "torch_compat.h"
+
 #include <algorithm>
 #include <chrono>
 #include <stdexcept>
@@ -292,6 +296,24 @@ memory ChainPlan::Destination(const ChainOp& op, const Fused<Pd>& fused, std::un
   return out;
 }
 
+// A convolution or linear layer: its primitive with post-ops, its weights reordered once, its
+// source, residuals and destination bound.
+template <typename Primitive, typename Make, typename Describe>
+void ChainPlan::PlanLayer(size_t index, const ChainOp& op, const Make& make, const memory::desc& plainWeights,
+                          const memory::desc& bias, const Describe& describe) {
+  auto fused = WithPostOps<typename Primitive::primitive_desc>(index, op, make);
+  const auto& pd = fused.pd;
+  std::unordered_map<int, memory> args;
+  args[DNNL_ARG_SRC] = Get(op.inputs[0], pd.src_desc()).memory;
+  args[DNNL_ARG_WEIGHTS] = Weights(index, op, pd.weights_desc(), plainWeights);
+  if (op.bias.defined()) args[DNNL_ARG_BIAS] = memory(bias, engine_, op.bias.data_ptr());
+  Scratchpad(pd.scratchpad_desc(), args);
+  int buffer;
+  memory out = Destination(op, fused, args, buffer);
+  EmitReading(Primitive(pd), std::move(args), describe(pd) + fused.described);
+  values_[op.output] = {{pd.dst_desc(), out, buffer}};
+}
+
 void ChainPlan::PlanConvolution(size_t index, const ChainOp& op) {
   memory::dims dims = values_.at(op.inputs[0])[0].md.get_dims();
   if (dims.size() != 4) Fail(op, "needs a 4-D input (batch, channels, height, width), not " + DimsText(dims));
@@ -311,28 +333,23 @@ void ChainPlan::PlanConvolution(size_t index, const ChainOp& op) {
   memory::desc bias({o}, kF32, Tag::x);
   memory::dims strides{op.stride[0], op.stride[1]}, dilates{op.dilation[0] - 1, op.dilation[1] - 1},
       padding{op.padding[0], op.padding[1]};
+  bool avoid1x1Brgemm = TEE_ONEDNN_1X1_BRGEMM_WRONG && kh == 1 && kw == 1;
   auto make = [&](const dnnl::primitive_attr& attr) {
-    return op.bias.defined()
-               ? dnnl::convolution_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference,
-                                                           dnnl::algorithm::convolution_direct, src, weights, bias, dst,
-                                                           strides, dilates, padding, padding, attr)
-               : dnnl::convolution_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference,
-                                                           dnnl::algorithm::convolution_direct, src, weights, dst, strides,
-                                                           dilates, padding, padding, attr);
+    auto pd = op.bias.defined()
+                  ? dnnl::convolution_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference,
+                                                              dnnl::algorithm::convolution_direct, src, weights, bias, dst,
+                                                              strides, dilates, padding, padding, attr)
+                  : dnnl::convolution_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference,
+                                                              dnnl::algorithm::convolution_direct, src, weights, dst, strides,
+                                                              dilates, padding, padding, attr);
+    while (avoid1x1Brgemm && std::string(pd.impl_info_str()).find("brgconv_1x1") != std::string::npos && pd.next_impl()) {
+    }
+    return pd;
   };
-  auto fused = WithPostOps<dnnl::convolution_forward::primitive_desc>(index, op, make);
-  const auto& pd = fused.pd;
-  std::unordered_map<int, memory> args;
-  args[DNNL_ARG_SRC] = Get(op.inputs[0], pd.src_desc()).memory;
-  args[DNNL_ARG_WEIGHTS] = Weights(index, op, pd.weights_desc(), plainWeights);
-  if (op.bias.defined()) args[DNNL_ARG_BIAS] = memory(bias, engine_, op.bias.data_ptr());
-  Scratchpad(pd.scratchpad_desc(), args);
-  int buffer;
-  memory out = Destination(op, fused, args, buffer);
-  EmitReading(dnnl::convolution_forward(pd), std::move(args),
-              "convolution " + std::string(pd.impl_info_str()) + " " + Layout(pd.src_desc()) + " -> " +
-                  Layout(pd.dst_desc()) + " " + DimsText(pd.dst_desc().get_dims()) + fused.described);
-  values_[op.output] = {{pd.dst_desc(), out, buffer}};
+  PlanLayer<dnnl::convolution_forward>(index, op, make, plainWeights, bias, [](const auto& pd) {
+    return "convolution " + std::string(pd.impl_info_str()) + " " + Layout(pd.src_desc()) + " -> " + Layout(pd.dst_desc()) +
+           " " + DimsText(pd.dst_desc().get_dims());
+  });
 }
 
 void ChainPlan::PlanLinear(size_t index, const ChainOp& op) {
@@ -348,18 +365,9 @@ void ChainPlan::PlanLinear(size_t index, const ChainOp& op) {
                              : dnnl::inner_product_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference, src,
                                                                            weights, dst, attr);
   };
-  auto fused = WithPostOps<dnnl::inner_product_forward::primitive_desc>(index, op, make);
-  const auto& pd = fused.pd;
-  std::unordered_map<int, memory> args;
-  args[DNNL_ARG_SRC] = Get(op.inputs[0], pd.src_desc()).memory;
-  args[DNNL_ARG_WEIGHTS] = Weights(index, op, pd.weights_desc(), plainWeights);
-  if (op.bias.defined()) args[DNNL_ARG_BIAS] = memory(bias, engine_, op.bias.data_ptr());
-  Scratchpad(pd.scratchpad_desc(), args);
-  int buffer;
-  memory out = Destination(op, fused, args, buffer);
-  EmitReading(dnnl::inner_product_forward(pd), std::move(args),
-              "linear " + std::string(pd.impl_info_str()) + " " + DimsText(pd.dst_desc().get_dims()) + fused.described);
-  values_[op.output] = {{pd.dst_desc(), out, buffer}};
+  PlanLayer<dnnl::inner_product_forward>(index, op, make, plainWeights, bias, [](const auto& pd) {
+    return "linear " + std::string(pd.impl_info_str()) + " " + DimsText(pd.dst_desc().get_dims());
+  });
 }
 
 void ChainPlan::PlanEltwise(const ChainOp& op) {

@@ -94,6 +94,9 @@ class ChainPlan {
   dnnl::memory Destination(const ChainOp& op, const Fused<Pd>& fused, std::unordered_map<int, dnnl::memory>& args, int& buffer);
   void Scratchpad(const dnnl::memory::desc& md, std::unordered_map<int, dnnl::memory>& args);
 
+  template <typename Primitive, typename Make, typename Describe>
+  void PlanLayer(size_t index, const ChainOp& op, const Make& make, const dnnl::memory::desc& plainWeights,
+                 const dnnl::memory::desc& bias, const Describe& describe);
   void PlanConvolution(size_t index, const ChainOp& op);
   void PlanLinear(size_t index, const ChainOp& op);
   void PlanEltwise(const ChainOp& op);
