@@ -30,11 +30,12 @@
 #endif
 
 // oneDNN, which LibTorch links and the chains call (native/onednn/), differs by version too.
-// oneDNN 3.7 (Debian 13's LibTorch 2.6) computes 1x1 convolutions wrongly in its brgemm kernel
-// (brgconv_1x1) where the output is a few pixels and the channels many: ResNet-18's last
-// downsample (256 to 512 channels, 4x4 to 2x2) and MobileNetV2's last projection (960 to 320
-// channels at 2x2) at 64 px came out off by 0.1, channels-last, while oneDNN 3.12 computes
-// them right. The chains take the next kernel for every 1x1 convolution there.
+// oneDNN 3.7 (Debian 13's LibTorch 2.6) computes some convolutions wrongly in its brgemm
+// kernels (brgconv_1x1, brg_conv_fwd, brdgmm_dw), which it picks for channels-last: ResNet-18's
+// last downsample (256 to 512 channels, 4x4 to 2x2) and MobileNetV2's last projection (960 to
+// 320 channels at 2x2) at 64 px, and MobileNetV2 at 224 px, came out off by 0.1 or more, where
+// oneDNN 3.12 computes them right. LibTorch's own convolutions there run blocked layouts and
+// the older jit kernels, and so do the chains: they take the next kernel.
 #if defined(DNNL_VERSION_MAJOR)
-#define TEE_ONEDNN_1X1_BRGEMM_WRONG (DNNL_VERSION_MAJOR == 3 && DNNL_VERSION_MINOR < 8)
+#define TEE_ONEDNN_BRGEMM_CONVOLUTION_WRONG (DNNL_VERSION_MAJOR == 3 && DNNL_VERSION_MINOR < 8)
 #endif

@@ -333,7 +333,9 @@ void ChainPlan::PlanConvolution(size_t index, const ChainOp& op) {
   memory::desc bias({o}, kF32, Tag::x);
   memory::dims strides{op.stride[0], op.stride[1]}, dilates{op.dilation[0] - 1, op.dilation[1] - 1},
       padding{op.padding[0], op.padding[1]};
-  bool avoid1x1Brgemm = TEE_ONEDNN_1X1_BRGEMM_WRONG && kh == 1 && kw == 1;
+  auto avoided = [](const std::string& kernel) {
+    return TEE_ONEDNN_BRGEMM_CONVOLUTION_WRONG && (kernel.rfind("brg", 0) == 0 || kernel.rfind("brdgmm", 0) == 0);
+  };
   auto make = [&](const dnnl::primitive_attr& attr) {
     auto pd = op.bias.defined()
                   ? dnnl::convolution_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference,
@@ -342,10 +344,24 @@ void ChainPlan::PlanConvolution(size_t index, const ChainOp& op) {
                   : dnnl::convolution_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference,
                                                               dnnl::algorithm::convolution_direct, src, weights, dst, strides,
                                                               dilates, padding, padding, attr);
-    while (avoid1x1Brgemm && std::string(pd.impl_info_str()).find("brgconv_1x1") != std::string::npos && pd.next_impl()) {
+    while (avoided(pd.impl_info_str()) && pd.next_impl()) {
     }
     return pd;
   };
+  if (TEE_ONEDNN_BRGEMM_CONVOLUTION_WRONG && op.inputs[0] >= inputs_) {
+    // Without the brgemm kernels, `any` sends a depthwise convolution to channels-last between
+    // blocked 1x1 ones, a reorder on each side: the jit kernels read the layout they are given.
+    src = values_[op.inputs[0]][0].md;
+    std::string unused;
+    bool jit = false;
+    try {
+      std::string kernel = make(Attributes(op, nullptr, -1, false, unused)).impl_info_str();
+      jit = kernel.rfind("jit", 0) == 0;
+    } catch (const dnnl::error&) {
+    }
+    // Only a jit kernel for it: else what `any` finds, reorder included.
+    if (!jit) src = memory::desc({n, c, h, w}, kF32, Tag::any);
+  }
   PlanLayer<dnnl::convolution_forward>(index, op, make, plainWeights, bias, [](const auto& pd) {
     return "convolution " + std::string(pd.impl_info_str()) + " " + Layout(pd.src_desc()) + " -> " + Layout(pd.dst_desc()) +
            " " + DimsText(pd.dst_desc().get_dims());
