@@ -30,12 +30,13 @@
 #endif
 
 // oneDNN, which LibTorch links and the chains call (native/onednn/), differs by version too.
-// oneDNN 3.7 (Debian 13's LibTorch 2.6) computes some convolutions wrongly in its brgemm
-// kernels (brgconv_1x1, brg_conv_fwd, brdgmm_dw), which it picks for channels-last: ResNet-18's
-// last downsample (256 to 512 channels, 4x4 to 2x2) and MobileNetV2's last projection (960 to
-// 320 channels at 2x2) at 64 px, and MobileNetV2 at 224 px, came out off by 0.1 or more, where
-// oneDNN 3.12 computes them right. LibTorch's own convolutions there run blocked layouts and
-// the older jit kernels, and so do the chains: they take the next kernel.
+// oneDNN 3.7 (Debian 13's LibTorch 2.6) computes some convolutions and linear layers wrongly
+// in its brgemm kernels (brgconv_1x1, brg_conv_fwd, brdgmm_dw, brgemm), which it picks for
+// channels-last and for inner products: ResNet-18's last downsample (256 to 512 channels, 4x4
+// to 2x2) and MobileNetV2's last projection (960 to 320 channels at 2x2) at 64 px, MobileNetV2
+// at 224 px and its 1280-to-1000 classifier came out off by 0.1 or more, where oneDNN 3.12
+// computes them right. LibTorch's own layers there run the older jit kernels, and so do the
+// chains: they take the next kernel.
 #if defined(DNNL_VERSION_MAJOR)
-#define TEE_ONEDNN_BRGEMM_CONVOLUTION_WRONG (DNNL_VERSION_MAJOR == 3 && DNNL_VERSION_MINOR < 8)
+#define TEE_ONEDNN_BRGEMM_WRONG (DNNL_VERSION_MAJOR == 3 && DNNL_VERSION_MINOR < 8)
 #endif

@@ -72,6 +72,16 @@ std::string DimsText(const memory::dims& dims) {
   return text;
 }
 
+// Moves `pd` past the kernels this oneDNN is known to compute wrongly (torch_compat.h).
+template <typename Pd>
+void SkipWrongKernels(Pd& pd) {
+  auto wrong = [](const std::string& kernel) {
+    return TEE_ONEDNN_BRGEMM_WRONG && (kernel.rfind("brg", 0) == 0 || kernel.rfind("brdgmm", 0) == 0);
+  };
+  while (wrong(pd.impl_info_str()) && pd.next_impl()) {
+  }
+}
+
 // Output size of a window of `extent` elements, as PyTorch's pooling computes it.
 int64_t PooledSize(int64_t size, int64_t extent, int64_t stride, int64_t pad, bool ceil) {
   int64_t span = size + 2 * pad - extent;
@@ -333,9 +343,6 @@ void ChainPlan::PlanConvolution(size_t index, const ChainOp& op) {
   memory::desc bias({o}, kF32, Tag::x);
   memory::dims strides{op.stride[0], op.stride[1]}, dilates{op.dilation[0] - 1, op.dilation[1] - 1},
       padding{op.padding[0], op.padding[1]};
-  auto avoided = [](const std::string& kernel) {
-    return TEE_ONEDNN_BRGEMM_CONVOLUTION_WRONG && (kernel.rfind("brg", 0) == 0 || kernel.rfind("brdgmm", 0) == 0);
-  };
   auto make = [&](const dnnl::primitive_attr& attr) {
     auto pd = op.bias.defined()
                   ? dnnl::convolution_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference,
@@ -344,11 +351,10 @@ void ChainPlan::PlanConvolution(size_t index, const ChainOp& op) {
                   : dnnl::convolution_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference,
                                                               dnnl::algorithm::convolution_direct, src, weights, dst, strides,
                                                               dilates, padding, padding, attr);
-    while (avoided(pd.impl_info_str()) && pd.next_impl()) {
-    }
+    SkipWrongKernels(pd);
     return pd;
   };
-  if (TEE_ONEDNN_BRGEMM_CONVOLUTION_WRONG && op.inputs[0] >= inputs_) {
+  if (TEE_ONEDNN_BRGEMM_WRONG && op.inputs[0] >= inputs_) {
     // Without the brgemm kernels, `any` sends a depthwise convolution to channels-last between
     // blocked 1x1 ones, a reorder on each side: the jit kernels read the layout they are given.
     src = values_[op.inputs[0]][0].md;
@@ -376,10 +382,12 @@ void ChainPlan::PlanLinear(size_t index, const ChainOp& op) {
   memory::desc src({dims[0], i}, kF32, Tag::any), weights({o, i}, kF32, Tag::any), dst({dims[0], o}, kF32, Tag::any);
   memory::desc bias({o}, kF32, Tag::x), plainWeights({o, i}, kF32, Tag::oi);
   auto make = [&](const dnnl::primitive_attr& attr) {
-    return op.bias.defined() ? dnnl::inner_product_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference, src,
-                                                                           weights, bias, dst, attr)
-                             : dnnl::inner_product_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference, src,
-                                                                           weights, dst, attr);
+    auto pd = op.bias.defined() ? dnnl::inner_product_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference,
+                                                                              src, weights, bias, dst, attr)
+                                : dnnl::inner_product_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference,
+                                                                              src, weights, dst, attr);
+    SkipWrongKernels(pd);
+    return pd;
   };
   PlanLayer<dnnl::inner_product_forward>(index, op, make, plainWeights, bias, [](const auto& pd) {
     return "linear " + std::string(pd.impl_info_str()) + " " + DimsText(pd.dst_desc().get_dims());
