@@ -16,7 +16,11 @@
  *    "prefix + branch, returning the activation too" then "the rest".
  *
  *   npm run bench:peer -- [--models resnet20,mnist_cnn,mobilenet_v2,text_encoder] [--allocator as-installed|glibc|tuned]
- *                         [--steps N] [--json out.json] [--event-loop-only]
+ *                         [--steps N] [--json out.json] [--event-loop-only] [--aoti]
+ *
+ * --aoti: instead, PyTorch's own ahead-of-time compiler (AOTInductor, scripts/bench_aoti.py) on
+ * the same exported program, at batch 1, against this library and against onnxruntime
+ * (PyTorch 2.6 and later; the first run compiles each model, minutes each).
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -344,6 +348,18 @@ function exportedPairs(model: string, steps: number): Pair[] {
   ];
 }
 
+/** AOTInductor on the model's exported program, at batch 1: against this library's compiled forward, and against onnxruntime. */
+function aotiPairs(model: string, steps: number, dir: string, entry: PeerModel): Pair[] {
+  const big = model === 'mobilenet_v2';
+  const aoti = { factory: 'aoti', options: { pt2: path.join(dir, entry.exported!), batch: 1, inputShape: entry.inputShape, threads: 1 },
+    python: { script: path.join(packageRoot(), 'scripts', 'bench_aoti.py') } };
+  const one = { steps: big ? Math.ceil(steps / 2) : steps, warmup: 5, repeat: big ? 5 : 100, tolerance: 1e-4 };
+  return [
+    { name: `${model}: full forward vs AOTInductor, batch 1`, a: { factory: 'library', options: { model, batch: 1, path: 'full' } }, b: aoti, ...one },
+    { name: `${model}: AOTInductor vs onnxruntime, batch 1`, a: aoti, b: { factory: 'peer', options: { model, batch: 1, path: 'full' } }, ...one },
+  ];
+}
+
 function handCutPairs(model: string, steps: number): Pair[] {
   const lib = (p: LibPath) => ({ factory: 'library', options: { model, batch: 1, path: p } });
   const big = model === 'mobilenet_v2';
@@ -373,6 +389,15 @@ async function main(): Promise<void> {
     return;
   }
   const exported = models.filter((m) => manifest.models[m].exported);
+  if (args.includes('--aoti')) {
+    if (exported.length === 0) throw new Error(`--aoti: PyTorch ${manifest.torchVersion} made no exported programs (2.6 and later do)`);
+    const { dir } = peerModels();
+    const aoti = await runPairs(script, exported.flatMap((m) => aotiPairs(m, steps, dir, manifest.models[m])), environment, (line) => console.error(line));
+    console.log(ratioTable(aoti, 'a', 'b'));
+    console.log(`sides: ${[...new Set(aoti.flatMap((r) => [r.aDescribe, r.bDescribe]))].join('; ')}`);
+    if (json) fs.writeFileSync(json, JSON.stringify({ libtorch: torch.version.libtorch, onnxruntime: version, environment, aoti }, null, 2) + '\n');
+    return;
+  }
   const pairs = models.flatMap((m) => pairsFor(m, steps, manifest.models[m].exported !== null && manifest.models[m].exported !== undefined));
   if (named.includes(TEXT)) pairs.push(...textPairs(steps, Boolean(manifest.textEncoder!.exported)));
   const peer = await runPairs(script, pairs, environment, (line) => console.error(line));
@@ -385,6 +410,7 @@ async function main(): Promise<void> {
   const cut = await runPairs(script, models.flatMap((m) => handCutPairs(m, steps)), environment, (line) => console.error(line));
   if (cut.length > 0) console.log(ratioTable(cut, 'exit', 'hand-cut'));
   console.log('');
+
   const interpreter = exported.length > 0
     ? await runPairs(script, exported.flatMap((m) => exportedPairs(m, steps)), environment, (line) => console.error(line))
     : [];

@@ -1,6 +1,7 @@
 /** Shared by the suites: fixture paths and reference data written by scripts/make_fixtures.py. */
-import { ChildProcess, spawn } from 'child_process';
+import { ChildProcess, execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { EarlyExitModel, Tensor, exitDecisions, exitScores, jit, nn, torch } from '../lib';
 import { InferenceOptimization, binding } from '../lib/binding';
@@ -33,6 +34,15 @@ export function reference<T = any>(name: string): T {
 export function defaultOptimization(): InferenceOptimization {
   if (binding.oneDnnChainsProblem() === '') return 'oneDNN chains';
   return binding.oneDnnInferenceProblem() === '' ? 'oneDNN' : 'frozen';
+}
+
+/** The TorchScript file of `torch.nn.Module` subclass `name` with `body`, scripted in eval mode by Python (which reads the class's source, so from a file). */
+export function scriptedInPython(name: string, body: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-scripted-'));
+  const file = path.join(dir, `${name}.pt`);
+  fs.writeFileSync(path.join(dir, `${name}.py`), `import torch\nclass ${name}(torch.nn.Module):${body}\ntorch.jit.save(torch.jit.script(${name}().eval()), '${file}')\n`);
+  execFileSync(pythonWithTorch(), [path.join(dir, `${name}.py`)], { stdio: 'ignore' });
+  return file;
 }
 
 export function fromRef(ref: RefTensor): Tensor {

@@ -1,10 +1,6 @@
-import { execFileSync } from 'child_process';
-import * as fs from 'fs';
-import * as os from 'os';
-import * as path from 'path';
 import { EarlyExitModel, Tensor, exitDecisions, exitScores, jit, nn, optim, torch } from '../lib';
 import { binding } from '../lib/binding';
-import { CAN_EXPORT, defaultOptimization, fixture, fromRef, maxAbsDiff, medianEntropySplit, mnistTwoExits, pythonWithTorch, reference, seedBranch } from './helpers';
+import { CAN_EXPORT, defaultOptimization, fixture, fromRef, maxAbsDiff, medianEntropySplit, mnistTwoExits, reference, scriptedInPython, seedBranch } from './helpers';
 
 const resnet = () => reference('resnet20_reference.json');
 
@@ -15,15 +11,6 @@ function exitsAt(file: string, points: string[]): EarlyExitModel {
   const branches: Array<[string, nn.Sequential]> = points.map((point) => [point, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
     nn.Linear(channels(point), 10))]);
   return new EarlyExitModel(jit.load(fixture(file)), branches).eval();
-}
-
-/** The TorchScript file of `torch.nn.Module` subclass `name` with `body`, scripted in eval mode by Python (which reads the class's source, so from a file). */
-function scriptedInPython(name: string, body: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tee-scripted-'));
-  const file = path.join(dir, `${name}.pt`);
-  fs.writeFileSync(path.join(dir, `${name}.py`), `import torch\nclass ${name}(torch.nn.Module):${body}\ntorch.jit.save(torch.jit.script(${name}().eval()), '${file}')\n`);
-  execFileSync(pythonWithTorch(), [path.join(dir, `${name}.py`)], { stdio: 'ignore' });
-  return file;
 }
 
 const never = (n: number) => ({ criterion: 'entropy' as const, thresholds: new Array<number | null>(n).fill(null) });

@@ -7,7 +7,7 @@
 import * as fs from 'fs';
 import { ScriptModule, Tensor, jit, torch } from '../lib';
 import { binding } from '../lib/binding';
-import { fixture, fromRef, maxAbsDiff, medianEntropySplit, mnistTwoExits, reference } from './helpers';
+import { fixture, fromRef, maxAbsDiff, medianEntropySplit, mnistTwoExits, reference, scriptedInPython } from './helpers';
 
 const torchVersion = fs.readFileSync(fixture('TORCH_VERSION'), 'utf8').trim();
 const problem = binding.oneDnnChainsProblem();
@@ -78,6 +78,39 @@ withChains('optimize: \'chains\' computes what the model computes', () => {
       const ref = reference('torchvision_reference.json');
       expect(maxAbsDiff(chained.forward(fromRef(ref.input)) as Tensor, ref[name])).toBeLessThanOrEqual(1e-4);
     });
+
+  it('the other activations and pooling, fused and alone: hardswish, GELU (both forms), max and average pooling with ceil_mode, a residual add', () => {
+    const file = scriptedInPython('Activations', `
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.a = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.b = torch.nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.c = torch.nn.Conv2d(16, 16, 1, stride=2)
+        self.fc = torch.nn.Linear(16 * 4 * 4, 12)
+    def forward(self, x):
+        y = torch.nn.functional.hardswish(self.a(x))
+        z = torch.nn.functional.gelu(self.b(y)) + y
+        z = torch.nn.functional.max_pool2d(z, 3, 2, 1, ceil_mode=True)
+        z = torch.nn.functional.gelu(torch.nn.functional.avg_pool2d(self.c(z), 2, ceil_mode=True, count_include_pad=False), approximate='tanh')
+        return torch.nn.functional.hardswish(self.fc(torch.flatten(z, 1)))`);
+    const model = jit.load(file).eval();
+    const chained = jit.optimizeForInference(model, { optimize: 'chains' });
+    torch.manualSeed(4);
+    for (const shape of [[1, 3, 29, 29], [3, 3, 29, 29]]) {
+      const x = torch.randn(shape);
+      expect(maxAbsDiff(chained.forward(x) as Tensor, eager(model, x))).toBeLessThanOrEqual(1e-4);
+    }
+    const primitives = chained.oneDnnChains()[0][0].primitives.map((p) => p.description);
+    const convolutions = primitives.filter((line) => line.startsWith('convolution '));
+    expect(convolutions).toHaveLength(3);
+    expect(convolutions[0]).toMatch(/ 1x16x29x29 \+hardswish$/);
+    // The residual is the convolution's own input, so it is a binary add, not a sum into it.
+    expect(convolutions[1]).toMatch(/ 1x16x29x29 \+gelu \+add$/);
+    expect(convolutions[2]).toMatch(/ 1x16x8x8$/);
+    expect(primitives.filter((line) => /^(max pooling|average pooling|gelu_tanh) /.test(line))).toHaveLength(3);
+    expect(primitives.filter((line) => line.startsWith('linear '))).toEqual([expect.stringMatching(/ 1x12 \+hardswish$/)]);
+  });
 
   it('MobileNetV2: ReLU6 is a post-op too; the depthwise convolutions are grouped ones', () => {
     const model = jit.load(fixture('mobilenet_v2_scripted.pt')).eval();
