@@ -245,7 +245,6 @@ export class ScriptModule extends ParameterOwner implements HookModule {
     return program ? program.calls : this.native.callSites()[0];
   }
 
-  /** Every module below this one, itself first as '', in the order of PyTorch's `named_modules()`. */
   /**
    * The oneDNN chains this module runs (`optimize: 'chains'`), for a module made by
    * `optimizeForInference` or a root compiled for inference by an `EarlyExitModel`: per chain
@@ -294,6 +293,7 @@ export class ScriptModule extends ParameterOwner implements HookModule {
     return { runs, forwardMs, kernelMs, otherMs: forwardMs - kernelMs, chains };
   }
 
+  /** Every module below this one, itself first as '', in the order of PyTorch's `named_modules()`. */
   namedModules(): Array<[string, ScriptModule]> {
     return this.native.namedModules().map(([name, native]) => [name, this.sub(native, name)]);
   }
