@@ -30,13 +30,11 @@
 #endif
 
 // oneDNN, which LibTorch links and the chains call (native/onednn/), differs by version too.
-// oneDNN 3.7 (Debian 13's LibTorch 2.6) computes some convolutions and linear layers wrongly
-// in its brgemm kernels (brgconv_1x1, brg_conv_fwd, brdgmm_dw, brgemm), which it picks for
-// channels-last and for inner products: ResNet-18's last downsample (256 to 512 channels, 4x4
-// to 2x2) and MobileNetV2's last projection (960 to 320 channels at 2x2) at 64 px, MobileNetV2
-// at 224 px and its 1280-to-1000 classifier came out off by 0.1 or more, where oneDNN 3.12
-// computes them right. LibTorch's own layers there run the older jit kernels, and so do the
-// chains: they take the next kernel.
+// oneDNN 3.7 to 3.8.0 (Debian 13's LibTorch 2.6 has 3.7) misplaces elements in its jit reorder
+// to and from some layouts that block two dimensions (oneDNN issue 3280, fixed in 3.8.1), as the
+// brgemm kernels' weights are laid out: "AB16b64a" for a 1280-to-1000 linear layer came out
+// with 1% of its elements wrong. The chains place weights themselves there and refuse such activation reorders.
 #if defined(DNNL_VERSION_MAJOR)
-#define TEE_ONEDNN_BRGEMM_WRONG (DNNL_VERSION_MAJOR == 3 && DNNL_VERSION_MINOR < 8)
+#define TEE_ONEDNN_REORDER_WRONG \
+  (DNNL_VERSION_MAJOR == 3 && (DNNL_VERSION_MINOR == 7 || (DNNL_VERSION_MINOR == 8 && DNNL_VERSION_PATCH < 1)))
 #endif

@@ -112,6 +112,38 @@ withChains('optimize: \'chains\' computes what the model computes', () => {
     expect(primitives.filter((line) => line.startsWith('linear '))).toEqual([expect.stringMatching(/ 1x12 \+hardswish$/)]);
   });
 
+  it('the layers whose weights oneDNN 3.7 misplaces in its reorder (a 1280-to-1000 linear layer, a 256-to-512 strided 1x1 convolution), on one and two threads', () => {
+    // oneDNN 3.7 (LibTorch 2.6) lays these weights out for its brgemm kernels with a jit reorder
+    // that gets some elements wrong (oneDNN issue 3280); the chains place them themselves there.
+    const file = scriptedInPython('Classifier', `
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.a = torch.nn.Conv2d(3, 256, 3, padding=1)
+        self.down = torch.nn.Conv2d(256, 512, 1, stride=2)
+        self.wide = torch.nn.Linear(512, 1280)
+        self.fc = torch.nn.Linear(1280, 1000)
+    def forward(self, x):
+        y = torch.nn.functional.adaptive_avg_pool2d(self.down(torch.relu(self.a(x))), 1)
+        return self.fc(torch.relu(self.wide(torch.flatten(y, 1))))`);
+    const model = jit.load(file).eval();
+    const threads = torch.getNumThreads();
+    torch.manualSeed(5);
+    const x = torch.randn([3, 3, 4, 4]);
+    const expected = eager(model, x);
+    try {
+      for (const n of [1, 2]) {
+        torch.setNumThreads(n);
+        const chained = jit.optimizeForInference(model, { optimize: 'chains' });
+        for (const rows of [1, 3]) {
+          expect(maxAbsDiff(chained.forward(x.narrow(0, 0, rows)) as Tensor, expected.narrow(0, 0, rows))).toBeLessThanOrEqual(1e-4);
+        }
+      }
+    } finally {
+      torch.setNumThreads(threads);
+    }
+  });
+
   it('MobileNetV2: ReLU6 is a post-op too; the depthwise convolutions are grouped ones', () => {
     const model = jit.load(fixture('mobilenet_v2_scripted.pt')).eval();
     const chained = jit.optimizeForInference(model, { optimize: 'chains' });

@@ -2,6 +2,7 @@
 
 #include <oneapi/dnnl/dnnl_version.h>
 
+#include "onednn/layout_copy.h"
 #include "torch_compat.h"
 
 #include <algorithm>
@@ -72,16 +73,6 @@ std::string DimsText(const memory::dims& dims) {
   return text;
 }
 
-// Moves `pd` past the kernels this oneDNN is known to compute wrongly (torch_compat.h).
-template <typename Pd>
-void SkipWrongKernels(Pd& pd) {
-  auto wrong = [](const std::string& kernel) {
-    return TEE_ONEDNN_BRGEMM_WRONG && (kernel.rfind("brg", 0) == 0 || kernel.rfind("brdgmm", 0) == 0);
-  };
-  while (wrong(pd.impl_info_str()) && pd.next_impl()) {
-  }
-}
-
 // Output size of a window of `extent` elements, as PyTorch's pooling computes it.
 int64_t PooledSize(int64_t size, int64_t extent, int64_t stride, int64_t pad, bool ceil) {
   int64_t span = size + 2 * pad - extent;
@@ -122,6 +113,7 @@ ChainPlan::ChainPlan(const ChainSpec& spec, const std::vector<std::vector<int64_
   if (weights_.byOp.size() < spec.ops.size()) weights_.byOp.resize(spec.ops.size());
   for (size_t index = 0; index < spec.ops.size(); ++index) {
     const ChainOp& op = spec.ops[index];
+    planning_ = &op;
     try {
       switch (op.kind) {
         case OpKind::kConvolution: PlanConvolution(index, op); break;
@@ -137,14 +129,14 @@ ChainPlan::ChainPlan(const ChainSpec& spec, const std::vector<std::vector<int64_
       Fail(op, std::string("oneDNN refused it: ") + error.what());
     }
   }
+  planning_ = nullptr;
   for (size_t k = 0; k < spec.outputs.size(); ++k) {
     Held held = values_[spec.outputs[k]][0];
     memory::dims dims = held.md.get_dims();
     memory::desc plain = Plain(dims);
     int buffer = NewBuffer(Place::kOutput, plain.get_size(), static_cast<int>(k));
     memory to = Bind(plain, buffer);
-    dnnl::reorder::primitive_desc pd(engine_, held.md, engine_, plain);
-    Emit(dnnl::reorder(pd), {{DNNL_ARG_FROM, held.memory}, {DNNL_ARG_TO, to}},
+    Emit(Reorder(held.md, plain), {{DNNL_ARG_FROM, held.memory}, {DNNL_ARG_TO, to}},
          "reorder " + Layout(held.md) + " -> " + Layout(plain) + " (output " + DimsText(dims) + ")", {held.buffer});
     outputDims_.emplace_back(dims.begin(), dims.end());
   }
@@ -179,12 +171,22 @@ ChainPlan::Held ChainPlan::Get(int value, const memory::desc& md) {
   Held from = held[0];
   int buffer = NewBuffer(Place::kArena, md.get_size());
   memory to = Bind(md, buffer);
-  dnnl::reorder::primitive_desc pd(engine_, from.md, engine_, md);
-  Emit(dnnl::reorder(pd), {{DNNL_ARG_FROM, from.memory}, {DNNL_ARG_TO, to}},
+  Emit(Reorder(from.md, md), {{DNNL_ARG_FROM, from.memory}, {DNNL_ARG_TO, to}},
        "reorder " + Layout(from.md) + " -> " + Layout(md) + " (" + DimsText(md.get_dims()) + ")", {from.buffer});
   held.push_back({md, to, buffer});
   pendingReads_.push_back(buffer);
   return held.back();
+}
+
+dnnl::reorder ChainPlan::Reorder(const memory::desc& from, const memory::desc& to) const {
+  if (TEE_ONEDNN_REORDER_WRONG && (BlocksTwoDims(from) || BlocksTwoDims(to))) {
+    std::string why = "needs a reorder from " + Layout(from) + " to " + Layout(to) + " (" + DimsText(from.get_dims()) +
+                      "), which this oneDNN (" + std::to_string(DNNL_VERSION_MAJOR) + "." + std::to_string(DNNL_VERSION_MINOR) +
+                      ") computes wrongly (oneDNN issue 3280)";
+    if (planning_ != nullptr) Fail(*planning_, why);
+    throw std::runtime_error("oneDNN chain: its output " + why);
+  }
+  return dnnl::reorder(dnnl::reorder::primitive_desc(engine_, from, engine_, to));
 }
 
 void ChainPlan::Emit(dnnl::primitive primitive, std::unordered_map<int, memory> args, std::string description,
@@ -209,10 +211,14 @@ const memory& ChainPlan::Weights(size_t op, const ChainOp& spec, const memory::d
   for (const auto& [layout, weights] : cached) {
     if (layout == md) return weights;
   }
-  memory from(plain, engine_, spec.weight.data_ptr());
   memory to(md, engine_);
-  dnnl::reorder(from, to).execute(stream_, from, to);
-  stream_.wait();
+  if (TEE_ONEDNN_REORDER_WRONG) {
+    CopyIntoLayout(spec.weight.data_ptr<float>(), md, static_cast<float*>(to.get_data_handle()));
+  } else {
+    memory from(plain, engine_, spec.weight.data_ptr());
+    dnnl::reorder(from, to).execute(stream_, from, to);
+    stream_.wait();
+  }
   cached.emplace_back(md, to);
   return cached.back().second;
 }
@@ -344,30 +350,12 @@ void ChainPlan::PlanConvolution(size_t index, const ChainOp& op) {
   memory::dims strides{op.stride[0], op.stride[1]}, dilates{op.dilation[0] - 1, op.dilation[1] - 1},
       padding{op.padding[0], op.padding[1]};
   auto make = [&](const dnnl::primitive_attr& attr) {
-    auto pd = op.bias.defined()
-                  ? dnnl::convolution_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference,
-                                                              dnnl::algorithm::convolution_direct, src, weights, bias, dst,
-                                                              strides, dilates, padding, padding, attr)
-                  : dnnl::convolution_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference,
-                                                              dnnl::algorithm::convolution_direct, src, weights, dst, strides,
-                                                              dilates, padding, padding, attr);
-    SkipWrongKernels(pd);
-    return pd;
+    using Pd = dnnl::convolution_forward::primitive_desc;
+    auto kind = dnnl::prop_kind::forward_inference;
+    auto direct = dnnl::algorithm::convolution_direct;
+    return op.bias.defined() ? Pd(engine_, kind, direct, src, weights, bias, dst, strides, dilates, padding, padding, attr)
+                             : Pd(engine_, kind, direct, src, weights, dst, strides, dilates, padding, padding, attr);
   };
-  if (TEE_ONEDNN_BRGEMM_WRONG && op.inputs[0] >= inputs_) {
-    // Without the brgemm kernels, `any` sends a depthwise convolution to channels-last between
-    // blocked 1x1 ones, a reorder on each side: the jit kernels read the layout they are given.
-    src = values_[op.inputs[0]][0].md;
-    std::string unused;
-    bool jit = false;
-    try {
-      std::string kernel = make(Attributes(op, nullptr, -1, false, unused)).impl_info_str();
-      jit = kernel.rfind("jit", 0) == 0;
-    } catch (const dnnl::error&) {
-    }
-    // Only a jit kernel for it: else what `any` finds, reorder included.
-    if (!jit) src = memory::desc({n, c, h, w}, kF32, Tag::any);
-  }
   PlanLayer<dnnl::convolution_forward>(index, op, make, plainWeights, bias, [](const auto& pd) {
     return "convolution " + std::string(pd.impl_info_str()) + " " + Layout(pd.src_desc()) + " -> " + Layout(pd.dst_desc()) +
            " " + DimsText(pd.dst_desc().get_dims());
@@ -382,12 +370,9 @@ void ChainPlan::PlanLinear(size_t index, const ChainOp& op) {
   memory::desc src({dims[0], i}, kF32, Tag::any), weights({o, i}, kF32, Tag::any), dst({dims[0], o}, kF32, Tag::any);
   memory::desc bias({o}, kF32, Tag::x), plainWeights({o, i}, kF32, Tag::oi);
   auto make = [&](const dnnl::primitive_attr& attr) {
-    auto pd = op.bias.defined() ? dnnl::inner_product_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference,
-                                                                              src, weights, bias, dst, attr)
-                                : dnnl::inner_product_forward::primitive_desc(engine_, dnnl::prop_kind::forward_inference,
-                                                                              src, weights, dst, attr);
-    SkipWrongKernels(pd);
-    return pd;
+    using Pd = dnnl::inner_product_forward::primitive_desc;
+    auto kind = dnnl::prop_kind::forward_inference;
+    return op.bias.defined() ? Pd(engine_, kind, src, weights, bias, dst, attr) : Pd(engine_, kind, src, weights, dst, attr);
   };
   PlanLayer<dnnl::inner_product_forward>(index, op, make, plainWeights, bias, [](const auto& pd) {
     return "linear " + std::string(pd.impl_info_str()) + " " + DimsText(pd.dst_desc().get_dims());

@@ -70,6 +70,8 @@ class ChainPlan {
   // The value in layout `md`, reordered into the arena (once) when it is held otherwise;
   // marks it read by the next step that EmitReading adds.
   Held Get(int value, const dnnl::memory::desc& md);
+  // A reorder of activations; throws where this oneDNN is known to get it wrong (torch_compat.h).
+  dnnl::reorder Reorder(const dnnl::memory::desc& from, const dnnl::memory::desc& to) const;
   void Emit(dnnl::primitive primitive, std::unordered_map<int, dnnl::memory> args, std::string description,
             const std::vector<int>& reads);
   void EmitReading(dnnl::primitive primitive, std::unordered_map<int, dnnl::memory> args, std::string description);
@@ -111,6 +113,7 @@ class ChainPlan {
   std::vector<Buffer> buffers_;
   std::vector<std::pair<dnnl::memory, int>> bound_;  // every memory object and its buffer
   std::vector<std::pair<dnnl::memory, int>> inputBound_, outputBound_;  // and the input or output it reads
+  const ChainOp* planning_ = nullptr;  // the op being planned, named by errors
   int scratchBuffer_ = -1;
   size_t arenaBytes_ = 0;
   std::vector<std::vector<Held>> values_;            // per value: its layouts, the first its own
