@@ -73,6 +73,15 @@ std::string DimsText(const memory::dims& dims) {
   return text;
 }
 
+// Moves a convolution's `pd` past oneDNN's brgemm kernels where the jit ones serve it better
+// (torch_compat.h: TEE_ONEDNN_PREFER_JIT).
+template <typename Pd>
+void PreferJitKernels(Pd& pd) {
+  auto brgemm = [](const std::string& kernel) { return kernel.rfind("brg", 0) == 0 || kernel.rfind("brdgmm", 0) == 0; };
+  while (TEE_ONEDNN_PREFER_JIT && brgemm(pd.impl_info_str()) && pd.next_impl()) {
+  }
+}
+
 // Output size of a window of `extent` elements, as PyTorch's pooling computes it.
 int64_t PooledSize(int64_t size, int64_t extent, int64_t stride, int64_t pad, bool ceil) {
   int64_t span = size + 2 * pad - extent;
@@ -353,9 +362,24 @@ void ChainPlan::PlanConvolution(size_t index, const ChainOp& op) {
     using Pd = dnnl::convolution_forward::primitive_desc;
     auto kind = dnnl::prop_kind::forward_inference;
     auto direct = dnnl::algorithm::convolution_direct;
-    return op.bias.defined() ? Pd(engine_, kind, direct, src, weights, bias, dst, strides, dilates, padding, padding, attr)
-                             : Pd(engine_, kind, direct, src, weights, dst, strides, dilates, padding, padding, attr);
+    Pd pd = op.bias.defined() ? Pd(engine_, kind, direct, src, weights, bias, dst, strides, dilates, padding, padding, attr)
+                              : Pd(engine_, kind, direct, src, weights, dst, strides, dilates, padding, padding, attr);
+    PreferJitKernels(pd);
+    return pd;
   };
+  if (TEE_ONEDNN_PREFER_JIT && op.inputs[0] >= inputs_) {
+    // The jit kernels read the layout they are given: the producer's, where one takes it.
+    src = values_[op.inputs[0]][0].md;
+    std::string unused;
+    bool jit = false;
+    try {
+      std::string kernel = make(Attributes(op, nullptr, -1, false, unused)).impl_info_str();
+      jit = kernel.rfind("jit", 0) == 0;
+    } catch (const dnnl::error&) {
+    }
+    // Only a jit kernel for it: else what `any` finds, reorder included.
+    if (!jit) src = memory::desc({n, c, h, w}, kF32, Tag::any);
+  }
   PlanLayer<dnnl::convolution_forward>(index, op, make, plainWeights, bias, [](const auto& pd) {
     return "convolution " + std::string(pd.impl_info_str()) + " " + Layout(pd.src_desc()) + " -> " + Layout(pd.dst_desc()) +
            " " + DimsText(pd.dst_desc().get_dims());
