@@ -94,6 +94,36 @@ describe('forwardEarlyExit: exits that really stop', () => {
     expect(model.forwardEarlyExit(x, { criterion: 'entropy', thresholds: [null] }).exit).toBe(1);
   });
 
+  it('decides every criterion per sample as exitScores does, with thresholds between the scores and on them', () => {
+    // The native decision is made in plain C++ where a score is clear of its threshold and by
+    // LibTorch's operators where it is within 1e-4; both must give exitDecisions' answer.
+    const model = mnistTwoExits();
+    torch.manualSeed(6);
+    const x = torch.randn([32, 1, 28, 28]);
+    const outputs = torch.noGrad(() => model.forward(x));
+    for (const criterion of ['entropy', 'maxProbability', 'margin'] as const) {
+      const scores = exitScores(outputs, criterion);
+      const sorted = scores.slice(0, -1).map((exit) => [...exit].sort((a, b) => a - b));
+      const between = sorted.map((exit) => (exit[10] + exit[11]) / 2);
+      const on = sorted.map((exit) => exit[16]);
+      // On a score exactly, only the model that gave the scores: the compiled one rounds differently.
+      for (const [thresholds, modes] of [[between, [false, true]], [on, [false]]] as const) {
+        const expected = exitDecisions(scores, criterion, [...thresholds]);
+        expect(new Set(expected).size).toBe(3);
+        for (const compiled of modes) {
+          if (compiled) model.optimizeForInference();
+          const result = model.forwardEarlyExit(x, { criterion, thresholds: [...thresholds], perSample: true });
+          expect(result.exits).toEqual(expected);
+          model.leaveInferenceMode();
+        }
+      }
+    }
+    // A batch where every sample meets the first exit's threshold stops there.
+    const [first] = exitScores(outputs, 'maxProbability');
+    expect(model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [Math.min(...first) - 1e-3, null] }).exit).toBe(0);
+    expect(model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [Math.min(...first) + 1e-3, null] }).exit).toBe(2);
+  });
+
   it('leaves the model clean after a stop: forward, exits outputs and hooks behave', () => {
     const model = seedModel();
     const x = fromRef(resnet().input);

@@ -134,18 +134,18 @@ void RunHooksAt(const c10::ivalue::Object* module, const c10::IValue& inputs, co
       context->outputs.push_back({hook->id, result});
       for (const StopRule& rule : context->stopRules) {
         if (rule.hookId != hook->id || !result.isTensor()) continue;
-        at::Tensor meeting;
+        StopDecision decision;
         try {
-          meeting = SamplesMeeting(rule, result.toTensor(), context->patience);
+          decision = DecideStop(rule, result.toTensor(), context->patience);
         } catch (const std::invalid_argument& error) {
           throw std::runtime_error("the exit hooked on " + HookedModuleName(*hook) + " gives " + ShapeOf(result) + ": " +
                                    error.what());
         }
-        if (meeting.all().item<bool>()) {
+        if (decision.all) {
           context->stoppedBy = HookOutput{hook->id, result};
           throw ForwardStopped{};
         }
-        if (rule.perSample && output.isTensor() && meeting.any().item<bool>()) LeaveEarly(*context, hook->id, meeting, result, output);
+        if (rule.perSample && output.isTensor() && decision.any) LeaveEarly(*context, hook->id, decision.meeting, result, output);
       }
     } else if (hook->js) {
       if (context->js == nullptr) throw std::logic_error("a JS forward hook ran with no way to call JS");

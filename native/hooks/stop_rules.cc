@@ -2,7 +2,11 @@
 
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <stdexcept>
+#include <vector>
 
 namespace tee {
 
@@ -43,6 +47,77 @@ at::Tensor SamplesMeeting(const StopRule& rule, const at::Tensor& output, Patien
     }
   }
   throw std::invalid_argument("unknown stop rule");
+}
+
+namespace {
+
+// Per row, whether it meets the rule, or nothing where SamplesMeeting must decide.
+bool QuickMeeting(const StopRule& rule, const at::Tensor& output, std::vector<uint8_t>& rows) {
+  if (rule.kind == StopRule::Kind::kPatience || output.scalar_type() != at::kFloat || !output.device().is_cpu() ||
+      output.layout() != at::kStrided || (output.dim() != 1 && output.dim() != 2)) {
+    return false;
+  }
+  at::Tensor logits = (output.dim() == 1 ? output.unsqueeze(0) : output).contiguous();
+  int64_t n = logits.size(0), classes = logits.size(1);
+  if (classes < (rule.kind == StopRule::Kind::kMargin ? 2 : 1)) return false;
+  const float* data = logits.data_ptr<float>();
+  double margin = 1e-4 * (1 + std::fabs(rule.threshold));
+  rows.assign(n, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = data + i * classes;
+    double top = -std::numeric_limits<double>::infinity(), second = top;
+    for (int64_t c = 0; c < classes; ++c) {
+      double x = row[c];
+      if (!std::isfinite(x)) return false;
+      if (x > top) {
+        second = top;
+        top = x;
+      } else if (x > second) {
+        second = x;
+      }
+    }
+    double sum = 0;
+    for (int64_t c = 0; c < classes; ++c) sum += std::exp(row[c] - top);
+    double score;
+    bool meets;
+    if (rule.kind == StopRule::Kind::kEntropy) {
+      double logSum = std::log(sum), entropy = 0;
+      for (int64_t c = 0; c < classes; ++c) {
+        double logP = row[c] - top - logSum;
+        entropy -= std::exp(logP) * logP;
+      }
+      score = entropy;
+      meets = entropy <= rule.threshold;
+    } else {
+      score = rule.kind == StopRule::Kind::kMaxProbability ? 1 / sum : (1 - std::exp(second - top)) / sum;
+      meets = score >= rule.threshold;
+    }
+    if (std::fabs(score - rule.threshold) <= margin) return false;
+    rows[i] = meets;
+  }
+  return true;
+}
+
+}  // namespace
+
+StopDecision DecideStop(const StopRule& rule, const at::Tensor& logits, PatienceState& patience) {
+  StopDecision decision;
+  std::vector<uint8_t> rows;
+  if (QuickMeeting(rule, logits, rows)) {
+    auto meets = std::count(rows.begin(), rows.end(), 1);
+    decision.all = meets == static_cast<int64_t>(rows.size());
+    decision.any = meets > 0;
+    if (decision.any && !decision.all) {
+      decision.meeting = at::empty({static_cast<int64_t>(rows.size())}, at::kBool);
+      std::copy(rows.begin(), rows.end(), decision.meeting.data_ptr<bool>());
+    }
+    return decision;
+  }
+  at::Tensor meeting = SamplesMeeting(rule, logits, patience);
+  decision.all = meeting.all().item<bool>();
+  decision.any = decision.all || meeting.any().item<bool>();
+  if (decision.any && !decision.all) decision.meeting = meeting;
+  return decision;
 }
 
 }  // namespace tee
