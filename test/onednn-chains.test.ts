@@ -5,7 +5,7 @@
  * convolutions, for every batch size and for the samples that stay when others leave.
  */
 import * as fs from 'fs';
-import { ScriptModule, Tensor, jit, torch } from '../lib';
+import { EarlyExitModel, ScriptModule, Tensor, jit, nn, torch } from '../lib';
 import { binding } from '../lib/binding';
 import { fixture, fromRef, maxAbsDiff, medianEntropySplit, mnistTwoExits, reference, scriptedInPython } from './helpers';
 
@@ -173,6 +173,42 @@ withChains('optimize: \'chains\' computes what the model computes', () => {
     const batches = new Set(model.backbone.oneDnnChains().flat().map((plan) => Number(plan.shape.split('x')[0])));
     const staying = (past: number) => expected.filter((exit) => exit > past).length;
     expect([...batches].sort((a, b) => a - b)).toEqual([...new Set([1, 16, staying(0), staying(1)])].sort((a, b) => a - b));
+  });
+
+  it('an exit\'s branch joins the chain before it, and gives what the uncompiled branch gives; a branch with another layer runs as a module', () => {
+    const model = mnistTwoExits();
+    torch.manualSeed(7);
+    const x = torch.randn([3, 1, 28, 28]);
+    const [exit0, exit1, final] = torch.noGrad(() => model.forward(x));
+    model.optimizeForInference({ optimize: 'chains' });
+    const stopped = model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [0, 0] });
+    expect(stopped.exit).toBe(0);
+    expect(maxAbsDiff(stopped.output, exit0)).toBeLessThanOrEqual(1e-4);
+    expect(model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [null, 0] }).exit).toBe(1);
+    expect(maxAbsDiff(model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [null, 0] }).output, exit1)).toBeLessThanOrEqual(1e-4);
+    const all = model.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [null, null] });
+    expect(all.exit).toBe(2);
+    expect(maxAbsDiff(all.output, final)).toBeLessThanOrEqual(1e-4);
+    // The branches' linear layers (784 and 3136 features to 10) run in the chains, one each.
+    const lines = (m: EarlyExitModel) => m.backbone.oneDnnChains().map((chain) => chain.flatMap((plan) => plan.primitives.map((p) => p.description)));
+    const branchLayers = lines(model).map((chain) => chain.filter((line) => /^linear .* 3x10$/.test(line)).length);
+    expect(branchLayers[0]).toBe(1); // the first exit's, in the chain of the layers before it
+    expect(branchLayers.reduce((a, b) => a + b, 0)).toBe(3); // the second exit's and the model's own classifier
+    model.leaveInferenceMode();
+
+    // Tanh is not a layer the compiler writes into the graph: that branch runs as a module.
+    torch.manualSeed(0);
+    const other = new EarlyExitModel(jit.load(fixture('mnist_cnn.pt')), [
+      ['features1', nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(784, 10), nn.Tanh())],
+    ]).eval();
+    const [otherExit] = torch.noGrad(() => other.forward(x));
+    other.optimizeForInference({ optimize: 'chains' });
+    const otherStopped = other.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [0] });
+    expect(otherStopped.exit).toBe(0);
+    expect(maxAbsDiff(otherStopped.output, otherExit)).toBeLessThanOrEqual(1e-5);
+    // No chain ran a 3x10 linear layer: the stop came before the classifier's chain was ever planned.
+    expect(lines(other).flat().filter((line) => /^linear .* 3x10$/.test(line))).toHaveLength(0);
+    expect(lines(other)[0].length).toBeGreaterThan(0);
   });
 
   it('profileOneDnnChains: every primitive timed, their sum within the forward\'s whole time', () => {

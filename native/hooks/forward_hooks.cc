@@ -123,14 +123,16 @@ c10::IValue RunBranch(ForwardContext& context, const Hook& hook, const c10::IVal
   }
 }
 
-void RunHooksAt(const c10::ivalue::Object* module, const c10::IValue& inputs, const c10::IValue& output) {
+// With `ran`, the output of the point's one branch, computed in the compiled graph.
+void RunHooksAt(const c10::ivalue::Object* module, const c10::IValue& inputs, const c10::IValue& output,
+                const c10::IValue* ran = nullptr) {
   ForwardContext* context = currentContext;
   if (context == nullptr || context->hooks->empty()) return;
   auto found = context->hooks->find(module);
   if (found == context->hooks->end()) return;
   for (const auto& hook : found->second) {
     if (hook->branch) {
-      c10::IValue result = RunBranch(*context, *hook, output);
+      c10::IValue result = ran != nullptr ? *ran : RunBranch(*context, *hook, output);
       context->outputs.push_back({hook->id, result});
       for (const StopRule& rule : context->stopRules) {
         if (rule.hookId != hook->id || !result.isTensor()) continue;
@@ -161,7 +163,7 @@ void Tap(torch::jit::Stack& stack) {
   RunHooks(module, inputs, output);
 }
 
-void ExitPoint(torch::jit::Stack& stack) {
+void ExitPointWith(torch::jit::Stack& stack, const c10::IValue* ran) {
   c10::IValue output = torch::jit::pop(stack);
   int64_t point = torch::jit::pop(stack).toInt();
   ForwardContext* context = currentContext;
@@ -172,9 +174,16 @@ void ExitPoint(torch::jit::Stack& stack) {
       ~Running() { context->point = -1; }
     } running{context};
     context->point = point;
-    RunHooksAt(context->exitPoints->at(point).get(), c10::IValue(), output);
+    RunHooksAt(context->exitPoints->at(point).get(), c10::IValue(), output, ran);
   }
   torch::jit::push(stack, std::move(output));
+}
+
+void ExitPoint(torch::jit::Stack& stack) { ExitPointWith(stack, nullptr); }
+
+void ExitPointRan(torch::jit::Stack& stack) {
+  c10::IValue branch = torch::jit::pop(stack);
+  ExitPointWith(stack, &branch);
 }
 
 void Carry(torch::jit::Stack& stack) {
@@ -208,6 +217,8 @@ torch::jit::RegisterOperators registerTap({
     torch::jit::Operator("earlyexit::tap(Any module, Any inputs, Any output) -> ()", Tap,
                          c10::AliasAnalysisKind::CONSERVATIVE),
     torch::jit::Operator("earlyexit::exit_point(int point, Tensor output) -> Tensor", ExitPoint,
+                         c10::AliasAnalysisKind::CONSERVATIVE),
+    torch::jit::Operator("earlyexit::exit_point.ran(int point, Tensor output, Tensor branch) -> Tensor", ExitPointRan,
                          c10::AliasAnalysisKind::CONSERVATIVE),
     torch::jit::Operator("earlyexit::carry(int point, Tensor value) -> Tensor", Carry, c10::AliasAnalysisKind::CONSERVATIVE),
 });

@@ -17,6 +17,11 @@
 
 #include "hooks/stop_rules.h"
 
+namespace torch::jit {
+struct Graph;
+struct Value;
+}  // namespace torch::jit
+
 namespace tee {
 
 struct Hook {
@@ -28,6 +33,10 @@ struct Hook {
   // A native branch: runs where the forward runs and its result is collected.
   std::function<c10::IValue(const c10::IValue& output)> branch;
   std::shared_ptr<void> branchOwner;
+  // For a branch that can be written as graph nodes (nn/branch_graph.h): inserts them into a
+  // compiled model's graph, reading the exit point's output, and returns their output, or
+  // null where it cannot; the exit point then gets the branch's output instead of running it.
+  std::function<torch::jit::Value*(torch::jit::Graph&, torch::jit::Value*)> insertInto;
   // The branch's parameters and buffers: a compiled model watches them for changes.
   std::vector<at::Tensor> parameters;
   // A JS function (inputs, output) => void, only ever touched on the main thread.
@@ -139,7 +148,9 @@ void RunHooks(const c10::IValue& module, const c10::IValue& inputs, const c10::I
 // The qualified names of the tap operator, and of the exit point operator that replaces
 // the taps of exit points in a compiled model: earlyexit::exit_point(int point, Tensor
 // output) -> Tensor, which runs the hooks of point `point` and returns the output the rest
-// of the forward reads (fewer rows when samples left there).
+// of the forward reads (fewer rows when samples left there). Its overload
+// earlyexit::exit_point.ran(int point, Tensor output, Tensor branch) -> Tensor is given the
+// branch's output, computed in the graph, where the compiler wrote the branch there.
 extern const char* const kTapOperator;
 extern const char* const kExitPointOperator;
 

@@ -7,6 +7,7 @@
 #include <ATen/Version.h>
 
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <stdexcept>
@@ -22,6 +23,7 @@ namespace {
 using torch::jit::Block;
 using torch::jit::Node;
 using torch::jit::Value;
+using BranchInserters = std::vector<std::function<Value*(torch::jit::Graph&, Value*)>>;
 
 std::shared_ptr<torch::jit::Graph> ForwardGraph(const torch::jit::Module& module) {
   auto* function = dynamic_cast<torch::jit::GraphFunction*>(&module.get_method("forward").function());
@@ -78,12 +80,32 @@ void KeyTapsByIndex(torch::jit::Module& module, const std::vector<std::string>& 
   torch::jit::EliminateDeadCode(graph);
 }
 
+// Writes each exit's branch into the graph where it can be (Hook::insertInto), before the exit
+// point, which then gets the branch's output (earlyexit::exit_point.ran): a oneDNN chain then
+// takes the branch in with the layers before it.
+void InsertBranches(torch::jit::Graph& graph, const BranchInserters& branches) {
+  std::vector<Node*> exits;
+  CollectExitPoints(graph.block(), exits);
+  for (Node* exit : exits) {
+    int64_t index = torch::jit::constant_as<int64_t>(exit->input(0)).value();
+    if (exit->inputs().size() != 2 || index >= static_cast<int64_t>(branches.size()) || !branches[index]) continue;
+    torch::jit::WithInsertPoint before(exit);
+    Value* branch = branches[index](graph, exit->input(1));
+    if (branch == nullptr) continue;
+    Node* ran = graph.create(exit->kind(), {exit->input(0), exit->input(1), branch}, 1);
+    ran->output()->setType(exit->output()->type());
+    ran->insertBefore(exit);
+    exit->output()->replaceAllUsesWith(ran->output());
+    exit->destroy();
+  }
+}
+
 // Freezes `module`, carries batch-sized values past its exit points where the frozen graph
 // tells how (freezing has folded the model's settings, so an if/else on one is gone), and runs
 // optimize_for_inference when asked and safe; `applied` says which. `carryProblems` comes in
 // with the points already refused and goes out with the rest.
 torch::jit::Module Freeze(torch::jit::Module& module, Optimization optimization, std::string& applied,
-                          std::vector<std::string>& carryProblems) {
+                          std::vector<std::string>& carryProblems, const BranchInserters& branches) {
   std::string problem = OneDnnProblem();
   if (optimization == Optimization::kOneDnn && !problem.empty()) {
     throw std::runtime_error("optimize: true cannot apply: " + problem + "; optimize: false compiles without oneDNN");
@@ -95,6 +117,7 @@ torch::jit::Module Freeze(torch::jit::Module& module, Optimization optimization,
   torch::jit::Module frozen = torch::jit::freeze(module);
   CarryPastExitPoints(*ForwardGraph(frozen), carryProblems);
   if (optimization == Optimization::kChains || (optimization == Optimization::kAuto && chainsProblem.empty())) {
+    InsertBranches(*ForwardGraph(frozen), branches);
     if (onednn::LowerToChains(*ForwardGraph(frozen)) > 0) {
       applied = "oneDNN chains";
       return frozen;
@@ -187,7 +210,13 @@ std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& ro
 
   std::vector<std::string> carryProblems;
   torch::jit::Module clone = Keyed(root, points, keyed, carryProblems);
-  compiled->module = Freeze(clone, optimization, compiled->optimization, carryProblems);
+  // A point's branch is written into the graph only where it is the point's one hook.
+  BranchInserters branches(points.size());
+  for (size_t i = 0; i < points.size(); ++i) {
+    auto found = compiled->hooks->find(compiled->points[i].get());
+    if (found != compiled->hooks->end() && found->second.size() == 1) branches[i] = found->second[0]->insertInto;
+  }
+  compiled->module = Freeze(clone, optimization, compiled->optimization, carryProblems, branches);
   std::shared_ptr<torch::jit::Graph> graph = ForwardGraph(compiled->module);
   std::vector<Node*> exits;
   CollectExitPoints(graph->block(), exits);
@@ -217,7 +246,7 @@ torch::jit::Module CompilePlainForInference(const torch::jit::Module& root, Opti
   if (root.is_training()) throw std::runtime_error("the model is in train mode: call eval() before compiling it for inference");
   std::vector<std::string> carryProblems;
   torch::jit::Module clone = Keyed(root, {}, keyed, carryProblems);
-  return Freeze(clone, optimization, applied, carryProblems);
+  return Freeze(clone, optimization, applied, carryProblems, {});
 }
 
 }  // namespace tee

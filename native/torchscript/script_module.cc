@@ -17,6 +17,7 @@
 #include "torchscript/graph_instrumentation.h"
 #include "node/instance_data.h"
 #include "hooks/js_hooks.h"
+#include "nn/branch_graph.h"
 #include "nn/nn_modules.h"
 #include "tensor/tensor.h"
 #include "node/values.h"
@@ -87,6 +88,9 @@ Hook MakeHook(Napi::Env env, const Napi::Value& hook) {
                                  output.tagKind());
       }
       return branch.forward<at::Tensor>(output.toTensor());
+    };
+    made.insertInto = [branch](torch::jit::Graph& graph, torch::jit::Value* input) {
+      return InsertBranchNodes(*branch.ptr(), graph, input);
     };
   } else if (ScriptModule::IsScriptModule(env, hook)) {
     torch::jit::Module branch = ScriptModule::Unwrap(hook.As<Napi::Object>())->Get(env);
