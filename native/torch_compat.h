@@ -33,7 +33,8 @@
 // oneDNN 3.7 to 3.8.0 (Debian 13's LibTorch 2.6 has 3.7) misplaces elements in its jit reorder
 // to and from some layouts that block two dimensions (oneDNN issue 3280, fixed in 3.8.1), as the
 // brgemm kernels' weights are laid out: "AB16b64a" for a 1280-to-1000 linear layer came out
-// with 1% of its elements wrong. The chains place weights themselves there and refuse such activation reorders.
+// with 1% of its elements wrong. The chains place weights themselves there and refuse such
+// activation reorders.
 #if defined(DNNL_VERSION_MAJOR)
 #define TEE_ONEDNN_REORDER_WRONG \
   (DNNL_VERSION_MAJOR == 3 && (DNNL_VERSION_MINOR == 7 || (DNNL_VERSION_MINOR == 8 && DNNL_VERSION_PATCH < 1)))

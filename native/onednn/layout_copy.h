@@ -12,7 +12,7 @@ namespace tee::onednn {
 void CopyIntoLayout(const float* plain, const dnnl::memory::desc& md, float* to);
 
 // Whether `md` blocks more than one dimension ("ABcd16b16a", "AB16b64a"): oneDNN 3.7's jit
-// reorder loses elements going to or from such layouts where a dimension is padded.
+// reorder misplaces elements going to or from some such layouts.
 bool BlocksTwoDims(const dnnl::memory::desc& md);
 
 }  // namespace tee::onednn
