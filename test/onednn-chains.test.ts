@@ -56,7 +56,7 @@ withChains('optimize: \'chains\' computes what the model computes', () => {
     const ref = reference('resnet20_reference.json');
     expect(maxAbsDiff(chained.forward(fromRef(ref.input)) as Tensor, ref.output)).toBeLessThanOrEqual(1e-4);
     const chains = chained.oneDnnChains();
-    // The chain ends at the average pooling: `view(x.size(0), -1)` reads the batch size, which only LibTorch's tensor has.
+    // `x.view(x.size(0), -1)` is a flatten in the chain, so the classifier is in it too: the whole forward is one chain.
     expect(chains).toHaveLength(1);
     expect(chains[0]).toHaveLength(1);
     const primitives = chains[0][0].primitives.map((primitive) => primitive.description);
@@ -67,8 +67,9 @@ withChains('optimize: \'chains\' computes what the model computes', () => {
     expect(convolutions.filter((line) => line.includes('+add'))).toHaveLength(9);
     expect(primitives.filter((line) => /^(relu|add) /.test(line))).toHaveLength(0);
     expect(primitives.filter((line) => line.startsWith('average pooling'))).toHaveLength(1);
+    expect(primitives.filter((line) => line.startsWith('linear '))).toEqual([expect.stringMatching(/ 2x10$/)]);
     // What remains besides them: the reorders in and out of oneDNN's layout.
-    expect(primitives.length - convolutions.length - 1).toBe(primitives.filter((line) => line.startsWith('reorder ')).length);
+    expect(primitives.length - convolutions.length - 2).toBe(primitives.filter((line) => line.startsWith('reorder ')).length);
   });
 
   it.each([['resnet18_scripted.pt', 'resnet18'], ['resnet18_traced.pt', 'resnet18'], ['mobilenet_v2_traced.pt', 'mobilenet_v2']])(
@@ -236,6 +237,11 @@ withChains('optimize: \'chains\' computes what the model computes', () => {
     expect(() => resnet.forward(torch.randn([1, 3, 32, 32]).to('float64'))).toThrow(/oneDNN chain: input 0 is Double on cpu: chains run float32 on the CPU/);
     // Too small for the average pooling's 8 x 8 window (LibTorch refuses it too).
     expect(() => resnet.forward(torch.randn([1, 3, 16, 16]))).toThrow(/oneDNN chain: aten::avg_pool2d \(%\S+\): its 1x64x4x4 input is smaller than its window/);
+    // A branch written into the graph that does not fit its exit point: the chain names the branch.
+    const misfit = new EarlyExitModel(jit.load(fixture('mnist_cnn.pt')), [['features1', nn.Sequential(nn.Flatten(), nn.Linear(7, 10))]]).eval();
+    misfit.optimizeForInference({ optimize: 'chains' });
+    expect(() => misfit.forwardEarlyExit(torch.randn([2, 1, 28, 28]), { criterion: 'maxProbability', thresholds: [0] }))
+      .toThrow(/oneDNN chain: aten::linear \(%\S+\) in the branch hooked on 'features1': its input has 3136 features, its weights expect 7/);
     // The text encoder's linear layers read 3-D sequences, which oneDNN's inner product does not take.
     const text = jit.load(fixture('text_encoder_scripted.pt')).eval();
     expect(() => jit.optimizeForInference(text, { optimize: 'chains' }))

@@ -61,9 +61,11 @@ bool OptionalWeight(Value* value, at::Tensor& tensor) {
   return true;
 }
 
-std::string Where(Node* node) {
+std::string Where(Node* node, const NodeOrigins& origins) {
   std::string where = node->kind().toQualString();
   if (node->outputs().size() == 1) where += " (%" + node->output()->debugName() + ")";
+  auto origin = origins.find(node);
+  if (origin != origins.end()) where += " in " + origin->second;
   return where;
 }
 
@@ -72,10 +74,13 @@ bool IsTensor(Value* value) { return value->type()->isSubtypeOf(*c10::TensorType
 // One run of nodes being gathered into a chain.
 class Builder {
  public:
+  explicit Builder(const NodeOrigins& origins) : origins_(&origins) {}
+
   bool Empty() const { return nodes_.empty(); }
 
   // Adds `node` when it is supported and reads only the run's values and tensors made before it.
   bool TryAdd(Node* node) {
+    if (taken_.count(node)) return true;
     const std::string kind = node->kind().toQualString();
     if (kind == "aten::conv2d" || kind == "aten::_convolution") return AddConvolution(node, kind == "aten::_convolution");
     if (kind == "aten::linear") return AddLinear(node);
@@ -98,13 +103,14 @@ class Builder {
     if (kind == "aten::add" || kind == "aten::add_") return AddSum(node);
     if (kind == "aten::max_pool2d" || kind == "aten::avg_pool2d" || kind == "aten::adaptive_avg_pool2d") return AddPooling(node, kind);
     if (kind == "aten::flatten") return AddFlatten(node);
+    if (kind == "aten::size") return node->inputs().size() == 1 ? AddRankCheck(node) : AddRowsView(node);
     return false;
   }
 
   // Replaces the run by a chain call when it has a convolution or linear layer to build around.
   bool Flush(torch::jit::Graph& graph) {
     bool made = heavy_ && Lower(graph);
-    *this = Builder();
+    *this = Builder(*origins_);
     return made;
   }
 
@@ -137,7 +143,7 @@ class Builder {
   }
 
   void Push(Node* node, ChainOp op, int rank) {
-    op.where = Where(node);
+    op.where = Where(node, *origins_);
     int index = static_cast<int>(spec_.ops.size());
     op.output = NewValue(node->output(), index, rank);
     spec_.ops.push_back(std::move(op));
@@ -312,6 +318,71 @@ class Builder {
     return true;
   }
 
+  // The next node after `node` that is not a constant.
+  static Node* NextOperation(Node* node) {
+    Node* next = node->next();
+    while (next->kind() == c10::prim::Constant) next = next->next();
+    return next;
+  }
+
+  // `x.view(x.size(0), -1)` (or reshape), as ResNets end: on a value of the run with at least
+  // two dimensions it is flatten(x, 1). Its three nodes come one after another in the graph and
+  // are taken together, so that no chain ends between them.
+  bool AddRowsView(Node* size) {
+    Value* x = size->input(0);
+    if (size->inputs().size() != 2 || Int(size->input(1)) != 0 || !Produced(x) || Rank(x) < 2) return false;
+    Node* list = NextOperation(size);
+    if (list->kind() != c10::prim::ListConstruct || list->inputs().size() != 2 || list->input(0) != size->output() ||
+        Int(list->input(1)) != -1 || size->output()->uses().size() != 1 || list->output()->uses().size() != 1) {
+      return false;
+    }
+    Node* view = NextOperation(list);
+    if ((view->kind() != c10::aten::view && view->kind() != c10::aten::reshape) || view->input(0) != x ||
+        view->input(1) != list->output()) {
+      return false;
+    }
+    nodes_.push_back(size);
+    nodes_.push_back(list);
+    taken_.insert(list);
+    taken_.insert(view);
+    ChainOp op;
+    op.kind = OpKind::kFlatten;
+    op.inputs = {Id(x)};
+    Push(view, std::move(op), 2);
+    return true;
+  }
+
+  // TorchScript's adaptive_avg_pool2d with a tuple size first checks its input's rank:
+  // `if len(x.size()) > k: pass, else: raise`. On a value of the run whose rank is known to be
+  // more than k the check always passes, and its four nodes are taken into the run (and
+  // removed), so that the chain goes on into the pooling.
+  bool AddRankCheck(Node* size) {
+    Value* x = size->input(0);
+    if (!Produced(x) || Rank(x) < 0) return false;
+    Node* len = NextOperation(size);
+    if (len->kind() != c10::aten::len || len->input(0) != size->output() || size->output()->uses().size() != 1) return false;
+    Node* gt = NextOperation(len);
+    if (gt->kind() != c10::aten::gt || gt->input(0) != len->output() || len->output()->uses().size() != 1) return false;
+    std::optional<int64_t> bound = Int(gt->input(1));
+    if (!bound || Rank(x) <= *bound) return false;
+    Node* check = NextOperation(gt);
+    if (check->kind() != c10::prim::If || check->input(0) != gt->output() || gt->output()->uses().size() != 1 ||
+        !check->outputs().empty() || check->blocks().size() != 2) {
+      return false;
+    }
+    auto only = [](torch::jit::Block* block, std::optional<c10::Symbol> kind) {
+      auto nodes = block->nodes();
+      if (!kind) return nodes.begin() == nodes.end();
+      return nodes.begin() != nodes.end() && nodes.front()->kind() == *kind && nodes.front()->next() == block->return_node();
+    };
+    if (!only(check->blocks()[0], std::nullopt) || !only(check->blocks()[1], c10::prim::RaiseException)) return false;
+    for (Node* node : {size, len, gt, check}) {
+      nodes_.push_back(node);
+      taken_.insert(node);
+    }
+    return true;
+  }
+
   bool Lower(torch::jit::Graph& graph) {
     std::set<Node*> members(nodes_.begin(), nodes_.end());
     // Outside tensors first, as the chain numbers them.
@@ -337,12 +408,13 @@ class Builder {
     // Every value of the run that anything outside it reads is an output.
     std::vector<Value*> outputs;
     for (Node* node : nodes_) {
-      Value* value = node->output();
-      for (const torch::jit::Use& use : value->uses()) {
-        if (!members.count(use.user)) {
-          outputs.push_back(value);
-          spec_.outputs.push_back(renumber[ids_.at(value)]);
-          break;
+      for (Value* value : node->outputs()) {
+        for (const torch::jit::Use& use : value->uses()) {
+          if (!members.count(use.user)) {
+            outputs.push_back(value);
+            spec_.outputs.push_back(renumber[ids_.at(value)]);
+            break;
+          }
         }
       }
     }
@@ -363,12 +435,14 @@ class Builder {
     return true;
   }
 
+  const NodeOrigins* origins_;
   ChainSpec spec_;
   std::unordered_map<Value*, int> ids_;
   std::vector<int> producer_;  // per id: the op that makes it, -1 for a tensor from before the run
   std::vector<int> rank_;      // per id: dimensions where known, else -1
   std::vector<Value*> externals_;
   std::vector<Node*> nodes_;
+  std::set<Node*> taken_;  // nodes already in the run, taken with one before them
   bool heavy_ = false;
 };
 
@@ -376,9 +450,9 @@ class Builder {
 
 std::string ChainsProblem() { return ""; }
 
-int LowerToChains(torch::jit::Graph& graph) {
+int LowerToChains(torch::jit::Graph& graph, const NodeOrigins& origins) {
   int chains = 0;
-  Builder builder;
+  Builder builder(origins);
   std::vector<Node*> nodes(graph.block()->nodes().begin(), graph.block()->nodes().end());
   for (Node* node : nodes) {
     if (node->kind() == c10::prim::Constant) continue;

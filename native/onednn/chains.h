@@ -4,13 +4,15 @@
 // pooling, flatten, linear) becomes one call of a chain (onednn/chain.h) that keeps
 // activations in oneDNN's own layout between its first reorder and its last. A run ends where
 // anything else reads a value (an exit point, a shape read, an unsupported operation), so an
-// exit point is always handed a plain tensor. Built only against oneDNN 3; elsewhere
+// exit point is always handed a plain tensor; two shape reads are taken in: `x.view(x.size(0),
+// -1)`, a flatten, and the rank check TorchScript puts before adaptive pooling. Built only against oneDNN 3; elsewhere
 // ChainsProblem says why not.
 #pragma once
 
 #include <torch/csrc/jit/ir/ir.h>
 
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace tee::onednn {
@@ -18,9 +20,13 @@ namespace tee::onednn {
 // Why this build cannot lower to chains, or "".
 std::string ChainsProblem();
 
+// Words that name where a node came from in a chain's errors, for nodes the graph's own text
+// does not place (an exit's branch written into the graph: "the branch hooked on 'layer1'").
+using NodeOrigins = std::unordered_map<const torch::jit::Node*, std::string>;
+
 // Replaces the runs in `graph` by chain calls; returns how many chains it made (0 when the
 // graph has no convolution or linear layer on float32 CPU weights to build one around).
-int LowerToChains(torch::jit::Graph& graph);
+int LowerToChains(torch::jit::Graph& graph, const NodeOrigins& origins = {});
 
 // What a chain ran for one input shape: its arena, and per primitive (reorders included) its
 // description and, while timing was on, its runs and time.

@@ -8,7 +8,7 @@ namespace tee::onednn {
 
 std::string ChainsProblem() { return TEE_ONEDNN_CHAINS_ABSENT; }
 
-int LowerToChains(torch::jit::Graph&) { return 0; }
+int LowerToChains(torch::jit::Graph&, const NodeOrigins&) { return 0; }
 
 std::vector<std::vector<ChainShapeReport>> ReportChains(torch::jit::Graph&) { return {}; }
 

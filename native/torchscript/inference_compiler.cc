@@ -23,7 +23,13 @@ namespace {
 using torch::jit::Block;
 using torch::jit::Node;
 using torch::jit::Value;
-using BranchInserters = std::vector<std::function<Value*(torch::jit::Graph&, Value*)>>;
+// Per exit point: what writes its branch into the graph (none where it cannot), and the words
+// that name the branch in a chain's errors ("the branch hooked on 'layer1'").
+struct BranchInserter {
+  std::function<Value*(torch::jit::Graph&, Value*)> insert;
+  std::string name;
+};
+using BranchInserters = std::vector<BranchInserter>;
 
 std::shared_ptr<torch::jit::Graph> ForwardGraph(const torch::jit::Module& module) {
   auto* function = dynamic_cast<torch::jit::GraphFunction*>(&module.get_method("forward").function());
@@ -83,15 +89,18 @@ void KeyTapsByIndex(torch::jit::Module& module, const std::vector<std::string>& 
 // Writes each exit's branch into the graph where it can be (Hook::insertInto), before the exit
 // point, which then gets the branch's output (earlyexit::exit_point.ran): a oneDNN chain then
 // takes the branch in with the layers before it.
-void InsertBranches(torch::jit::Graph& graph, const BranchInserters& branches) {
+void InsertBranches(torch::jit::Graph& graph, const BranchInserters& branches, onednn::NodeOrigins& origins) {
   std::vector<Node*> exits;
   CollectExitPoints(graph.block(), exits);
   for (Node* exit : exits) {
     int64_t index = torch::jit::constant_as<int64_t>(exit->input(0)).value();
-    if (exit->inputs().size() != 2 || index >= static_cast<int64_t>(branches.size()) || !branches[index]) continue;
+    if (exit->inputs().size() != 2 || index >= static_cast<int64_t>(branches.size()) || !branches[index].insert) continue;
     torch::jit::WithInsertPoint before(exit);
-    Value* branch = branches[index](graph, exit->input(1));
+    Node* last = exit->prev();
+    Value* branch = branches[index].insert(graph, exit->input(1));
     if (branch == nullptr) continue;
+    // A chain's errors name the branch its nodes came from.
+    for (Node* node = last->next(); node != exit; node = node->next()) origins[node] = branches[index].name;
     Node* ran = graph.create(exit->kind(), {exit->input(0), exit->input(1), branch}, 1);
     ran->output()->setType(exit->output()->type());
     ran->insertBefore(exit);
@@ -117,8 +126,9 @@ torch::jit::Module Freeze(torch::jit::Module& module, Optimization optimization,
   torch::jit::Module frozen = torch::jit::freeze(module);
   CarryPastExitPoints(*ForwardGraph(frozen), carryProblems);
   if (optimization == Optimization::kChains || (optimization == Optimization::kAuto && chainsProblem.empty())) {
-    InsertBranches(*ForwardGraph(frozen), branches);
-    if (onednn::LowerToChains(*ForwardGraph(frozen)) > 0) {
+    onednn::NodeOrigins origins;
+    InsertBranches(*ForwardGraph(frozen), branches, origins);
+    if (onednn::LowerToChains(*ForwardGraph(frozen), origins) > 0) {
       applied = "oneDNN chains";
       return frozen;
     }
@@ -214,7 +224,9 @@ std::shared_ptr<InferenceModel> CompileForInference(const torch::jit::Module& ro
   BranchInserters branches(points.size());
   for (size_t i = 0; i < points.size(); ++i) {
     auto found = compiled->hooks->find(compiled->points[i].get());
-    if (found != compiled->hooks->end() && found->second.size() == 1) branches[i] = found->second[0]->insertInto;
+    if (found != compiled->hooks->end() && found->second.size() == 1) {
+      branches[i] = {found->second[0]->insertInto, "the branch hooked on " + HookedModuleName(*found->second[0])};
+    }
   }
   compiled->module = Freeze(clone, optimization, compiled->optimization, carryProblems, branches);
   std::shared_ptr<torch::jit::Graph> graph = ForwardGraph(compiled->module);
