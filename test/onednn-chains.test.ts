@@ -145,6 +145,49 @@ withChains('optimize: \'chains\' computes what the model computes', () => {
     }
   });
 
+  it('adaptive average pooling whose windows differ in size (10 to 4, 7 to 3, 3 to 4) is PyTorch\'s, in the backbone and in an exit\'s branch', () => {
+    // PyTorch's output i averages inputs floor(i*in/out) to ceil((i+1)*in/out): windows of 3 and
+    // 4 for 10 to 4, overlapping for 7 to 3, repeated for 3 to 5. No oneDNN pooling has them.
+    const file = scriptedInPython('Uneven', `
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * 4 * 3, 5)
+    def forward(self, x):
+        y = torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.a(x)), (4, 3))
+        return self.fc(torch.flatten(y, 1))`);
+    const model = jit.load(file).eval();
+    const chained = jit.optimizeForInference(model, { optimize: 'chains' });
+    torch.manualSeed(8);
+    for (const shape of [[1, 3, 10, 7], [2, 3, 8, 6], [1, 3, 3, 2]]) {
+      const x = torch.randn(shape);
+      expect(maxAbsDiff(chained.forward(x) as Tensor, eager(model, x))).toBeLessThanOrEqual(1e-4);
+    }
+    const plans = chained.oneDnnChains()[0];
+    const described = (shape: string) => plans.find((plan) => plan.shape === shape)!.primitives.map((p) => p.description);
+    // 10x7 to 4x3 and 3x2 to 4x3 are uneven: two matmuls; 8x6 to 4x3 divides: one pooling window.
+    expect(described('1x3x10x7').filter((line) => line.startsWith('adaptive average pooling ('))).toHaveLength(2);
+    expect(described('1x3x3x2').filter((line) => line.startsWith('adaptive average pooling ('))).toHaveLength(2);
+    expect(described('2x3x8x6').filter((line) => line.startsWith('adaptive average pooling ('))).toHaveLength(0);
+    expect(described('2x3x8x6').filter((line) => line.startsWith('average pooling '))).toHaveLength(1);
+
+    // The same pooling in an exit's branch is written into the graph and joins the chain.
+    torch.manualSeed(1);
+    const exits = new EarlyExitModel(jit.load(fixture('mnist_cnn.pt')), [
+      ['features1', nn.Sequential(nn.AdaptiveAvgPool2d([5, 3]), nn.Flatten(), nn.Linear(16 * 5 * 3, 10))],
+    ]).eval();
+    const x = torch.randn([2, 1, 28, 28]);
+    const [exit0] = torch.noGrad(() => exits.forward(x));
+    exits.optimizeForInference({ optimize: 'chains' });
+    const stopped = exits.forwardEarlyExit(x, { criterion: 'maxProbability', thresholds: [0] });
+    expect(stopped.exit).toBe(0);
+    expect(maxAbsDiff(stopped.output, exit0)).toBeLessThanOrEqual(1e-4);
+    const first = exits.backbone.oneDnnChains()[0].flatMap((plan) => plan.primitives.map((p) => p.description));
+    expect(first.filter((line) => line.startsWith('adaptive average pooling ('))).toHaveLength(2);
+    expect(first.filter((line) => /^linear .* 2x10$/.test(line))).toHaveLength(1);
+  });
+
   it('MobileNetV2: ReLU6 is a post-op too; the depthwise convolutions are grouped ones', () => {
     const model = jit.load(fixture('mobilenet_v2_scripted.pt')).eval();
     const chained = jit.optimizeForInference(model, { optimize: 'chains' });

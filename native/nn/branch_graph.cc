@@ -44,12 +44,13 @@ class Writer {
                                         Constant(o.count_include_pad()), divisor});
     }
     if (const auto* pool = dynamic_cast<const nn::AdaptiveAvgPool2dImpl*>(&module)) {
-      // Global pooling only: a oneDNN chain pools adaptively to a divisor of the input's size,
-      // which is known only when the model runs, and 1 divides every size.
+      // A size left as None keeps the input's, known only when the model runs: runs as a module.
+      std::vector<int64_t> size;
       for (const auto& extent : *pool->options.output_size()) {
-        if (!extent.has_value() || *extent != 1) return nullptr;
+        if (!extent.has_value()) return nullptr;
+        size.push_back(*extent);
       }
-      return Op(c10::aten::adaptive_avg_pool2d, {x, Constant(std::vector<int64_t>{1, 1})});
+      return Op(c10::aten::adaptive_avg_pool2d, {x, Constant(size)});
     }
     if (const auto* flatten = dynamic_cast<const nn::FlattenImpl*>(&module)) {
       return Op(c10::aten::flatten, {x, Constant(flatten->options.start_dim()), Constant(flatten->options.end_dim())});

@@ -10,7 +10,7 @@ namespace tee {
 
 // Inserts at the graph's insert point the nodes that compute `module` on `input`, its weights
 // as constants, and returns their output; or inserts nothing and returns null when a layer is
-// not one it writes (Sequential, Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d to 1x1,
+// not one it writes (Sequential, Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d to a set size,
 // Flatten, Identity), so that the branch runs as a module, as before.
 torch::jit::Value* InsertBranchNodes(const torch::nn::Module& module, torch::jit::Graph& graph, torch::jit::Value* input);
 

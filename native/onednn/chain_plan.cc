@@ -448,14 +448,16 @@ void ChainPlan::PlanPooling(const ChainOp& op) {
   if (dims.size() != 4) Fail(op, "needs a 4-D input (batch, channels, height, width), not " + DimsText(dims));
   memory::dims kernel(2), strides(2), dilation{0, 0}, padL{0, 0}, padR{0, 0}, out{dims[0], dims[1], 0, 0};
   dnnl::algorithm algorithm = dnnl::algorithm::pooling_max;
+  if (op.kind == OpKind::kAdaptiveAvgPool) {
+    for (int d = 0; d < 2; ++d) {
+      if (op.outputSize[d] <= 0) Fail(op, "pools to " + std::to_string(op.outputSize[d]) + ": an output size is at least 1");
+    }
+    if (dims[2] % op.outputSize[0] != 0 || dims[3] % op.outputSize[1] != 0) return PlanUnevenPooling(op, dims);
+  }
   for (int d = 0; d < 2; ++d) {
     int64_t size = dims[2 + d];
     if (op.kind == OpKind::kAdaptiveAvgPool) {
       int64_t want = op.outputSize[d];
-      if (want <= 0 || size % want != 0) {
-        Fail(op, "pools " + std::to_string(size) + " to " + std::to_string(want) +
-                     ", which is no fixed window: a chain pools adaptively only to a divisor of the input size");
-      }
       kernel[d] = strides[d] = size / want;
       out[2 + d] = want;
       continue;
@@ -492,6 +494,57 @@ void ChainPlan::PlanPooling(const ChainOp& op) {
               std::string(op.kind == OpKind::kMaxPool ? "max pooling " : "average pooling ") + pd.impl_info_str() + " " +
                   Layout(md) + " -> " + Layout(pd.dst_desc()) + " " + DimsText(out));
   values_[op.output] = {{pd.dst_desc(), result, buffer}};
+}
+
+// Adaptive average pooling where the windows differ in size. PyTorch's output i averages inputs
+// floor(i * in / out) to ceil((i + 1) * in / out), which no oneDNN pooling window gives, so two
+// matmuls with averaging matrices do it: the rows (N*C*H, W) times a W x Ow matrix, then for each
+// (n, c) an Oh x H matrix times that (H, Ow) result. Both matrices are small and made once per shape.
+void ChainPlan::PlanUnevenPooling(const ChainOp& op, const memory::dims& dims) {
+  int64_t planes = dims[0] * dims[1], height = dims[2], width = dims[3];
+  int64_t outHeight = op.outputSize[0], outWidth = op.outputSize[1];
+  // rows x cols, entry (i, j) 1/|window| where the window of output `j` (or `i`) holds input `i` (or `j`).
+  auto averaging = [&](int64_t in, int64_t out, bool inRows) {
+    at::Tensor matrix = inRows ? at::zeros({in, out}, at::kFloat) : at::zeros({out, in}, at::kFloat);
+    float* data = matrix.data_ptr<float>();
+    for (int64_t o = 0; o < out; ++o) {
+      int64_t start = o * in / out, end = ((o + 1) * in + out - 1) / out;
+      for (int64_t i = start; i < end; ++i) data[inRows ? i * out + o : o * in + i] = 1.f / static_cast<float>(end - start);
+    }
+    constants_.push_back(matrix);
+    return matrix.data_ptr();
+  };
+  Held plain = Get(op.inputs[0], Plain(dims));
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+
+  memory::desc rows = Plain({planes * height, width}), across = Plain({width, outWidth}), mid = Plain({planes * height, outWidth});
+  dnnl::matmul::primitive_desc first(engine_, rows, across, mid, attr);
+  std::unordered_map<int, memory> args;
+  args[DNNL_ARG_SRC] = Bind(rows, plain.buffer);
+  args[DNNL_ARG_WEIGHTS] = memory(across, engine_, averaging(width, outWidth, true));
+  Scratchpad(first.scratchpad_desc(), args);
+  int midBuffer = NewBuffer(Place::kArena, mid.get_size());
+  args[DNNL_ARG_DST] = Bind(mid, midBuffer);
+  EmitReading(dnnl::matmul(first), std::move(args),
+              "adaptive average pooling (widths) matmul " + std::string(first.impl_info_str()) + " " + DimsText(dims) + " -> " +
+                  DimsText({dims[0], dims[1], height, outWidth}));
+
+  memory::desc down = Plain({1, outHeight, height}), columns = Plain({planes, height, outWidth}),
+               pooled = Plain({planes, outHeight, outWidth});
+  dnnl::matmul::primitive_desc second(engine_, down, columns, pooled, attr);
+  args.clear();
+  args[DNNL_ARG_SRC] = memory(down, engine_, averaging(height, outHeight, false));
+  args[DNNL_ARG_WEIGHTS] = Bind(columns, midBuffer);
+  Scratchpad(second.scratchpad_desc(), args);
+  int buffer = NewBuffer(Place::kArena, pooled.get_size());
+  args[DNNL_ARG_DST] = Bind(pooled, buffer);
+  pendingReads_.push_back(midBuffer);
+  memory::dims out{dims[0], dims[1], outHeight, outWidth};
+  EmitReading(dnnl::matmul(second), std::move(args),
+              "adaptive average pooling (heights) matmul " + std::string(second.impl_info_str()) + " -> " + DimsText(out));
+  memory::desc md = Plain(out);
+  values_[op.output] = {{md, Bind(md, buffer), buffer}};
 }
 
 void ChainPlan::PlanFlatten(const ChainOp& op) {

@@ -104,6 +104,7 @@ class ChainPlan {
   void PlanEltwise(const ChainOp& op);
   void PlanAdd(const ChainOp& op);
   void PlanPooling(const ChainOp& op);
+  void PlanUnevenPooling(const ChainOp& op, const dnnl::memory::dims& dims);
   void PlanFlatten(const ChainOp& op);
   void PlaceArena();
 
@@ -124,6 +125,7 @@ class ChainPlan {
   std::vector<bool> flat_;     // per value: made by flatten, so another value's memory
   std::vector<std::vector<int64_t>> outputDims_;
   at::Tensor arena_, scratch_;
+  std::vector<at::Tensor> constants_;  // matrices made for this shape (uneven adaptive pooling)
 };
 
 }  // namespace tee::onednn
