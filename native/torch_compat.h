@@ -42,6 +42,9 @@
 // blocked 1x1 ones, a reorder on each side: MobileNetV2 ran 1.12x onnxruntime's time at batch 1
 // and 1.18x at 64 that way, against 1.05x and 1.02x on its older jit kernels, which read the
 // blocked layout they are given. The chains take the jit kernels for convolutions there; oneDNN
-// 3.12 lays its kernels out well itself.
+// 3.12 lays its kernels out well itself. Measured again, paired in one process: with `any`
+// alone, ResNet-20 at batch 64 took 1.08x the jit kernels' time (its strided 1x1 convolutions
+// go to channels-last brgemm, four reorders) and MobileNetV2 at batch 1 1.10x; a convolution
+// given its producer's layout with whichever kernel takes it chose the jit kernels throughout.
 #define TEE_ONEDNN_PREFER_JIT (DNNL_VERSION_MAJOR == 3 && DNNL_VERSION_MINOR < 8)
 #endif
