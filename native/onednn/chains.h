@@ -4,9 +4,9 @@
 // pooling, flatten, linear) becomes one call of a chain (onednn/chain.h) that keeps
 // activations in oneDNN's own layout between its first reorder and its last. A run ends where
 // anything else reads a value (an exit point, a shape read, an unsupported operation), so an
-// exit point is always handed a plain tensor; two shape reads are taken in: `x.view(x.size(0),
-// -1)`, a flatten, and the rank check TorchScript puts before adaptive pooling. Built only against oneDNN 3; elsewhere
-// ChainsProblem says why not.
+// exit point is always handed a plain tensor. Two shape reads are taken in: `x.view(x.size(0),
+// -1)`, a flatten, and the rank check TorchScript puts before adaptive pooling. Built only
+// against oneDNN 3; elsewhere ChainsProblem says why not.
 #pragma once
 
 #include <torch/csrc/jit/ir/ir.h>
