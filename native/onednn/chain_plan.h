@@ -123,6 +123,7 @@ class ChainPlan {
   int inputs_ = 0;
   std::vector<int> lastRead_;  // per value: the last op that reads it (ops.size() for an output)
   std::vector<bool> flat_;     // per value: made by flatten, so another value's memory
+  std::vector<bool> linearOnly_;  // per value: read by linear layers alone, and not an output
   std::vector<std::vector<int64_t>> outputDims_;
   at::Tensor arena_, scratch_;
   std::vector<at::Tensor> constants_;  // matrices made for this shape (uneven adaptive pooling)
