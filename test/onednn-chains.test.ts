@@ -149,7 +149,7 @@ withChains('optimize: \'chains\' computes what the model computes', () => {
 
   it('adaptive average pooling whose windows differ in size (10 to 4, 7 to 3, 3 to 4) is PyTorch\'s, in the backbone and in an exit\'s branch', () => {
     // PyTorch's output i averages inputs floor(i*in/out) to ceil((i+1)*in/out): windows of 3 and
-    // 4 for 10 to 4, overlapping for 7 to 3, repeated for 3 to 5. No oneDNN pooling has them.
+    // 4 for 10 to 4, overlapping for 7 to 3, repeated for 3 to 4 and 2 to 3. No oneDNN pooling has them.
     const file = scriptedInPython('Uneven', `
     def __init__(self):
         super().__init__()
